@@ -1,0 +1,114 @@
+// The core emits facts; logs, metrics, audit and the ledger subscribe. Nothing here calls back into the core.
+import { EventEmitter } from 'node:events';
+
+export type Direction = 'modality-to-archive' | 'archive-to-modality';
+
+export interface RejectSpec {
+  result: number;
+  source: number;
+  reason: number;
+}
+
+export interface TlsSessionInfo {
+  protocol: string | null;
+  cipher: string | null;
+  peerSubject: string | null;
+  peerFingerprint256: string | null;
+}
+
+export type AssociationOutcome =
+  | 'released'
+  | 'rejected'
+  | 'aborted-by-modality'
+  | 'aborted-by-archive'
+  | 'aborted-by-proxy'
+  | 'upstream-failed'
+  | 'closed'
+  | 'timeout';
+
+export interface AssociationSummary {
+  id: string;
+  remoteAddress: string;
+  remotePort: number;
+  callingAeTitle: string | null;
+  calledAeTitle: string | null;
+  peer: string | null;
+  upstream: string | null;
+  upstreamAeTitle: string | null;
+  outcome: AssociationOutcome;
+  reason: string | null;
+  reject: RejectSpec | null;
+  startedAt: string;
+  durationMs: number;
+  bytesFromModality: number;
+  bytesFromArchive: number;
+  instances: number;
+  operations: Record<string, number>;
+  tls: TlsSessionInfo | null;
+}
+
+export interface ProxyEventMap {
+  'association-refused': [
+    {
+      id: string;
+      remoteAddress: string;
+      callingAeTitle: string;
+      calledAeTitle: string;
+      refusal: string;
+      reject: RejectSpec;
+      message: string;
+    },
+  ];
+  'association-accepted': [
+    {
+      id: string;
+      remoteAddress: string;
+      callingAeTitle: string;
+      calledAeTitle: string;
+      upstream: string;
+      acceptedContexts: number;
+      refusedContexts: number;
+      tls: TlsSessionInfo;
+    },
+  ];
+  'upstream-failed': [{ id: string; upstream: string; reason: string; message: string }];
+  'dimse-refused': [
+    {
+      id: string;
+      callingAeTitle: string;
+      command: string;
+      reason: string;
+      status: number;
+      moveDestination?: string;
+    },
+  ];
+  'dimse-completed': [
+    {
+      id: string;
+      direction: Direction;
+      command: string;
+      status: number;
+      statusClass: string;
+      durationMs: number;
+    },
+  ];
+  instance: [
+    {
+      id: string;
+      direction: Direction;
+      messageId: number;
+      sopClassUid: string;
+      sopInstanceUid: string;
+      transferSyntaxUid: string;
+      bytes: number;
+      status: number | null;
+    },
+  ];
+  'protocol-error': [
+    { id: string; side: 'modality' | 'archive'; code: string; message: string; abortReason: number },
+  ];
+  'association-closed': [AssociationSummary];
+  'listener-error': [{ message: string }];
+}
+
+export class ProxyEvents extends EventEmitter<ProxyEventMap> {}

@@ -1,0 +1,65 @@
+// Structured JSON logs (winston), one line per association plus one per refusal or failure.
+// Subscribes to the core's events; nothing here is on the per-PDU path.
+import winston from 'winston';
+import type { ProxyEvents } from './events.js';
+
+export type LogLevel = 'error' | 'warn' | 'info' | 'debug';
+
+export interface LoggerOptions {
+  level: LogLevel;
+  file?: string | null;
+  /** Write to stderr instead of stdout (used by commands whose stdout is their output). */
+  stderr?: boolean;
+  silent?: boolean;
+}
+
+export function createLogger(opts: LoggerOptions): winston.Logger {
+  const transports: winston.transport[] = [
+    new winston.transports.Console({
+      stderrLevels: opts.stderr ? ['error', 'warn', 'info', 'debug'] : ['error'],
+    }),
+  ];
+  if (opts.file) transports.push(new winston.transports.File({ filename: opts.file }));
+  return winston.createLogger({
+    level: opts.level,
+    silent: opts.silent ?? false,
+    format: winston.format.combine(winston.format.timestamp(), winston.format.json()),
+    defaultMeta: { service: 'dimse-tls-proxy' },
+    transports,
+  });
+}
+
+/** Wire the core's events to log lines. Returns a function that unsubscribes. */
+export function logEvents(events: ProxyEvents, log: winston.Logger): () => void {
+  const off: Array<() => void> = [];
+  const handlers = {
+    'association-refused': (e: object) =>
+      log.warn('association rejected', { event: 'association-rejected', ...e }),
+    'association-accepted': (e: {
+      id: string;
+      callingAeTitle: string;
+      calledAeTitle: string;
+      upstream: string;
+      acceptedContexts: number;
+      refusedContexts: number;
+    }) => log.debug('association accepted', { event: 'association-accepted', ...e }),
+    'upstream-failed': (e: { id: string; upstream: string; reason: string; message: string }) =>
+      log.error('archive unreachable, association rejected 2/3/1', { event: 'upstream-failed', ...e }),
+    'dimse-refused': (e: object) =>
+      log.warn('DIMSE request refused by policy', { event: 'dimse-refused', ...e }),
+    'protocol-error': (e: object) =>
+      log.warn('protocol error, association aborted', { event: 'protocol-error', ...e }),
+    instance: (e: object) => log.debug('instance', { event: 'instance', ...e }),
+    'association-closed': (e: { outcome: string }) => {
+      const level = e.outcome === 'released' || e.outcome === 'rejected' ? 'info' : 'warn';
+      log.log(level, 'association', { event: 'association', ...e });
+    },
+    'listener-error': (e: { message: string }) =>
+      log.error('listener error', { event: 'listener-error', ...e }),
+  } as const;
+  for (const [name, fn] of Object.entries(handlers)) {
+    events.on(name as never, fn as never);
+    off.push(() => events.off(name as never, fn as never));
+  }
+  return () => off.forEach((f) => f());
+}

@@ -1,0 +1,1049 @@
+// One association = one downstream (modality, plaintext) socket + one upstream (archive, mutual TLS)
+// socket. The states follow PS3.8 9.2 (Sta2 awaiting A-ASSOCIATE-RQ, Sta5 awaiting A-ASSOCIATE-AC,
+// Sta6 established, Sta7 awaiting release response, Sta13 awaiting transport close), seen from the
+// proxy sitting in the middle: it is the acceptor toward the modality and the requestor toward the archive.
+
+import type { Socket } from 'node:net';
+import type { TLSSocket } from 'node:tls';
+import { randomUUID } from 'node:crypto';
+import {
+  AbortReason,
+  AbortSource,
+  DICOM_APPLICATION_CONTEXT,
+  PDU_HEADER_LENGTH,
+  PduType,
+  PresentationContextResult,
+  RejectReason,
+  RejectResult,
+  RejectSource,
+} from '../pdu/constants.js';
+import { PduError } from '../pdu/errors.js';
+import { PduFramer } from '../pdu/framer.js';
+import {
+  aeTitleField,
+  aeTitleText,
+  decodePdu,
+  encodeAbort,
+  encodeAssociateRj,
+  encodePdu,
+  maxLengthOf,
+  presentationContextsAc,
+  presentationContextsRq,
+  roleSelections,
+  uidText,
+  withMaxLength,
+} from '../pdu/codec.js';
+import type { AssociateItem, AssociatePdu, PDataPdu, Pdv, PresentationContextRq } from '../pdu/types.js';
+import { MessageAssembler, MessageSequenceError } from '../dimse/assembler.js';
+import {
+  CommandField,
+  Status,
+  commandName,
+  encodeRefusalResponse,
+  isResponse,
+  statusClass,
+  type CommandSet,
+} from '../dimse/command.js';
+import type { AdmitDecision, PeerPolicy } from '../policy/policy.js';
+import type { RouteConfig, UpstreamConfig } from '../config/types.js';
+import { PDataScanner, UnexpectedPduError, type ScannerSink } from './scanner.js';
+import { connectUpstream, peerCertificateSummary, UpstreamConnectError } from '../tls/upstream.js';
+import type {
+  AssociationOutcome,
+  Direction,
+  ProxyEvents,
+  RejectSpec,
+  TlsSessionInfo,
+} from '../observe/events.js';
+import type { RuntimeSnapshot } from './snapshot.js';
+
+/** Largest A-ASSOCIATE-RQ/AC accepted (PS3.8 puts no limit on them; a real one is a few tens of KB). */
+export const MAX_ASSOCIATE_PDU_LENGTH = 512 * 1024;
+
+type State = 'Sta2' | 'awaiting-upstream' | 'Sta5' | 'Sta6' | 'Sta7' | 'Sta13';
+
+export interface AssociationHost {
+  readonly events: ProxyEvents;
+  /** Counts of live admitted associations, for the policy's limits. */
+  activeTotal(): number;
+  activeForPeer(aeTitle: string): number;
+  admitted(assoc: Association, peerAeTitle: string): void;
+  finished(assoc: Association): void;
+}
+
+interface AcceptedContext {
+  abstractSyntax: string;
+  transferSyntax: string;
+}
+
+interface PendingRequest {
+  command: CommandSet;
+  startedAt: number;
+}
+
+interface Transfer {
+  direction: Direction;
+  messageId: number;
+  sopClassUid: string;
+  sopInstanceUid: string;
+  transferSyntaxUid: string;
+  bytes: number;
+}
+
+interface DropState {
+  request: CommandSet;
+  contextId: number;
+  refusal: Buffer;
+}
+
+const PDV_HEADER = 6;
+
+function pdataPdu(contextId: number, command: Buffer): Buffer {
+  // PS3.8 9.3.5 / Annex E: one command PDV, last fragment (control header bits 0 and 1 set).
+  return encodePdu({
+    type: PduType.PDataTf,
+    pdvs: [{ contextId, command: true, last: true, value: command }],
+  });
+}
+
+export class Association {
+  readonly id = randomUUID();
+  private state: State = 'Sta2';
+  private readonly startedAt = Date.now();
+  private readonly framer = new PduFramer({ maxPDataLength: 0, maxOtherLength: MAX_ASSOCIATE_PDU_LENGTH });
+  private upstreamSocket: TLSSocket | null = null;
+  private upFramer: PduFramer | null = null;
+  private rq: AssociatePdu | null = null;
+  private peer: PeerPolicy | null = null;
+  private route: RouteConfig | null = null;
+  private upstream: UpstreamConfig | null = null;
+  private refusedContexts: PresentationContextRq[] = [];
+  private readonly accepted = new Map<number, AcceptedContext>();
+  private downScanner: PDataScanner | null = null; // bytes from modality -> archive
+  private upScanner: PDataScanner | null = null; // bytes from archive -> modality
+  private readonly downAsm = new MessageAssembler();
+  private readonly upAsm = new MessageAssembler();
+  private readonly pending = new Map<string, PendingRequest>();
+  private readonly transfers = new Map<string, Transfer>();
+  private currentTransfer: [Transfer | null, Transfer | null] = [null, null]; // [down, up]
+  private drop: DropState | null = null;
+  private splitCommand: PDataPdu[] | null = null; // held PDUs while a modality command is incomplete
+  private pendingDownBytes: Buffer[] = [];
+  private outcome: AssociationOutcome | null = null;
+  private reason: string | null = null;
+  private reject: RejectSpec | null = null;
+  private tlsInfo: TlsSessionInfo | null = null;
+  private bytesFromModality = 0;
+  private bytesFromArchive = 0;
+  private instances = 0;
+  private readonly operations: Record<string, number> = {};
+  private timer: NodeJS.Timeout | null = null;
+  private activity = 0;
+  private idleSeen = -1;
+  private closedSockets = 0;
+  private finished = false;
+  private admittedPeer: string | null = null;
+  private downBlocked = false;
+  private upBlocked = false;
+
+  constructor(
+    private readonly down: Socket,
+    private readonly snapshot: RuntimeSnapshot,
+    private readonly host: AssociationHost,
+  ) {
+    this.remoteAddress = down.remoteAddress ?? '';
+    this.remotePort = down.remotePort ?? 0;
+  }
+
+  readonly remoteAddress: string;
+  readonly remotePort: number;
+
+  get peerAeTitle(): string | null {
+    return this.admittedPeer;
+  }
+
+  start(): void {
+    const down = this.down;
+    down.setNoDelay(true);
+    down.on('data', (chunk: Buffer) => this.onDownData(chunk));
+    down.on('end', () => this.onDownEnd());
+    down.on('error', (err) => this.onSocketError('modality', err));
+    down.on('close', () => this.onSocketClosed());
+    down.on('drain', () => {
+      if (this.downBlocked) {
+        this.downBlocked = false;
+        this.upstreamSocket?.resume();
+      }
+    });
+    // PS3.8 9.1.2 ARTIM: the A-ASSOCIATE-RQ must arrive within the association request timeout.
+    this.armTimer(this.snapshot.config.limits.associationRequestTimeoutMs, () => {
+      this.finish('timeout', 'no A-ASSOCIATE-RQ within the association request timeout');
+      down.destroy();
+    });
+  }
+
+  // ---------------------------------------------------------------- timers
+
+  private armTimer(ms: number, fn: () => void): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = setTimeout(fn, ms);
+    this.timer.unref();
+  }
+
+  private armIdleTimer(): void {
+    const ms = this.snapshot.config.limits.idleTimeoutMs;
+    this.idleSeen = this.activity;
+    this.armTimer(ms, () => {
+      if (this.activity !== this.idleSeen) {
+        this.armIdleTimer();
+        return;
+      }
+      this.abortBoth(AbortReason.NotSpecified, AbortReason.NotSpecified, 'timeout', `idle for ${ms} ms`);
+    });
+  }
+
+  // ---------------------------------------------------------------- writes with backpressure
+
+  private writeDown(bytes: Buffer): void {
+    if (!this.down.write(bytes) && !this.downBlocked) {
+      this.downBlocked = true;
+      this.upstreamSocket?.pause();
+    }
+  }
+
+  private writeUp(bytes: Buffer): void {
+    const up = this.upstreamSocket;
+    if (!up) return;
+    if (!up.write(bytes) && !this.upBlocked) {
+      this.upBlocked = true;
+      this.down.pause();
+    }
+  }
+
+  // ---------------------------------------------------------------- Sta2: awaiting A-ASSOCIATE-RQ
+
+  private onDownData(chunk: Buffer): void {
+    this.bytesFromModality += chunk.length;
+    this.activity++;
+    try {
+      if (this.downScanner) {
+        this.downScanner.feed(chunk);
+        return;
+      }
+      if (this.state === 'Sta13') return; // rejected or failing: nothing more is relayed
+      if (this.state !== 'Sta2') {
+        this.pendingDownBytes.push(chunk);
+        return;
+      }
+      const frames = this.framer.push(chunk);
+      if (frames.length === 0) return;
+      const [first, ...rest] = frames;
+      const remainder = this.framer.takeRemainder();
+      for (const f of rest) this.pendingDownBytes.push(f);
+      if (remainder.length > 0) this.pendingDownBytes.push(remainder);
+      this.onAssociateRequest(first as Buffer);
+    } catch (err) {
+      this.onProtocolError('modality', err);
+    }
+  }
+
+  private onAssociateRequest(raw: Buffer): void {
+    const type = raw[0];
+    if (type !== PduType.AssociateRq) {
+      // PS3.8 9.2 Sta2: any other PDU is unexpected -> A-ABORT.
+      throw new UnexpectedPduError(type ?? 0);
+    }
+    const rq = decodePdu(raw) as AssociatePdu;
+    this.rq = rq;
+    this.down.pause(); // nothing more is read from the modality until the decision is made
+    const calling = aeTitleText(rq.callingAeTitle);
+    const called = aeTitleText(rq.calledAeTitle);
+
+    // PS3.8 9.3.2: bit 0 of the protocol version must be set.
+    if ((rq.protocolVersion & 0x0001) === 0) {
+      this.rejectDown(
+        {
+          result: RejectResult.Permanent,
+          source: RejectSource.ServiceProviderAcse,
+          reason: RejectReason.ProtocolVersionNotSupported,
+        },
+        'protocol-version-not-supported',
+        `protocol version 0x${rq.protocolVersion.toString(16)} not supported`,
+      );
+      return;
+    }
+    const appContext = rq.items.find((i) => i.kind === 'application-context');
+    if (!appContext || uidText(appContext.name) !== DICOM_APPLICATION_CONTEXT) {
+      this.rejectDown(
+        {
+          result: RejectResult.Permanent,
+          source: RejectSource.ServiceUser,
+          reason: RejectReason.ApplicationContextNotSupported,
+        },
+        'application-context-not-supported',
+        `application context ${appContext ? uidText(appContext.name) : '(none)'} not supported`,
+      );
+      return;
+    }
+
+    const decision: AdmitDecision = this.snapshot.policy.admit({
+      callingAeTitle: calling,
+      calledAeTitle: called,
+      remoteAddress: this.remoteAddress,
+      activeTotal: this.host.activeTotal(),
+      activeForPeer: (ae) => this.host.activeForPeer(ae),
+    });
+    if (!decision.accepted) {
+      this.rejectDown(decision.reject, decision.refusal, decision.message);
+      return;
+    }
+    const { allowed, refused } = decision.peer.filterPresentationContexts(
+      presentationContextsRq(rq),
+      roleSelections(rq),
+    );
+    if (allowed.length === 0) {
+      // Nothing the peer asked for is permitted: there is no service to relay (PS3.8 9.3.4, 1/1/1).
+      this.rejectDown(
+        {
+          result: RejectResult.Permanent,
+          source: RejectSource.ServiceUser,
+          reason: RejectReason.NoReasonGiven,
+        },
+        'no-permitted-presentation-context',
+        `none of the ${refused.length} proposed presentation contexts is allowed for ${calling}`,
+      );
+      return;
+    }
+    this.peer = decision.peer;
+    this.route = decision.route;
+    this.upstream = decision.upstream;
+    this.admittedPeer = decision.peer.aeTitle;
+    const refusedIds = new Set(refused.map((r) => r.id));
+    this.refusedContexts = presentationContextsRq(rq).filter((c) => refusedIds.has(c.id));
+    this.host.admitted(this, decision.peer.aeTitle);
+    this.state = 'awaiting-upstream';
+    void this.openUpstream(refusedIds);
+  }
+
+  private rejectDown(reject: RejectSpec, refusal: string, message: string): void {
+    const rq = this.rq;
+    this.host.events.emit('association-refused', {
+      id: this.id,
+      remoteAddress: this.remoteAddress,
+      callingAeTitle: rq ? aeTitleText(rq.callingAeTitle) : '',
+      calledAeTitle: rq ? aeTitleText(rq.calledAeTitle) : '',
+      refusal,
+      reject,
+      message,
+    });
+    this.reject = reject;
+    this.state = 'Sta13';
+    this.down.resume(); // read (and discard) until the modality closes
+    this.finish('rejected', `${refusal}: ${message}`);
+    // PS3.8 9.2: after A-ASSOCIATE-RJ the acceptor waits for the requestor to close (ARTIM bounds it).
+    this.down.end(encodeAssociateRj(reject.result, reject.source, reject.reason));
+    this.armTimer(this.snapshot.config.limits.associationRequestTimeoutMs, () => this.destroyAll());
+  }
+
+  // ---------------------------------------------------------------- upstream connect, Sta5
+
+  private async openUpstream(refusedIds: Set<number>): Promise<void> {
+    const upstream = this.upstream as UpstreamConfig;
+    const rq = this.rq as AssociatePdu;
+    const tlsContext = this.snapshot.upstreamTls.get(upstream.name);
+    let socket: TLSSocket;
+    try {
+      if (!tlsContext) throw new Error(`no TLS context for upstream ${upstream.name}`);
+      socket = await connectUpstream({
+        host: upstream.host,
+        port: upstream.port,
+        timeoutMs: upstream.connectTimeoutMs,
+        tls: tlsContext,
+      });
+    } catch (err) {
+      const reason = err instanceof UpstreamConnectError ? err.reason : 'handshake-failed';
+      this.failUpstream(reason, (err as Error).message);
+      return;
+    }
+    if (this.finished || this.down.destroyed) {
+      socket.destroy();
+      return;
+    }
+    this.upstreamSocket = socket;
+    const peerCert = peerCertificateSummary(socket);
+    const cipher = socket.getCipher();
+    this.tlsInfo = {
+      protocol: socket.getProtocol() ?? null,
+      cipher: cipher?.standardName ?? cipher?.name ?? null,
+      peerSubject: peerCert?.subject ?? null,
+      peerFingerprint256: peerCert?.fingerprint256 ?? null,
+    };
+    socket.on('data', (chunk: Buffer) => this.onUpData(chunk));
+    socket.on('end', () => this.onUpEnd());
+    socket.on('error', (err) => this.onSocketError('archive', err));
+    socket.on('close', () => this.onSocketClosed());
+    socket.on('drain', () => {
+      if (this.upBlocked) {
+        this.upBlocked = false;
+        this.down.resume();
+      }
+    });
+
+    // Forward the A-ASSOCIATE-RQ: called AE rewritten to the archive's, refused contexts removed,
+    // max PDU length capped at the proxy's ceiling (PS3.8 D.1: 0 means unlimited).
+    const ceiling = this.snapshot.config.limits.maxPduLength;
+    const items: AssociateItem[] = rq.items.filter(
+      (i) => !(i.kind === 'presentation-context-rq' && refusedIds.has(i.context.id)),
+    );
+    const fwd: AssociatePdu = withMaxLength(
+      {
+        ...rq,
+        calledAeTitle: aeTitleField(upstream.aeTitle),
+        callingAeTitle: upstream.callingAeTitle ? aeTitleField(upstream.callingAeTitle) : rq.callingAeTitle,
+        items,
+      },
+      capMaxLength(maxLengthOf(rq), ceiling),
+    );
+    this.upFramer = new PduFramer({ maxPDataLength: ceiling, maxOtherLength: MAX_ASSOCIATE_PDU_LENGTH });
+    this.state = 'Sta5';
+    this.armTimer(this.snapshot.config.limits.associationRequestTimeoutMs, () => {
+      this.failUpstream(
+        'timeout',
+        'no A-ASSOCIATE-AC/RJ from the archive within the association request timeout',
+      );
+    });
+    this.writeUp(encodePdu(fwd));
+  }
+
+  /** The archive cannot be reached or did not answer: A-ASSOCIATE-RJ 2/3/1 so the modality retries. */
+  private failUpstream(reason: string, message: string): void {
+    if (this.finished) return;
+    const upstreamName = this.upstream?.name ?? '';
+    this.host.events.emit('upstream-failed', { id: this.id, upstream: upstreamName, reason, message });
+    const reject = {
+      result: RejectResult.Transient,
+      source: RejectSource.ServiceProviderPresentation,
+      reason: RejectReason.TemporaryCongestion,
+    };
+    this.reject = reject;
+    this.state = 'Sta13';
+    this.down.resume(); // read (and discard) until the modality closes
+    this.finish('upstream-failed', `${reason}: ${message}`);
+    if (this.upstreamSocket) {
+      this.upstreamSocket.end(encodeAbort(AbortSource.ServiceUser, AbortReason.NotSpecified));
+    }
+    this.down.end(encodeAssociateRj(reject.result, reject.source, reject.reason));
+    this.armTimer(this.snapshot.config.limits.associationRequestTimeoutMs, () => this.destroyAll());
+  }
+
+  private onUpData(chunk: Buffer): void {
+    this.bytesFromArchive += chunk.length;
+    this.activity++;
+    try {
+      if (this.upScanner) {
+        this.upScanner.feed(chunk);
+        return;
+      }
+      if (this.state !== 'Sta5' || !this.upFramer) return;
+      const frames = this.upFramer.push(chunk);
+      if (frames.length === 0) return;
+      const [first, ...rest] = frames;
+      const remainder = this.upFramer.takeRemainder();
+      this.onAssociateResponse(first as Buffer);
+      if (this.upScanner) {
+        const scanner: PDataScanner = this.upScanner;
+        for (const f of rest) scanner.feed(f);
+        if (remainder.length > 0) scanner.feed(remainder);
+      }
+    } catch (err) {
+      this.onProtocolError('archive', err);
+    }
+  }
+
+  private onAssociateResponse(raw: Buffer): void {
+    const type = raw[0];
+    const rq = this.rq as AssociatePdu;
+    if (type === PduType.AssociateRj) {
+      // The archive's own rejection is relayed as is (no AE fields in A-ASSOCIATE-RJ).
+      const rj = decodePdu(raw);
+      if (rj.type !== PduType.AssociateRj) throw new UnexpectedPduError(type);
+      this.reject = { result: rj.result, source: rj.source, reason: rj.reason };
+      this.host.events.emit('association-refused', {
+        id: this.id,
+        remoteAddress: this.remoteAddress,
+        callingAeTitle: aeTitleText(rq.callingAeTitle),
+        calledAeTitle: aeTitleText(rq.calledAeTitle),
+        refusal: 'rejected-by-archive',
+        reject: this.reject,
+        message: `archive rejected ${rj.result}/${rj.source}/${rj.reason}`,
+      });
+      this.state = 'Sta13';
+      this.finish('rejected', `archive rejected the association (${rj.result}/${rj.source}/${rj.reason})`);
+      this.down.end(raw);
+      this.upstreamSocket?.end();
+      this.armTimer(this.snapshot.config.limits.associationRequestTimeoutMs, () => this.destroyAll());
+      return;
+    }
+    if (type === PduType.Abort) {
+      this.state = 'Sta13';
+      this.finish('aborted-by-archive', 'archive aborted during association negotiation');
+      this.down.end(raw);
+      this.upstreamSocket?.end();
+      this.armTimer(this.snapshot.config.limits.associationRequestTimeoutMs, () => this.destroyAll());
+      return;
+    }
+    if (type !== PduType.AssociateAc) throw new UnexpectedPduError(type ?? 0);
+    const ac = decodePdu(raw) as AssociatePdu;
+    const ceiling = this.snapshot.config.limits.maxPduLength;
+
+    // Accepted contexts, for following messages (PS3.8 9.3.3.2: result 0 = acceptance).
+    const proposed = new Map(presentationContextsRq(rq).map((c) => [c.id, c]));
+    for (const c of presentationContextsAc(ac)) {
+      const p = proposed.get(c.id);
+      if (c.result === PresentationContextResult.Acceptance && p) {
+        this.accepted.set(c.id, {
+          abstractSyntax: uidText(p.abstractSyntax),
+          transferSyntax: uidText(c.transferSyntax),
+        });
+      }
+    }
+
+    // Toward the modality: its own called/calling AE fields back (PS3.8 9.3.3.2), the refused contexts
+    // answered "abstract syntax not supported" with their original ids, in the order it proposed them.
+    const answered = new Map<number, AssociateItem>();
+    for (const item of ac.items)
+      if (item.kind === 'presentation-context-ac') answered.set(item.context.id, item);
+    for (const c of this.refusedContexts) {
+      answered.set(c.id, {
+        kind: 'presentation-context-ac',
+        context: {
+          id: c.id,
+          result: PresentationContextResult.AbstractSyntaxNotSupported,
+          transferSyntax: '',
+        },
+      });
+    }
+    const ordered: AssociateItem[] = [];
+    for (const c of presentationContextsRq(rq)) {
+      const item = answered.get(c.id);
+      if (item) ordered.push(item);
+    }
+    const items: AssociateItem[] = [];
+    let placed = false;
+    for (const item of ac.items) {
+      if (item.kind === 'presentation-context-ac') {
+        if (!placed) items.push(...ordered);
+        placed = true;
+        continue;
+      }
+      if (item.kind === 'user-information' && !placed) {
+        items.push(...ordered);
+        placed = true;
+      }
+      items.push(item);
+    }
+    if (!placed) items.push(...ordered);
+    const back = withMaxLength(
+      { ...ac, calledAeTitle: rq.calledAeTitle, callingAeTitle: rq.callingAeTitle, items },
+      capMaxLength(maxLengthOf(ac), ceiling),
+    );
+
+    // Sta6: streaming from now on.
+    this.downScanner = new PDataScanner(this.makeDownSink(), ceiling);
+    this.upScanner = new PDataScanner(this.makeUpSink(), ceiling);
+    this.state = 'Sta6';
+    this.armIdleTimer();
+    this.host.events.emit('association-accepted', {
+      id: this.id,
+      remoteAddress: this.remoteAddress,
+      callingAeTitle: aeTitleText(rq.callingAeTitle),
+      calledAeTitle: aeTitleText(rq.calledAeTitle),
+      upstream: this.upstream?.name ?? '',
+      acceptedContexts: this.accepted.size,
+      refusedContexts: this.refusedContexts.length,
+      tls: this.tlsInfo as TlsSessionInfo,
+    });
+    this.writeDown(encodePdu(back));
+    const early = this.pendingDownBytes;
+    this.pendingDownBytes = [];
+    for (const b of early) this.downScanner.feed(b);
+    if (!this.upBlocked) this.down.resume();
+  }
+
+  // ---------------------------------------------------------------- Sta6: the two streaming directions
+
+  private makeDownSink(): ScannerSink {
+    return {
+      forward: (bytes) => this.writeUp(bytes),
+      held: (pdu, type) => this.heldFromModality(pdu, type),
+      dataStart: (contextId, _len, last) => this.dataStart(0, contextId, last),
+      dataBytes: (_buf, start, end) => {
+        const t = this.currentTransfer[0];
+        if (t) t.bytes += end - start;
+      },
+      dataEnd: () => this.dataEnd(0),
+    };
+  }
+
+  private makeUpSink(): ScannerSink {
+    return {
+      forward: (bytes) => this.writeDown(bytes),
+      held: (pdu, type) => this.heldFromArchive(pdu, type),
+      dataStart: (contextId, _len, last) => this.dataStart(1, contextId, last),
+      dataBytes: (_buf, start, end) => {
+        const t = this.currentTransfer[1];
+        if (t) t.bytes += end - start;
+      },
+      dataEnd: () => this.dataEnd(1),
+    };
+  }
+
+  private streamLast: [boolean, boolean] = [false, false];
+
+  /** A streamed data PDV starts; returns true when its bytes must be dropped (refused message). */
+  private dataStart(dir: 0 | 1, contextId: number, last: boolean): boolean {
+    this.checkContext(contextId, dir);
+    (dir === 0 ? this.downAsm : this.upAsm).data(contextId, last);
+    this.streamLast[dir] = last;
+    return dir === 0 && this.drop !== null;
+  }
+
+  private dataEnd(dir: 0 | 1): void {
+    if (!this.streamLast[dir]) return;
+    this.dataSetComplete(dir);
+  }
+
+  /** The last data fragment of a message has passed in direction dir. */
+  private dataSetComplete(dir: 0 | 1): void {
+    if (dir === 0 && this.drop) {
+      const d = this.drop;
+      this.drop = null;
+      this.upScanner?.inject(pdataPdu(d.contextId, d.refusal));
+      return;
+    }
+    const t = this.currentTransfer[dir];
+    if (t) {
+      this.currentTransfer[dir] = null;
+      this.instances++;
+    }
+  }
+
+  private checkContext(contextId: number, dir: 0 | 1): AcceptedContext {
+    const ctx = this.accepted.get(contextId);
+    if (!ctx) {
+      throw new MessageSequenceError(
+        `PDV on presentation context ${contextId}, which was not accepted (from the ${dir === 0 ? 'modality' : 'archive'})`,
+        AbortReason.InvalidPduParameterValue,
+      );
+    }
+    return ctx;
+  }
+
+  /** A whole PDU from the modality that needs a decision (commands, multi-PDV, release, abort). */
+  private heldFromModality(raw: Buffer, type: number): void {
+    if (type !== PduType.PDataTf) {
+      this.controlPdu('modality', raw, type);
+      return;
+    }
+    const pdu = decodePdu(raw) as PDataPdu;
+    let changed = false;
+    const kept: Pdv[] = [];
+    for (const pdv of pdu.pdvs) {
+      const ctx = this.checkContext(pdv.contextId, 0);
+      if (pdv.command) {
+        const cmd = this.downAsm.command(pdv.contextId, pdv.value, pdv.last);
+        if (!pdv.last) {
+          // Command split over several PDVs: keep everything from here until it is complete.
+          kept.push(pdv);
+          continue;
+        }
+        if (cmd && this.decideRequest(cmd, pdv.contextId, ctx)) {
+          kept.push(pdv);
+          continue;
+        }
+        // Refused: drop this command (and the fragments held before it) and its data set.
+        changed = true;
+        this.discardSplitCommand(kept, pdv.contextId);
+        continue;
+      }
+      this.downAsm.data(pdv.contextId, pdv.last);
+      if (this.drop) {
+        changed = true;
+        if (pdv.last) this.dataSetComplete(0);
+        continue;
+      }
+      const t = this.currentTransfer[0];
+      if (t) t.bytes += pdv.value.length;
+      kept.push(pdv);
+      if (pdv.last) this.dataSetComplete(0);
+    }
+    if (this.downAsm.midCommand) {
+      // Hold until the command is whole: the policy must see it before any of it reaches the archive.
+      (this.splitCommand ??= []).push({ type: PduType.PDataTf, pdvs: kept });
+      return;
+    }
+    if (this.splitCommand) {
+      const held = this.splitCommand;
+      this.splitCommand = null;
+      for (const p of held) if (p.pdvs.length > 0) this.writeUp(encodePdu(p));
+      changed = true;
+    }
+    if (!changed) this.writeUp(raw);
+    else if (kept.length > 0) this.writeUp(encodePdu({ type: PduType.PDataTf, pdvs: kept }));
+  }
+
+  private discardSplitCommand(kept: Pdv[], contextId: number): void {
+    for (let i = kept.length - 1; i >= 0; i--) {
+      const k = kept[i] as Pdv;
+      if (k.command && k.contextId === contextId) kept.splice(i, 1);
+    }
+    if (this.splitCommand) {
+      for (const p of this.splitCommand)
+        p.pdvs = p.pdvs.filter((k) => !(k.command && k.contextId === contextId));
+    }
+  }
+
+  /**
+   * Policy on each request the modality sends. Returns true to forward it. A refused request is answered
+   * by the proxy with a failure status (never a success) and nothing of it reaches the archive.
+   */
+  private decideRequest(cmd: CommandSet, contextId: number, ctx: AcceptedContext): boolean {
+    const name = commandName(cmd.commandField);
+    if (isResponse(cmd.commandField)) {
+      this.onResponse(0, cmd);
+      return true;
+    }
+    this.count(name);
+    if (cmd.commandField === CommandField.CCancelRq) return true;
+    const peer = this.peer as PeerPolicy;
+    let status: number | null = null;
+    let reason = '';
+    if (!peer.mayInvoke(ctx.abstractSyntax, cmd.commandField)) {
+      status = Status.RefusedNotAuthorized;
+      reason = `${name} on ${ctx.abstractSyntax} is not allowed for ${peer.aeTitle}`;
+    } else if (cmd.commandField === CommandField.CMoveRq) {
+      const dest = cmd.moveDestination ?? '';
+      if (!peer.mayMoveTo(dest)) {
+        // PS3.4 C.4.2.1.4 / PS3.7 9.1.4.1.9: A801 Refused: Move Destination unknown.
+        status = Status.MoveDestinationUnknown;
+        reason = `move destination ${dest} is not allowed for ${peer.aeTitle}`;
+      }
+    }
+    if (status === null) {
+      this.onRequest(0, cmd, ctx);
+      return true;
+    }
+    this.host.events.emit('dimse-refused', {
+      id: this.id,
+      callingAeTitle: peer.aeTitle,
+      command: name,
+      reason,
+      status,
+      ...(cmd.moveDestination !== undefined ? { moveDestination: cmd.moveDestination } : {}),
+    });
+    const refusal = encodeRefusalResponse(cmd, status, 'refused by proxy policy');
+    if (this.downAsm.expectingData) {
+      this.drop = { request: cmd, contextId, refusal }; // answer once its data set has been swallowed
+    } else {
+      this.upScanner?.inject(pdataPdu(contextId, refusal));
+    }
+    return false;
+  }
+
+  /** A whole PDU from the archive: relayed unchanged; commands are followed for bookkeeping. */
+  private heldFromArchive(raw: Buffer, type: number): void {
+    if (type !== PduType.PDataTf) {
+      this.controlPdu('archive', raw, type);
+      return;
+    }
+    const pdu = decodePdu(raw) as PDataPdu;
+    for (const pdv of pdu.pdvs) {
+      const ctx = this.checkContext(pdv.contextId, 1);
+      if (pdv.command) {
+        const cmd = this.upAsm.command(pdv.contextId, pdv.value, pdv.last);
+        if (cmd) {
+          if (isResponse(cmd.commandField)) this.onResponse(1, cmd);
+          else {
+            this.count(commandName(cmd.commandField));
+            this.onRequest(1, cmd, ctx);
+          }
+        }
+        continue;
+      }
+      this.upAsm.data(pdv.contextId, pdv.last);
+      const t = this.currentTransfer[1];
+      if (t) t.bytes += pdv.value.length;
+      if (pdv.last) this.dataSetComplete(1);
+    }
+    this.writeDown(raw);
+  }
+
+  private onRequest(dir: 0 | 1, cmd: CommandSet, ctx: AcceptedContext): void {
+    const direction: Direction = dir === 0 ? 'modality-to-archive' : 'archive-to-modality';
+    const key = `${dir}:${cmd.messageId ?? 0}`;
+    this.pending.set(key, { command: cmd, startedAt: performance.now() });
+    if (cmd.commandField === CommandField.CStoreRq) {
+      const t: Transfer = {
+        direction,
+        messageId: cmd.messageId ?? 0,
+        sopClassUid: cmd.affectedSopClassUid ?? '',
+        sopInstanceUid: cmd.affectedSopInstanceUid ?? '',
+        transferSyntaxUid: ctx.transferSyntax,
+        bytes: 0,
+      };
+      this.transfers.set(key, t);
+      this.currentTransfer[dir] = t;
+    }
+  }
+
+  /** A response travelling in direction dir answers a request that travelled the other way. */
+  private onResponse(dir: 0 | 1, cmd: CommandSet): void {
+    const reqDir = dir === 0 ? 1 : 0;
+    const key = `${reqDir}:${cmd.messageIdBeingRespondedTo ?? 0}`;
+    const status = cmd.status ?? 0xffff;
+    const cls = statusClass(status);
+    if (cls === 'pending') return;
+    const req = this.pending.get(key);
+    this.pending.delete(key);
+    const direction: Direction = reqDir === 0 ? 'modality-to-archive' : 'archive-to-modality';
+    if (req) {
+      this.host.events.emit('dimse-completed', {
+        id: this.id,
+        direction,
+        command: commandName(req.command.commandField),
+        status,
+        statusClass: cls,
+        durationMs: performance.now() - req.startedAt,
+      });
+    }
+    const t = this.transfers.get(key);
+    if (t) {
+      this.transfers.delete(key);
+      this.host.events.emit('instance', { id: this.id, ...t, status });
+    }
+  }
+
+  private count(name: string): void {
+    this.operations[name] = (this.operations[name] ?? 0) + 1;
+  }
+
+  /** A-RELEASE-RQ/RP and A-ABORT in Sta6/Sta7 (PS3.8 9.2): forwarded, state followed. */
+  private controlPdu(from: 'modality' | 'archive', raw: Buffer, type: number): void {
+    const toArchive = from === 'modality';
+    const write = (b: Buffer): void => (toArchive ? this.writeUp(b) : this.writeDown(b));
+    switch (type) {
+      case PduType.ReleaseRq:
+        this.state = 'Sta7';
+        write(raw);
+        return;
+      case PduType.ReleaseRp:
+        write(raw);
+        this.finish('released', null);
+        this.state = 'Sta13';
+        // PS3.8 9.2: the requestor closes the transport after A-RELEASE-RP; bound the wait.
+        this.armTimer(this.snapshot.config.limits.associationRequestTimeoutMs, () => this.destroyAll());
+        return;
+      case PduType.Abort: {
+        const src = raw[PDU_HEADER_LENGTH + 2] ?? 0;
+        const rsn = raw[PDU_HEADER_LENGTH + 3] ?? 0;
+        this.finish(
+          toArchive ? 'aborted-by-modality' : 'aborted-by-archive',
+          `A-ABORT source ${src} reason ${rsn}`,
+        );
+        this.state = 'Sta13';
+        write(raw);
+        this.endBoth();
+        return;
+      }
+      default:
+        throw new UnexpectedPduError(type);
+    }
+  }
+
+  // ---------------------------------------------------------------- errors, ends, teardown
+
+  private onProtocolError(side: 'modality' | 'archive', err: unknown): void {
+    if (this.finished && this.state === 'Sta13') return;
+    const e = err as Error & { code?: string; abortReason?: number };
+    const known =
+      err instanceof PduError || err instanceof MessageSequenceError || err instanceof UnexpectedPduError;
+    const reason = known && typeof e.abortReason === 'number' ? e.abortReason : AbortReason.NotSpecified;
+    this.host.events.emit('protocol-error', {
+      id: this.id,
+      side,
+      code: e.code ?? 'INTERNAL',
+      message: e.message,
+      abortReason: reason,
+    });
+    if (this.state === 'Sta5' && side === 'archive') {
+      this.failUpstream('protocol-error', e.message);
+      return;
+    }
+    // PS3.8 9.3.8: A-ABORT from the service provider (source 2) with the reason, to the side at fault;
+    // the other side learns of the abort with reason 0.
+    const toModality = side === 'modality' ? reason : AbortReason.NotSpecified;
+    const toArchive = side === 'archive' ? reason : AbortReason.NotSpecified;
+    this.abortBoth(toModality, toArchive, 'aborted-by-proxy', `${side} protocol error: ${e.message}`);
+  }
+
+  /** Provider-initiated abort toward both legs (written only at a PDU boundary), then close both. */
+  abortBoth(toModality: number, toArchive: number, outcome: AssociationOutcome, reason: string): void {
+    this.finish(outcome, reason);
+    const inSta6 = this.downScanner !== null;
+    if (!this.down.destroyed && (!inSta6 || this.upScanner?.atBoundary)) {
+      this.down.write(encodeAbort(AbortSource.ServiceProvider, toModality));
+    }
+    const up = this.upstreamSocket;
+    if (up && !up.destroyed && (!inSta6 || this.downScanner?.atBoundary)) {
+      up.write(encodeAbort(AbortSource.ServiceProvider, toArchive));
+    }
+    this.state = 'Sta13';
+    this.endBoth();
+  }
+
+  private endBoth(): void {
+    this.down.end();
+    this.upstreamSocket?.end();
+    this.down.resume();
+    this.upstreamSocket?.resume();
+    this.armTimer(2000, () => this.destroyAll());
+  }
+
+  private destroyAll(): void {
+    this.down.destroy();
+    this.upstreamSocket?.destroy();
+  }
+
+  private onDownEnd(): void {
+    if (this.state === 'Sta13' || this.outcome === 'released') {
+      this.upstreamSocket?.end();
+      this.down.end();
+      return;
+    }
+    // Transport closed by the modality without release or abort: a broken leg aborts the other.
+    if (this.upstreamSocket) {
+      this.abortBoth(
+        AbortReason.NotSpecified,
+        AbortReason.NotSpecified,
+        'closed',
+        'modality closed the connection',
+      );
+    } else {
+      this.finish('closed', 'modality closed the connection before the association was established');
+      this.down.end();
+    }
+  }
+
+  private onUpEnd(): void {
+    if (this.state === 'Sta13' || this.outcome === 'released') {
+      this.down.end();
+      this.upstreamSocket?.end();
+      return;
+    }
+    if (this.state === 'Sta5') {
+      this.failUpstream('closed', 'archive closed the connection before answering the A-ASSOCIATE-RQ');
+      return;
+    }
+    this.abortBoth(
+      AbortReason.NotSpecified,
+      AbortReason.NotSpecified,
+      'aborted-by-archive',
+      'archive closed the connection',
+    );
+  }
+
+  private onSocketError(side: 'modality' | 'archive', err: Error): void {
+    if (this.state === 'Sta5' && side === 'archive') {
+      this.failUpstream('closed', err.message);
+      return;
+    }
+    if (!this.finished) {
+      this.finish(
+        side === 'modality' ? 'closed' : 'aborted-by-archive',
+        `${side} socket error: ${err.message}`,
+      );
+    }
+    this.abortBoth(AbortReason.NotSpecified, AbortReason.NotSpecified, 'closed', `${side} socket error`);
+    this.destroyAll();
+  }
+
+  private onSocketClosed(): void {
+    this.closedSockets++;
+    const expected = this.upstreamSocket ? 2 : 1;
+    if (this.down.destroyed && (!this.upstreamSocket || this.upstreamSocket.destroyed)) {
+      this.complete();
+    } else if (this.closedSockets >= expected) {
+      this.complete();
+    } else if (!this.finished) {
+      // One leg closed: the other cannot go on.
+      this.abortBoth(AbortReason.NotSpecified, AbortReason.NotSpecified, 'closed', 'a connection closed');
+    }
+  }
+
+  /** Record the first outcome; the summary is emitted when both sockets are closed. */
+  private finish(outcome: AssociationOutcome, reason: string | null): void {
+    if (this.outcome === null) {
+      this.outcome = outcome;
+      this.reason = reason;
+    }
+    this.finished = true;
+  }
+
+  private completed = false;
+
+  private complete(): void {
+    if (this.completed) return;
+    this.completed = true;
+    if (this.timer) clearTimeout(this.timer);
+    if (this.outcome === null) this.outcome = 'closed';
+    // Instances that never got their C-STORE-RSP are reported too: the truth of what happened.
+    for (const t of this.transfers.values())
+      this.host.events.emit('instance', { id: this.id, ...t, status: null });
+    this.transfers.clear();
+    const rq = this.rq;
+    this.host.events.emit('association-closed', {
+      id: this.id,
+      remoteAddress: this.remoteAddress,
+      remotePort: this.remotePort,
+      callingAeTitle: rq ? aeTitleText(rq.callingAeTitle) : null,
+      calledAeTitle: rq ? aeTitleText(rq.calledAeTitle) : null,
+      peer: this.admittedPeer,
+      upstream: this.upstream?.name ?? null,
+      upstreamAeTitle: this.upstream?.aeTitle ?? null,
+      outcome: this.outcome,
+      reason: this.reason,
+      reject: this.reject,
+      startedAt: new Date(this.startedAt).toISOString(),
+      durationMs: Date.now() - this.startedAt,
+      bytesFromModality: this.bytesFromModality,
+      bytesFromArchive: this.bytesFromArchive,
+      instances: this.instances,
+      operations: this.operations,
+      tls: this.tlsInfo,
+    });
+    this.host.finished(this);
+  }
+
+  /** Used by the server on shutdown. */
+  shutdown(): void {
+    if (this.completed) return;
+    if (this.state === 'Sta6' || this.state === 'Sta7') {
+      this.abortBoth(
+        AbortReason.NotSpecified,
+        AbortReason.NotSpecified,
+        'aborted-by-proxy',
+        'proxy shutting down',
+      );
+    } else {
+      this.finish('aborted-by-proxy', 'proxy shutting down');
+      this.destroyAll();
+    }
+  }
+}
+
+function capMaxLength(requested: number | undefined, ceiling: number): number {
+  if (requested === undefined || requested === 0) return ceiling;
+  return Math.min(requested, ceiling);
+}
+
+export const __test = { capMaxLength, PDV_HEADER };

@@ -1,0 +1,113 @@
+// The plaintext listener modalities connect to. Owns the set of live associations and their counts.
+import * as net from 'node:net';
+import { Association, type AssociationHost } from './association.js';
+import { ProxyEvents } from '../observe/events.js';
+import type { RuntimeSnapshot } from './snapshot.js';
+
+export class ProxyServer implements AssociationHost {
+  readonly events: ProxyEvents;
+  private snapshot: RuntimeSnapshot;
+  private readonly server: net.Server;
+  private readonly live = new Set<Association>();
+  private readonly perPeer = new Map<string, number>();
+  private admittedTotal = 0;
+  private closing = false;
+
+  constructor(snapshot: RuntimeSnapshot, events = new ProxyEvents()) {
+    this.snapshot = snapshot;
+    this.events = events;
+    this.server = net.createServer({ noDelay: true, pauseOnConnect: false }, (socket) =>
+      this.onConnection(socket),
+    );
+    this.server.on('error', (err) => this.events.emit('listener-error', { message: err.message }));
+  }
+
+  get current(): RuntimeSnapshot {
+    return this.snapshot;
+  }
+
+  /** New associations use the new snapshot; live ones keep theirs. */
+  setSnapshot(snapshot: RuntimeSnapshot): void {
+    this.snapshot = snapshot;
+  }
+
+  listen(
+    host = this.snapshot.config.listen.host,
+    port = this.snapshot.config.listen.port,
+  ): Promise<net.AddressInfo> {
+    return new Promise((resolve, reject) => {
+      const onError = (err: Error): void => reject(err);
+      this.server.once('error', onError);
+      this.server.listen({ host, port }, () => {
+        this.server.removeListener('error', onError);
+        resolve(this.server.address() as net.AddressInfo);
+      });
+    });
+  }
+
+  address(): net.AddressInfo | null {
+    const a = this.server.address();
+    return a && typeof a === 'object' ? a : null;
+  }
+
+  private onConnection(socket: net.Socket): void {
+    if (this.closing) {
+      socket.destroy();
+      return;
+    }
+    // Connections that have not sent an A-ASSOCIATE-RQ yet are bounded too (ARTIM closes slow ones).
+    if (this.live.size >= this.snapshot.config.limits.maxAssociations * 2) {
+      socket.destroy();
+      return;
+    }
+    const assoc = new Association(socket, this.snapshot, this);
+    this.live.add(assoc);
+    assoc.start();
+  }
+
+  activeTotal(): number {
+    return this.admittedTotal;
+  }
+
+  activeForPeer(aeTitle: string): number {
+    return this.perPeer.get(aeTitle) ?? 0;
+  }
+
+  admitted(_assoc: Association, peerAeTitle: string): void {
+    this.admittedTotal++;
+    this.perPeer.set(peerAeTitle, (this.perPeer.get(peerAeTitle) ?? 0) + 1);
+  }
+
+  finished(assoc: Association): void {
+    if (!this.live.delete(assoc)) return;
+    const peer = assoc.peerAeTitle;
+    if (peer !== null) {
+      this.admittedTotal--;
+      const n = (this.perPeer.get(peer) ?? 1) - 1;
+      if (n <= 0) this.perPeer.delete(peer);
+      else this.perPeer.set(peer, n);
+    }
+    if (this.closing && this.live.size === 0) this.onDrained?.();
+  }
+
+  get liveAssociations(): number {
+    return this.live.size;
+  }
+
+  private onDrained: (() => void) | null = null;
+
+  /** Stop listening; abort live associations after graceMs (A-ABORT to both sides). */
+  async close(graceMs = 0): Promise<void> {
+    this.closing = true;
+    const listening = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    if (this.live.size > 0) {
+      const drained = new Promise<void>((resolve) => (this.onDrained = resolve));
+      const timer = setTimeout(() => {
+        for (const a of this.live) a.shutdown();
+      }, graceMs);
+      await drained;
+      clearTimeout(timer);
+    }
+    await listening;
+  }
+}

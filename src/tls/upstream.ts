@@ -1,0 +1,230 @@
+// Secure contexts for the upstream (archive) leg and the classification of connect/handshake failures.
+import { readFileSync } from 'node:fs';
+import { X509Certificate } from 'node:crypto';
+import * as tls from 'node:tls';
+import { TLS_PROFILES, type TlsProfileName } from './profiles.js';
+
+export interface UpstreamTlsSettings {
+  ca: string;
+  cert: string;
+  key: string;
+  serverName: string;
+  verifyHostname: boolean;
+  profile: TlsProfileName;
+}
+
+export class TlsMaterialError extends Error {
+  readonly code = 'TLS_MATERIAL_INVALID';
+  constructor(
+    readonly file: string,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.name = 'TlsMaterialError';
+  }
+}
+
+function readPem(file: string, what: string): Buffer {
+  try {
+    return readFileSync(file);
+  } catch (err) {
+    throw new TlsMaterialError(file, `cannot read ${what} ${file}: ${(err as Error).message}`, {
+      cause: err,
+    });
+  }
+}
+
+/** Everything needed to open one upstream connection; built at config load, immutable afterwards. */
+export interface UpstreamTlsContext {
+  settings: UpstreamTlsSettings;
+  secureContext: tls.SecureContext;
+  /** Not-after of the client certificate, for logs and (later) metrics. */
+  clientCertNotAfter: Date;
+  clientCertSubject: string;
+}
+
+export function buildUpstreamTlsContext(settings: UpstreamTlsSettings): UpstreamTlsContext {
+  const profile = TLS_PROFILES[settings.profile];
+  const ca = readPem(settings.ca, 'CA bundle');
+  const cert = readPem(settings.cert, 'client certificate');
+  const key = readPem(settings.key, 'client key');
+  let x509: X509Certificate;
+  try {
+    x509 = new X509Certificate(cert);
+  } catch (err) {
+    throw new TlsMaterialError(
+      settings.cert,
+      `${settings.cert} is not a PEM certificate: ${(err as Error).message}`,
+      {
+        cause: err,
+      },
+    );
+  }
+  let secureContext: tls.SecureContext;
+  try {
+    secureContext = tls.createSecureContext({
+      ca,
+      cert,
+      key,
+      minVersion: profile.minVersion,
+      maxVersion: profile.maxVersion,
+      ciphers: profile.ciphers,
+    });
+  } catch (err) {
+    throw new TlsMaterialError(
+      settings.key,
+      `TLS material for ${settings.cert} / ${settings.key} rejected: ${(err as Error).message}`,
+      { cause: err },
+    );
+  }
+  return {
+    settings,
+    secureContext,
+    clientCertNotAfter: new Date(x509.validTo),
+    clientCertSubject: x509.subject,
+  };
+}
+
+export type UpstreamFailureReason =
+  | 'refused'
+  | 'timeout'
+  | 'unreachable'
+  | 'certificate-expired'
+  | 'certificate-not-yet-valid'
+  | 'unknown-ca'
+  | 'hostname-mismatch'
+  | 'client-certificate-rejected'
+  | 'handshake-failed'
+  | 'closed';
+
+/** Map a socket/TLS error to a stable reason an admin can act on (log field, later a metric label). */
+export function classifyUpstreamError(err: unknown): UpstreamFailureReason {
+  const e = err as NodeJS.ErrnoException & { reason?: string };
+  const code = e?.code ?? '';
+  const msg = String(e?.message ?? '');
+  switch (code) {
+    case 'ECONNREFUSED':
+      return 'refused';
+    case 'ETIMEDOUT':
+    case 'UPSTREAM_TIMEOUT':
+      return 'timeout';
+    case 'EHOSTUNREACH':
+    case 'ENETUNREACH':
+    case 'ENOTFOUND':
+    case 'EAI_AGAIN':
+      return 'unreachable';
+    case 'CERT_HAS_EXPIRED':
+      return 'certificate-expired';
+    case 'CERT_NOT_YET_VALID':
+      return 'certificate-not-yet-valid';
+    case 'UNABLE_TO_VERIFY_LEAF_SIGNATURE':
+    case 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY':
+    case 'UNABLE_TO_GET_ISSUER_CERT':
+    case 'SELF_SIGNED_CERT_IN_CHAIN':
+    case 'DEPTH_ZERO_SELF_SIGNED_CERT':
+    case 'CERT_SIGNATURE_FAILURE':
+      return 'unknown-ca';
+    case 'ERR_TLS_CERT_ALTNAME_INVALID':
+      return 'hostname-mismatch';
+    default:
+      break;
+  }
+  if (/certificate required|bad certificate|unknown ca|certificate unknown|alert number 4[0-9]/i.test(msg)) {
+    return /handshake failure/i.test(msg) ? 'handshake-failed' : 'client-certificate-rejected';
+  }
+  if (code === 'ECONNRESET' || code === 'EPIPE' || /socket hang up|disconnected before/i.test(msg))
+    return 'closed';
+  return 'handshake-failed';
+}
+
+export interface UpstreamConnectOptions {
+  host: string;
+  port: number;
+  timeoutMs: number;
+  tls: UpstreamTlsContext;
+}
+
+export class UpstreamConnectError extends Error {
+  readonly code = 'UPSTREAM_CONNECT_FAILED';
+  constructor(
+    readonly reason: UpstreamFailureReason,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.name = 'UpstreamConnectError';
+  }
+}
+
+/**
+ * Open a mutual-TLS connection to the archive. Resolves once the handshake is complete and the server
+ * certificate (chain, validity and, unless disabled, host name) is verified.
+ */
+export function connectUpstream(opts: UpstreamConnectOptions): Promise<tls.TLSSocket> {
+  const { settings, secureContext } = opts.tls;
+  return new Promise((resolve, reject) => {
+    let settled = false;
+    const socket = tls.connect({
+      host: opts.host,
+      port: opts.port,
+      servername: isIp(settings.serverName) ? undefined : settings.serverName,
+      secureContext,
+      rejectUnauthorized: true,
+      checkServerIdentity: settings.verifyHostname
+        ? (_host, cert) => tls.checkServerIdentity(settings.serverName, cert)
+        : () => undefined,
+    });
+    socket.setNoDelay(true); // applied as soon as the TCP connection exists (DESIGN: Nagle costs ~50 ms a message)
+    const fail = (err: unknown): void => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      socket.destroy();
+      const reason = classifyUpstreamError(err);
+      const detail = (err as Error)?.message ?? String(err);
+      reject(
+        new UpstreamConnectError(
+          reason,
+          `${opts.host}:${opts.port} (${settings.serverName}): ${reason}: ${detail}`,
+          {
+            cause: err,
+          },
+        ),
+      );
+    };
+    const timer = setTimeout(() => {
+      const err = Object.assign(new Error(`no TLS session within ${opts.timeoutMs} ms`), {
+        code: 'UPSTREAM_TIMEOUT',
+      });
+      fail(err);
+    }, opts.timeoutMs);
+    socket.once('error', fail);
+    socket.once('close', () =>
+      fail(Object.assign(new Error('closed during TLS handshake'), { code: 'ECONNRESET' })),
+    );
+    socket.once('secureConnect', () => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      socket.removeListener('error', fail);
+      socket.removeAllListeners('close');
+      socket.setNoDelay(true);
+      resolve(socket);
+    });
+  });
+}
+
+function isIp(name: string): boolean {
+  return /^[0-9.]+$/.test(name) || name.includes(':');
+}
+
+/** Short identity of a peer certificate for logs: subject CN and SHA-256 fingerprint. */
+export function peerCertificateSummary(
+  socket: tls.TLSSocket,
+): { subject: string; fingerprint256: string } | null {
+  const cert = socket.getPeerCertificate();
+  if (!cert || Object.keys(cert).length === 0) return null;
+  const cn = cert.subject?.CN;
+  return { subject: Array.isArray(cn) ? cn.join(',') : (cn ?? ''), fingerprint256: cert.fingerprint256 };
+}
