@@ -1,0 +1,46 @@
+/**
+ * The one place configuration defaults live, in the units of the YAML surface (durations as written in the
+ * file). config/example.yaml documents the same values. Keys absent here are required.
+ */
+export const DEFAULTS = deepFreeze({
+  listen: {
+    host: '0.0.0.0',
+    port: 11112,
+  },
+  upstream: {
+    callingAeTitle: null,
+    connectTimeout: '10s',
+    tls: {
+      // serverName defaults to the upstream's host.
+      verifyHostname: true,
+      profile: 'bcp195',
+    },
+  },
+  peer: {
+    // moveDestinations defaults to the peer's own AE title.
+    maxAssociations: null,
+    sopClasses: [] as readonly string[],
+  },
+  limits: {
+    maxAssociations: 200,
+    maxAssociationsPerPeer: 16,
+    associationRequestTimeout: '10s',
+    idleTimeout: '5m',
+    maxPduLength: 1_048_576,
+  },
+  logging: {
+    level: 'info',
+    file: null,
+  },
+} as const);
+
+/** Freezes `value` and everything reachable from it. */
+export function deepFreeze<T>(value: T): T {
+  if (value !== null && typeof value === 'object' && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const key of Reflect.ownKeys(value)) {
+      deepFreeze((value as Record<string | symbol, unknown>)[key]);
+    }
+  }
+  return value;
+}

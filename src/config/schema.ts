@@ -1,0 +1,156 @@
+import { z } from 'zod';
+import { parseAddressRange } from './address.js';
+import { parseDuration } from './duration.js';
+import { aeTitleError, trimAeTitle, uidError } from './syntax.js';
+import { SERVICE_NAMES, TLS_PROFILE_NAMES } from './types.js';
+
+/**
+ * Zod schemas for the YAML surface. They check each value on its own (type, syntax, range); checks that
+ * relate several values (routes -> upstreams, duplicates, mapping keys) live in load.ts. Every object is
+ * strict: an unknown key is an error. Defaults are not applied here but from DEFAULTS when the snapshot is
+ * built, so these schemas' outputs keep "absent" distinguishable.
+ */
+
+export const aeTitleSchema = z.string().transform((value, ctx) => {
+  const trimmed = trimAeTitle(value);
+  const problem = aeTitleError(trimmed);
+  if (problem !== null) {
+    ctx.addIssue({ code: 'custom', message: problem });
+    return z.NEVER;
+  }
+  return trimmed;
+});
+
+export const durationSchema = z.unknown().transform((value, ctx) => {
+  const result = parseDuration(value);
+  if (!result.ok) {
+    ctx.addIssue({ code: 'custom', message: result.message });
+    return z.NEVER;
+  }
+  return result.ms;
+});
+
+const uidSchema = z.string().superRefine((value, ctx) => {
+  const problem = uidError(value);
+  if (problem !== null) ctx.addIssue({ code: 'custom', message: problem });
+});
+
+const addressSchema = z.string().superRefine((value, ctx) => {
+  const result = parseAddressRange(value);
+  if (!result.ok) ctx.addIssue({ code: 'custom', message: result.message });
+});
+
+const hostSchema = z
+  .string()
+  .min(1)
+  .regex(/^[^\s/]+$/, { message: 'must be a host name or IP address without spaces or slashes' });
+
+const filePathSchema = z.string().min(1);
+
+const positiveInt = z.int().min(1);
+
+const optionalDuration = durationSchema.optional();
+
+export const listenSchema = z.strictObject({
+  host: hostSchema.optional(),
+  port: z.int().min(0).max(65535).optional(),
+});
+
+export const upstreamTlsSchema = z.strictObject({
+  ca: filePathSchema,
+  cert: filePathSchema,
+  key: filePathSchema,
+  serverName: hostSchema.optional(),
+  verifyHostname: z.boolean().optional(),
+  profile: z.enum(TLS_PROFILE_NAMES as [string, ...string[]]).optional(),
+});
+
+export const upstreamSchema = z.strictObject({
+  host: hostSchema,
+  port: z.int().min(1).max(65535),
+  aeTitle: aeTitleSchema,
+  callingAeTitle: aeTitleSchema.nullable().optional(),
+  connectTimeout: optionalDuration,
+  tls: upstreamTlsSchema,
+});
+
+export const routeSchema = z.strictObject({
+  calledAeTitle: aeTitleSchema,
+  upstream: z.string().min(1),
+});
+
+export const peerSchema = z.strictObject({
+  addresses: z.array(addressSchema).min(1),
+  services: z.array(z.enum(SERVICE_NAMES as [string, ...string[]])).min(1),
+  moveDestinations: z.array(aeTitleSchema).optional(),
+  maxAssociations: positiveInt.nullable().optional(),
+  sopClasses: z.array(uidSchema).optional(),
+});
+
+export const limitsSchema = z.strictObject({
+  maxAssociations: positiveInt.optional(),
+  maxAssociationsPerPeer: positiveInt.optional(),
+  associationRequestTimeout: optionalDuration,
+  idleTimeout: optionalDuration,
+  maxPduLength: z.int().min(4096).max(16_777_216).optional(),
+});
+
+export const loggingSchema = z.strictObject({
+  level: z.enum(['error', 'warn', 'info', 'debug']).optional(),
+  file: filePathSchema.nullable().optional(),
+});
+
+/** The document root. `upstreams` and `peers` are mappings checked entry by entry in load.ts. */
+export const rootSchema = z.strictObject({
+  listen: listenSchema.nullable().optional(),
+  upstreams: z.unknown().optional(),
+  routes: z.array(routeSchema).min(1),
+  peers: z.unknown().optional(),
+  limits: limitsSchema.nullable().optional(),
+  logging: loggingSchema.nullable().optional(),
+});
+
+export type RawUpstream = z.output<typeof upstreamSchema>;
+export type RawPeer = z.output<typeof peerSchema>;
+export type RawRoot = z.output<typeof rootSchema>;
+
+/** Describes a YAML value the way a reader of the file would name it. */
+export function describeValue(value: unknown): string {
+  if (value === undefined) return 'nothing';
+  if (value === null) return 'null';
+  if (Array.isArray(value)) return 'a list';
+  if (typeof value === 'object') return 'a mapping';
+  if (typeof value === 'string') return `the string ${JSON.stringify(value)}`;
+  return `${typeof value} ${String(value)}`;
+}
+
+const EXPECTED_NAMES: Record<string, string> = {
+  object: 'a mapping',
+  array: 'a list',
+  string: 'a string',
+  number: 'a number',
+  int: 'an integer',
+  boolean: 'true or false',
+  null: 'null',
+};
+
+/** Zod error map giving messages in the vocabulary of the YAML file. */
+export const errorMap: z.core.$ZodErrorMap = (issue) => {
+  switch (issue.code) {
+    case 'invalid_type':
+      if (issue.input === undefined) return 'is required';
+      return `expected ${EXPECTED_NAMES[issue.expected] ?? issue.expected}, got ${describeValue(issue.input)}`;
+    case 'too_small':
+      if (issue.origin === 'array') return `must list at least ${String(issue.minimum)} item(s)`;
+      if (issue.origin === 'string') return 'must not be empty';
+      return `must be at least ${String(issue.minimum)}, got ${describeValue(issue.input)}`;
+    case 'too_big':
+      if (issue.origin === 'array') return `must list at most ${String(issue.maximum)} item(s)`;
+      if (issue.origin === 'string') return `must be at most ${String(issue.maximum)} characters`;
+      return `must be at most ${String(issue.maximum)}, got ${describeValue(issue.input)}`;
+    case 'invalid_value':
+      return `must be one of ${issue.values.map((v) => String(v)).join(', ')}; got ${describeValue(issue.input)}`;
+    default:
+      return undefined;
+  }
+};

@@ -1,0 +1,95 @@
+/**
+ * The validated, immutable configuration snapshot produced by `parseConfig` / `loadConfig`.
+ * Every object in a snapshot is deep-frozen; durations are milliseconds and file paths are absolute.
+ */
+
+/** DIMSE services a peer may be granted (see src/policy/services.ts for the SOP classes each covers). */
+export type ServiceName = 'echo' | 'store' | 'find' | 'move' | 'get' | 'worklist' | 'mpps' | 'commitment';
+
+export const SERVICE_NAMES: readonly ServiceName[] = Object.freeze([
+  'echo',
+  'store',
+  'find',
+  'move',
+  'get',
+  'worklist',
+  'mpps',
+  'commitment',
+] as const);
+
+/** DICOM PS3.15 B.12 "BCP 195 TLS Secure Transport Connection Profile" (default) and B.13 "Modified BCP 195". */
+export type TlsProfileName = 'bcp195' | 'modified-bcp195';
+
+export const TLS_PROFILE_NAMES: readonly TlsProfileName[] = Object.freeze([
+  'bcp195',
+  'modified-bcp195',
+] as const);
+
+export interface UpstreamTlsConfig {
+  /** Absolute path of the PEM CA bundle used to verify the archive's certificate. */
+  ca: string;
+  /** Absolute path of the proxy's PEM client certificate (chain). */
+  cert: string;
+  /** Absolute path of the proxy's PEM private key. */
+  key: string;
+  /** SNI / hostname to verify; defaults to the upstream host. */
+  serverName: string;
+  verifyHostname: boolean;
+  profile: TlsProfileName;
+}
+
+export interface UpstreamConfig {
+  name: string;
+  host: string;
+  port: number;
+  /** Called AE title presented to the archive. */
+  aeTitle: string;
+  /** When set, replaces the modality's calling AE title toward the archive. */
+  callingAeTitle: string | null;
+  /** TCP connect + TLS handshake budget. */
+  connectTimeoutMs: number;
+  tls: UpstreamTlsConfig;
+}
+
+export interface RouteConfig {
+  calledAeTitle: string;
+  upstream: string;
+}
+
+export interface PeerConfig {
+  /** Calling AE title of the modality / workstation (trimmed). */
+  aeTitle: string;
+  /** IPv4/IPv6 addresses or CIDRs, as written in the file. */
+  addresses: string[];
+  services: ServiceName[];
+  /** C-MOVE destinations this peer may name; defaults to [aeTitle]. */
+  moveDestinations: string[];
+  /** Per-peer association limit; null = limits.maxAssociationsPerPeer. */
+  maxAssociations: number | null;
+  /** Extra (e.g. private) SOP Class UIDs this peer may negotiate and use with any command. */
+  sopClasses: string[];
+}
+
+export interface LimitsConfig {
+  maxAssociations: number;
+  maxAssociationsPerPeer: number;
+  associationRequestTimeoutMs: number;
+  idleTimeoutMs: number;
+  maxPduLength: number;
+}
+
+export interface LoggingConfig {
+  level: 'error' | 'warn' | 'info' | 'debug';
+  file: string | null;
+}
+
+export interface ProxyConfig {
+  /** Absolute path of the file the snapshot was read from, or null when parsed from a string. */
+  sourcePath: string | null;
+  listen: { host: string; port: number };
+  upstreams: Record<string, UpstreamConfig>;
+  routes: RouteConfig[];
+  peers: Record<string, PeerConfig>;
+  limits: LimitsConfig;
+  logging: LoggingConfig;
+}

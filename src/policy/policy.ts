@@ -1,0 +1,261 @@
+import {
+  parseAddressRange,
+  parseRemoteAddress,
+  rangeContains,
+  type AddressRange,
+} from '../config/address.js';
+import { stripWirePadding } from '../config/syntax.js';
+import type { PeerConfig, ProxyConfig, RouteConfig, ServiceName, UpstreamConfig } from '../config/types.js';
+import type { PresentationContextRq } from '../pdu/types.js';
+import {
+  SERVICE_REQUESTS,
+  isResponseCommand,
+  isStorageSopClass,
+  servicesForAbstractSyntax,
+} from './services.js';
+
+/** A-ASSOCIATE-RJ fields, PS3.8 9.3.4 (Table 9-21). */
+export interface RejectSpec {
+  result: number;
+  source: number;
+  reason: number;
+}
+
+/** The rejects the policy issues. */
+export const REJECTS = Object.freeze({
+  /** rejected-permanent / DICOM UL service-user / calling-AE-title-not-recognized. */
+  callingAeNotRecognized: Object.freeze({ result: 1, source: 1, reason: 3 }),
+  /** rejected-permanent / DICOM UL service-user / called-AE-title-not-recognized. */
+  calledAeNotRecognized: Object.freeze({ result: 1, source: 1, reason: 7 }),
+  /** rejected-transient / DICOM UL service-provider (presentation related) / local-limit-exceeded. */
+  localLimitExceeded: Object.freeze({ result: 2, source: 3, reason: 2 }),
+}) satisfies Record<string, RejectSpec>;
+
+export type AdmitRefusal =
+  | 'unknown-calling-ae'
+  | 'address-not-allowed'
+  | 'unknown-called-ae'
+  | 'too-many-associations'
+  | 'too-many-peer-associations';
+
+export type AdmitDecision =
+  | { accepted: true; peer: PeerPolicy; route: RouteConfig; upstream: UpstreamConfig }
+  | {
+      accepted: false;
+      refusal: AdmitRefusal;
+      reject: RejectSpec;
+      message: string;
+      peerAeTitle: string | null;
+    };
+
+export interface AdmitRequest {
+  /** As received; space / NUL padding is removed before lookup. */
+  callingAeTitle: string;
+  /** As received; space / NUL padding is removed before lookup. */
+  calledAeTitle: string;
+  /** The socket's remote address (IPv4, IPv6, or IPv4-mapped IPv6 from a dual-stack socket). */
+  remoteAddress: string;
+  /** Associations already active, not counting the one being admitted. */
+  activeTotal: number;
+  /** Associations already active for a peer AE title, not counting the one being admitted. */
+  activeForPeer: (aeTitle: string) => number;
+}
+
+export interface ContextFilterResult {
+  /** The proposed contexts that may be forwarded, unchanged (padding kept for byte-exact re-encoding). */
+  allowed: PresentationContextRq[];
+  /** The refused ones; abstractSyntax without its wire padding. */
+  refused: { id: number; abstractSyntax: string }[];
+}
+
+export interface RoleSelection {
+  sopClassUid: string;
+  scuRole: number;
+  scpRole: number;
+}
+
+export interface PeerPolicy {
+  readonly aeTitle: string;
+  readonly services: ReadonlySet<ServiceName>;
+  /** peer.maxAssociations, or limits.maxAssociationsPerPeer when the peer sets none. */
+  readonly maxAssociations: number;
+  /**
+   * Splits proposed presentation contexts into those this peer may use and those to refuse. A context is
+   * allowed when its abstract syntax is in the peer's sopClasses, or is covered by one of its services; a
+   * Storage SOP Class is covered by 'store', or by 'get' when the peer asks for the SCP role for that SOP
+   * class by SCP/SCU Role Selection (it then receives C-GET's C-STORE sub-operations, PS3.7 D.3.3.4).
+   */
+  filterPresentationContexts(contexts: PresentationContextRq[], roles: RoleSelection[]): ContextFilterResult;
+  /** True when the peer may name `destinationAeTitle` (padding removed) as C-MOVE destination. */
+  mayMoveTo(destinationAeTitle: string): boolean;
+  /**
+   * True when the peer may send a message with this Command Field on a context of this abstract syntax.
+   * Request commands need a service that covers the SOP class and defines the command (C-STORE-RQ on a
+   * storage context needs 'store'; a 'get'-only peer has storage contexts but may only answer on them).
+   * Responses are allowed on any abstract syntax the peer may negotiate. SOP classes listed in the peer's
+   * sopClasses allow every command.
+   */
+  mayInvoke(abstractSyntax: string, commandField: number): boolean;
+}
+
+export interface Policy {
+  readonly config: ProxyConfig;
+  admit(req: AdmitRequest): AdmitDecision;
+  /** The compiled policy of a peer by AE title (padding removed), if configured. */
+  peer(aeTitle: string): PeerPolicy | undefined;
+}
+
+class CompiledPeer implements PeerPolicy {
+  readonly aeTitle: string;
+  readonly services: ReadonlySet<ServiceName>;
+  readonly maxAssociations: number;
+  readonly #ranges: readonly AddressRange[];
+  readonly #moveDestinations: ReadonlySet<string>;
+  readonly #sopClasses: ReadonlySet<string>;
+
+  constructor(peer: PeerConfig, defaultMaxAssociations: number) {
+    this.aeTitle = stripWirePadding(peer.aeTitle);
+    this.services = new Set(peer.services);
+    this.maxAssociations = peer.maxAssociations ?? defaultMaxAssociations;
+    this.#ranges = peer.addresses.map((text) => {
+      const parsed = parseAddressRange(text.trim());
+      if (!parsed.ok) throw new Error(`peer ${JSON.stringify(peer.aeTitle)}: ${parsed.message}`);
+      return { address: parsed.address, prefix: parsed.prefix };
+    });
+    this.#moveDestinations = new Set(peer.moveDestinations.map(stripWirePadding));
+    this.#sopClasses = new Set(peer.sopClasses.map(stripWirePadding));
+    Object.freeze(this);
+  }
+
+  /** True when the socket address `remoteAddress` is in this peer's address list. */
+  allowsAddress(remoteAddress: string): boolean {
+    const address = parseRemoteAddress(remoteAddress);
+    if (address === null) return false;
+    return this.#ranges.some((range) => rangeContains(range, address));
+  }
+
+  filterPresentationContexts(contexts: PresentationContextRq[], roles: RoleSelection[]): ContextFilterResult {
+    const scpRequested = new Set<string>();
+    for (const role of roles) if (role.scpRole === 1) scpRequested.add(stripWirePadding(role.sopClassUid));
+    const allowed: PresentationContextRq[] = [];
+    const refused: { id: number; abstractSyntax: string }[] = [];
+    for (const context of contexts) {
+      const uid = stripWirePadding(context.abstractSyntax);
+      if (this.#contextAllowed(uid, scpRequested.has(uid))) allowed.push(context);
+      else refused.push({ id: context.id, abstractSyntax: uid });
+    }
+    return { allowed, refused };
+  }
+
+  mayMoveTo(destinationAeTitle: string): boolean {
+    return this.#moveDestinations.has(stripWirePadding(destinationAeTitle));
+  }
+
+  mayInvoke(abstractSyntax: string, commandField: number): boolean {
+    const uid = stripWirePadding(abstractSyntax);
+    if (this.#sopClasses.has(uid)) return true;
+    if (isResponseCommand(commandField)) return this.#contextAllowed(uid, true);
+    return servicesForAbstractSyntax(uid).some(
+      (service) => this.services.has(service) && SERVICE_REQUESTS[service].has(commandField),
+    );
+  }
+
+  #contextAllowed(uid: string, scpRoleRequested: boolean): boolean {
+    if (this.#sopClasses.has(uid)) return true;
+    if (isStorageSopClass(uid)) {
+      return this.services.has('store') || (this.services.has('get') && scpRoleRequested);
+    }
+    return servicesForAbstractSyntax(uid).some((service) => this.services.has(service));
+  }
+}
+
+/**
+ * Compiles a configuration snapshot into the decisions the proxy takes per association. Called once per
+ * configuration load: address ranges, routes and SOP class sets are prepared here so that admit() and the
+ * per-peer checks are cheap. Throws if the configuration is inconsistent (only possible for a hand-built
+ * ProxyConfig; snapshots from parseConfig are already validated).
+ */
+export function compilePolicy(config: ProxyConfig): Policy {
+  const peers = new Map<string, CompiledPeer>();
+  for (const peer of Object.values(config.peers)) {
+    const compiled = new CompiledPeer(peer, config.limits.maxAssociationsPerPeer);
+    peers.set(compiled.aeTitle, compiled);
+  }
+
+  const routes = new Map<string, { route: RouteConfig; upstream: UpstreamConfig }>();
+  for (const route of config.routes) {
+    const upstream = Object.hasOwn(config.upstreams, route.upstream)
+      ? config.upstreams[route.upstream]
+      : undefined;
+    if (upstream === undefined) {
+      throw new Error(
+        `route for ${JSON.stringify(route.calledAeTitle)} names unknown upstream "${route.upstream}"`,
+      );
+    }
+    routes.set(stripWirePadding(route.calledAeTitle), { route, upstream });
+  }
+
+  const maxAssociations = config.limits.maxAssociations;
+
+  const refuse = (
+    refusal: AdmitRefusal,
+    reject: RejectSpec,
+    message: string,
+    peerAeTitle: string | null,
+  ): AdmitDecision => ({ accepted: false, refusal, reject, message, peerAeTitle });
+
+  return Object.freeze({
+    config,
+    peer(aeTitle: string): PeerPolicy | undefined {
+      return peers.get(stripWirePadding(aeTitle));
+    },
+    admit(req: AdmitRequest): AdmitDecision {
+      const calling = stripWirePadding(req.callingAeTitle);
+      const called = stripWirePadding(req.calledAeTitle);
+      const peer = peers.get(calling);
+      if (peer === undefined) {
+        return refuse(
+          'unknown-calling-ae',
+          REJECTS.callingAeNotRecognized,
+          `calling AE title ${JSON.stringify(calling)} is not a configured peer`,
+          null,
+        );
+      }
+      if (!peer.allowsAddress(req.remoteAddress)) {
+        return refuse(
+          'address-not-allowed',
+          REJECTS.callingAeNotRecognized,
+          `calling AE title ${JSON.stringify(calling)} is not allowed from address ${JSON.stringify(req.remoteAddress)}`,
+          calling,
+        );
+      }
+      const target = routes.get(called);
+      if (target === undefined) {
+        return refuse(
+          'unknown-called-ae',
+          REJECTS.calledAeNotRecognized,
+          `called AE title ${JSON.stringify(called)} has no route`,
+          calling,
+        );
+      }
+      if (req.activeTotal >= maxAssociations) {
+        return refuse(
+          'too-many-associations',
+          REJECTS.localLimitExceeded,
+          `${req.activeTotal} associations active; limits.maxAssociations is ${maxAssociations}`,
+          calling,
+        );
+      }
+      const activeForPeer = req.activeForPeer(calling);
+      if (activeForPeer >= peer.maxAssociations) {
+        return refuse(
+          'too-many-peer-associations',
+          REJECTS.localLimitExceeded,
+          `${activeForPeer} associations active for ${JSON.stringify(calling)}; its limit is ${peer.maxAssociations}`,
+          calling,
+        );
+      }
+      return { accepted: true, peer, route: target.route, upstream: target.upstream };
+    },
+  });
+}
