@@ -10,8 +10,6 @@ import { ProxyServer } from './relay/server.js';
 import { createLogger, logEvents } from './observe/log.js';
 import { TlsMaterialError } from './tls/upstream.js';
 import { writeDemoPki } from './tls/pki.js';
-import { echo } from './dicom/dcmjs.js';
-import { runDemo } from './demo/demo.js';
 
 const program = new Command();
 program
@@ -153,6 +151,8 @@ program
         }
         tls = { ca: readFileSync(opts.ca), cert: readFileSync(opts.cert), key: readFileSync(opts.key) };
       }
+      // Loaded on demand: dcmjs-dimse's dictionaries would enlarge the relay's heap and so every GC.
+      const { echo } = await import('./dicom/dcmjs.js');
       const r = await echo({
         host,
         port,
@@ -182,6 +182,7 @@ program
   .option('-c, --config <file>', 'demo policy', 'config/demo.yaml')
   .option('--once', 'exit after the demo transfer instead of running until Ctrl-C', false)
   .action(async (opts: { config: string; once: boolean }) => {
+    const { runDemo } = await import('./demo/demo.js');
     const code = await runDemo({ configPath: resolve(opts.config), once: opts.once });
     if (opts.once) process.exit(code);
   });

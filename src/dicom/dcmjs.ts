@@ -12,7 +12,7 @@ import { encodeFileMeta } from './part10.js';
 const { Client, Scp, Dataset } = dimse;
 dimse.log.setLevel('error');
 const { CEchoRequest, CStoreRequest } = dimse.requests;
-const { CEchoResponse, CStoreResponse, CFindResponse } = dimse.responses;
+const { CEchoResponse, CStoreResponse, CFindResponse, CMoveResponse } = dimse.responses;
 const { Status, PresentationContextResult } = dimse.constants;
 
 export { Dataset };
@@ -161,6 +161,8 @@ export interface ArchiveOptions {
 
 export interface ArchiveHandle {
   port: number;
+  /** Every request the archive handled, by name (C-ECHO, C-FIND, C-STORE, C-MOVE), in order. */
+  requests: string[];
   server: net.Server;
   received: ReceivedInstance[];
   close(): void;
@@ -174,6 +176,7 @@ export interface ArchiveHandle {
 export function startArchive(opts: ArchiveOptions): Promise<ArchiveHandle> {
   mkdirSync(opts.storageDir, { recursive: true });
   const received: ReceivedInstance[] = [];
+  const requests: string[] = [];
 
   class ArchiveScp extends ScpBase {
     private callingAe = '';
@@ -191,13 +194,22 @@ export function startArchive(opts: ArchiveOptions): Promise<ArchiveHandle> {
       this.sendAssociationReleaseResponse();
     }
     cEchoRequest(request: never, callback: (r: unknown) => void): void {
+      requests.push('C-ECHO');
       const response = CEchoResponse.fromRequest(request);
       response.setStatus(Status.Success);
       callback(response);
     }
     cFindRequest(request: never, callback: (r: unknown[]) => void): void {
+      requests.push('C-FIND');
       const response = CFindResponse.fromRequest(request);
       response.setStatus(Status.Success);
+      callback([response]);
+    }
+    cMoveRequest(request: never, callback: (r: unknown[]) => void): void {
+      // The demo archive performs no retrieval: "unable to process" (PS3.4 C.4.2.1.5), never a success.
+      requests.push('C-MOVE');
+      const response = CMoveResponse.fromRequest(request);
+      response.setStatus(0xc000);
       callback([response]);
     }
     createStoreWritableStream(context: DimseContext, request: DimseStoreRequest): WriteStream {
@@ -226,6 +238,7 @@ export function startArchive(opts: ArchiveOptions): Promise<ArchiveHandle> {
       );
     }
     cStoreRequest(request: DimseStoreRequest, callback: (r: unknown) => void): void {
+      requests.push('C-STORE');
       const tmp = String(request.getDataset().getElement('_tmp'));
       const sopInstanceUid = request.getAffectedSopInstanceUid();
       const file = join(opts.storageDir, `${sopInstanceUid}.dcm`);
@@ -278,7 +291,7 @@ export function startArchive(opts: ArchiveOptions): Promise<ArchiveHandle> {
     server.listen({ host: opts.host ?? '127.0.0.1', port: opts.port }, () => {
       server.removeListener('error', reject);
       const addr = server.address() as net.AddressInfo;
-      resolve({ port: addr.port, received, server, close: () => server.close() });
+      resolve({ port: addr.port, received, requests, server, close: () => server.close() });
     });
   });
 }

@@ -162,6 +162,16 @@ export class Association {
     return this.admittedPeer;
   }
 
+  /** Live counters (for status, tests and, later, metrics). */
+  stats(): { state: string; bytesFromModality: number; bytesFromArchive: number; instances: number } {
+    return {
+      state: this.state,
+      bytesFromModality: this.bytesFromModality,
+      bytesFromArchive: this.bytesFromArchive,
+      instances: this.instances,
+    };
+  }
+
   start(): void {
     const down = this.down;
     down.setNoDelay(true);

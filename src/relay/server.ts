@@ -90,6 +90,11 @@ export class ProxyServer implements AssociationHost {
     if (this.closing && this.live.size === 0) this.onDrained?.();
   }
 
+  /** The live associations (read-only use: stats, status). */
+  associations(): Association[] {
+    return [...this.live];
+  }
+
   get liveAssociations(): number {
     return this.live.size;
   }

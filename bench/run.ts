@@ -1,0 +1,193 @@
+// npm run bench — throughput of DCMTK storescu -> storescp (+tls) three ways, measured in the same run:
+//   direct   storescu +tls ──mTLS──▶ storescp +tls
+//   stunnel  storescu ──plain──▶ stunnel (client mode, verifies the archive) ──mTLS──▶ storescp +tls
+//   proxy    storescu ──plain──▶ dimse-tls-proxy ──mTLS──▶ storescp +tls
+// Runs are interleaved (direct, stunnel, proxy, direct, …) so machine noise hits all three alike; the
+// table reports the median MB/s, the proxy/stunnel and proxy/direct ratios, and the proxy's peak RSS
+// (VmHWM of a proxy process started fresh for each set).
+//
+// Environment: BENCH_RUNS (default 3), BENCH_SETS (comma list of small,large; default both),
+// BENCH_SMALL_COUNT (200), BENCH_LARGE_MB (200), BENCH_LARGE_COUNT (3).
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { spawn } from 'node:child_process';
+import { writeDemoPki } from '../src/tls/pki.js';
+import { writeInstances } from '../test/helpers/dicom.js';
+import {
+  Procs,
+  freePort,
+  makeTempDir,
+  peerAvailability,
+  removeTempDir,
+  runStorescu,
+  startStorescp,
+  startStunnelClient,
+  waitForListen,
+} from '../test/helpers/peers.js';
+
+const RUNS = Number(process.env.BENCH_RUNS ?? 3);
+const SETS = (process.env.BENCH_SETS ?? 'small,large').split(',');
+const SMALL_COUNT = Number(process.env.BENCH_SMALL_COUNT ?? 200);
+const LARGE_COUNT = Number(process.env.BENCH_LARGE_COUNT ?? 3);
+const LARGE_MB = Number(process.env.BENCH_LARGE_MB ?? 200);
+
+interface SetSpec {
+  key: string;
+  label: string;
+  count: number;
+  pixelBytes: number;
+}
+
+const ALL_SETS: SetSpec[] = [
+  { key: 'small', label: `${SMALL_COUNT} × 512 KB`, count: SMALL_COUNT, pixelBytes: 512 * 1024 },
+  {
+    key: 'large',
+    label: `${LARGE_COUNT} × ${LARGE_MB} MB`,
+    count: LARGE_COUNT,
+    pixelBytes: LARGE_MB * 1024 * 1024,
+  },
+];
+
+type Mode = 'direct' | 'stunnel' | 'proxy';
+const MODES: Mode[] = ['direct', 'stunnel', 'proxy'];
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 === 1 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
+}
+
+function peakRssMb(pid: number): number {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const m = /VmHWM:\s+(\d+) kB/.exec(status);
+  return m ? Number(m[1]) / 1024 : NaN;
+}
+
+async function main(): Promise<void> {
+  for (const tool of ['dcmtk', 'stunnel'] as const) {
+    const a = peerAvailability(tool);
+    if (!a.ok) {
+      process.stderr.write(`bench needs ${tool}: ${a.why}\n`);
+      process.exit(2);
+    }
+  }
+  const work = await makeTempDir('dimse-bench');
+  const procs = new Procs();
+  const results: string[] = [];
+  const summary: Array<{ set: string; mbps: Record<Mode, number>; rss: number }> = [];
+  try {
+    const pki = await writeDemoPki(join(work, 'pki'));
+    const scpTls = { key: pki.archiveKey, cert: pki.archiveCert, ca: pki.caCert };
+    const cliTls = { key: pki.proxyClientKey, cert: pki.proxyClientCert, ca: pki.caCert };
+    const scp = await startStorescp(procs, {
+      outDir: join(work, 'out'),
+      aeTitle: 'ARCHIVE',
+      tls: scpTls,
+      extraArgs: ['--ignore'],
+    });
+    const stunnel = await startStunnelClient(procs, {
+      connectHost: '127.0.0.1',
+      connectPort: scp.port,
+      ca: pki.caCert,
+      cert: pki.proxyClientCert,
+      key: pki.proxyClientKey,
+      checkHost: 'archive.local',
+      dir: join(work, 'stunnel'),
+    });
+
+    for (const set of ALL_SETS.filter((s) => SETS.includes(s.key))) {
+      process.stderr.write(`generating ${set.label}…\n`);
+      const files = await writeInstances(join(work, set.key), set.count, { pixelBytes: set.pixelBytes });
+      let totalBytes = 0;
+      for (const f of files) totalBytes += readFileSync(f).length;
+
+      // A fresh proxy process per set, so its peak RSS belongs to this set.
+      const proxyPort = await freePort();
+      const cfg = join(work, `proxy-${set.key}.yaml`);
+      writeFileSync(
+        cfg,
+        [
+          `listen: { host: 127.0.0.1, port: ${proxyPort} }`,
+          'upstreams:',
+          '  archive:',
+          `    host: 127.0.0.1`,
+          `    port: ${scp.port}`,
+          '    aeTitle: ARCHIVE',
+          `    tls: { ca: ${pki.caCert}, cert: ${pki.proxyClientCert}, key: ${pki.proxyClientKey}, serverName: archive.local }`,
+          'routes:',
+          '  - { calledAeTitle: DICOM_PROXY, upstream: archive }',
+          'peers:',
+          '  STORESCU: { addresses: [127.0.0.1], services: [echo, store] }',
+          'logging: { level: warn }',
+          '',
+        ].join('\n'),
+      );
+      const proxy = spawn(
+        process.execPath,
+        [join(import.meta.dirname, '..', 'dist', 'cli.js'), 'start', '-c', cfg],
+        {
+          stdio: ['ignore', 'ignore', 'inherit'],
+        },
+      );
+      const proxyPid = proxy.pid as number;
+      await waitForListen(proxyPort, { timeoutMs: 15000 });
+
+      const target: Record<Mode, { port: number; tls?: typeof cliTls }> = {
+        direct: { port: scp.port, tls: cliTls },
+        stunnel: { port: stunnel.port },
+        proxy: { port: proxyPort },
+      };
+      const mbps: Record<Mode, number[]> = { direct: [], stunnel: [], proxy: [] };
+      for (let run = 1; run <= RUNS; run++) {
+        for (const mode of MODES) {
+          const t = target[mode];
+          const started = performance.now();
+          const r = await runStorescu({
+            host: '127.0.0.1',
+            port: t.port,
+            callingAe: 'STORESCU',
+            calledAe: mode === 'proxy' ? 'DICOM_PROXY' : 'ARCHIVE',
+            files,
+            ...(t.tls ? { tls: t.tls } : {}),
+            timeoutMs: 600_000,
+          });
+          const seconds = (performance.now() - started) / 1000;
+          if (r.code !== 0 || /Failed|error/i.test(r.stderr)) {
+            throw new Error(`${mode} run ${run} failed (exit ${r.code}):\n${r.stderr.slice(-2000)}`);
+          }
+          const rate = totalBytes / 1e6 / seconds;
+          mbps[mode].push(rate);
+          process.stderr.write(`  ${set.label} run ${run} ${mode.padEnd(7)} ${rate.toFixed(1)} MB/s\n`);
+        }
+      }
+      const rss = peakRssMb(proxyPid);
+      proxy.kill('SIGTERM');
+      await new Promise((r) => proxy.once('exit', r));
+      const med = { direct: median(mbps.direct), stunnel: median(mbps.stunnel), proxy: median(mbps.proxy) };
+      summary.push({ set: set.label, mbps: med, rss });
+      await removeTempDir(join(work, set.key));
+    }
+    results.push(
+      `| set | direct TLS MB/s | stunnel MB/s | proxy MB/s | proxy / stunnel | proxy / direct | proxy peak RSS |`,
+      `|---|---:|---:|---:|---:|---:|---:|`,
+    );
+    for (const s of summary) {
+      results.push(
+        `| ${s.set} | ${s.mbps.direct.toFixed(1)} | ${s.mbps.stunnel.toFixed(1)} | ${s.mbps.proxy.toFixed(1)} | ` +
+          `${(s.mbps.proxy / s.mbps.stunnel).toFixed(2)} | ${(s.mbps.proxy / s.mbps.direct).toFixed(2)} | ${s.rss.toFixed(0)} MB |`,
+      );
+    }
+    process.stdout.write(
+      `\nstorescu → storescp over mutual TLS, TCP_NODELAY=1, median of ${RUNS} interleaved runs, node ${process.version}\n\n`,
+    );
+    process.stdout.write(results.join('\n') + '\n');
+  } finally {
+    await procs.stopAll();
+    await removeTempDir(work);
+  }
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`bench failed: ${(err as Error).stack ?? String(err)}\n`);
+  process.exit(1);
+});
