@@ -76,6 +76,9 @@ export interface ProxyTestOptions {
   serverName?: string;
   clientCert?: string;
   clientKey?: string;
+  connectTimeout?: string;
+  /** Extra lines under `tls:` (indented 6), e.g. `      verifyHostname: false`. */
+  tlsExtra?: string;
 }
 
 export function proxyYaml(o: ProxyTestOptions): string {
@@ -86,13 +89,14 @@ export function proxyYaml(o: ProxyTestOptions): string {
     '    host: 127.0.0.1',
     `    port: ${o.archivePort}`,
     '    aeTitle: ARCHIVE',
-    '    connectTimeout: 3s',
+    `    connectTimeout: ${o.connectTimeout ?? '3s'}`,
     ...(o.upstreamExtra ? [o.upstreamExtra] : []),
     '    tls:',
     `      ca: ${o.pki.files.ca}`,
     `      cert: ${o.clientCert ?? o.pki.files.client}`,
     `      key: ${o.clientKey ?? o.pki.files['client.key']}`,
     `      serverName: ${o.serverName ?? 'archive.local'}`,
+    ...(o.tlsExtra ? [o.tlsExtra] : []),
     'routes:',
     '  - { calledAeTitle: DICOM_PROXY, upstream: archive }',
     'peers:',
