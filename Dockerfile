@@ -2,7 +2,7 @@
 # Build: docker build -t dimse-tls-proxy .
 # Run:   docker run --rm -p 11112:11112 -v $PWD/proxy.yaml:/etc/dimse-tls-proxy/proxy.yaml:ro \
 #          -v $PWD/certs:/etc/dimse-tls-proxy/certs:ro dimse-tls-proxy
-FROM node:24-bookworm-slim AS build
+FROM node:lts-bookworm-slim AS build
 WORKDIR /app
 COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund
@@ -10,7 +10,7 @@ COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
 RUN npm run build && npm prune --omit=dev
 
-FROM node:24-bookworm-slim
+FROM node:lts-bookworm-slim
 ENV NODE_ENV=production
 WORKDIR /app
 COPY --from=build /app/node_modules ./node_modules

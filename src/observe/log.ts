@@ -57,7 +57,11 @@ export function logEvents(events: ProxyEvents, log: winston.Logger): () => void 
     'listener-error': (e: { message: string }) =>
       log.error('listener error', { event: 'listener-error', ...e }),
   } as const;
+  // winston formats a message before its transports filter by level: per-instance debug lines would cost
+  // a JSON serialisation each even when debug is off, so they are only subscribed when enabled.
+  const debugOnly = new Set(['association-accepted', 'instance']);
   for (const [name, fn] of Object.entries(handlers)) {
+    if (debugOnly.has(name) && !log.isDebugEnabled()) continue;
     events.on(name as never, fn as never);
     off.push(() => events.off(name as never, fn as never));
   }
