@@ -2,7 +2,7 @@
 import * as net from 'node:net';
 import { PduFramer } from '../../src/pdu/framer.js';
 import { decodePdu, encodePdu, aeTitleField } from '../../src/pdu/codec.js';
-import type { AssociateItem, AssociatePdu, Pdu } from '../../src/pdu/types.js';
+import type { AssociateItem, AssociatePdu, Pdu, UserInfoSubItem } from '../../src/pdu/types.js';
 import { encodeCommand, type CommandSet } from '../../src/dimse/command.js';
 
 export const VERIFICATION = '1.2.840.10008.1.1';
@@ -16,6 +16,7 @@ export function associateRq(
   called: string,
   contexts: Array<{ id: number; abstractSyntax: string; transferSyntaxes?: string[] }>,
   maxLength = 16384,
+  extraSubItems: UserInfoSubItem[] = [],
 ): Buffer {
   const items: AssociateItem[] = [
     { kind: 'application-context', name: '1.2.840.10008.3.1.1.1' },
@@ -33,6 +34,7 @@ export function associateRq(
         { kind: 'max-length', maxLength },
         { kind: 'implementation-class-uid', uid: '1.2.3.4' },
         { kind: 'implementation-version-name', name: 'RAWTEST' },
+        ...extraSubItems,
       ],
     },
   ];
