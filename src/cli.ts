@@ -106,7 +106,7 @@ program
 const certs = program.command('certs').description('certificate helpers');
 certs
   .command('init')
-  .description('create a demo CA, proxy client/server and demo archive certificates (selfsigned)')
+  .description('create a demo CA, proxy client/server and demo archive certificates (ECDSA P-256)')
   .option('-d, --dir <dir>', 'output folder', 'certs')
   .option('--force', 'overwrite existing files', false)
   .action(async (opts: { dir: string; force: boolean }) => {

@@ -98,6 +98,9 @@ interface DropState {
 
 const PDV_HEADER = 6;
 
+/** Bytes queued toward one side before the other side is paused (see writeUp). */
+export const QUEUE_LIMIT = 256 * 1024;
+
 function pdataPdu(contextId: number, command: Buffer): Buffer {
   // PS3.8 9.3.5 / Annex E: one command PDV, last fragment (control header bits 0 and 1 set).
   return encodePdu({
@@ -213,9 +216,16 @@ export class Association {
   }
 
   // ---------------------------------------------------------------- writes with backpressure
+  //
+  // write() returns false for any chunk above the socket's 16 KB high-water mark even when the kernel
+  // took it all at once; pausing on that would pause and resume the source for every chunk. The source
+  // is paused only when bytes really queue up (more than QUEUE_LIMIT), so the memory held per direction
+  // stays below QUEUE_LIMIT plus one chunk, and resumed on 'drain' (emitted once the queue is empty).
 
   private writeDown(bytes: Buffer): void {
-    if (!this.down.write(bytes) && !this.downBlocked) {
+    const down = this.down;
+    down.write(bytes);
+    if (down.writableLength > QUEUE_LIMIT && !this.downBlocked) {
       this.downBlocked = true;
       this.upstreamSocket?.pause();
     }
@@ -224,7 +234,8 @@ export class Association {
   private writeUp(bytes: Buffer): void {
     const up = this.upstreamSocket;
     if (!up) return;
-    if (!up.write(bytes) && !this.upBlocked) {
+    up.write(bytes);
+    if (up.writableLength > QUEUE_LIMIT && !this.upBlocked) {
       this.upBlocked = true;
       this.down.pause();
     }
