@@ -337,6 +337,8 @@ export function encodeCommand(cmd: CommandSet): Buffer {
     elements.push({ tag: T.ErrorComment, kind: 'LO', value: cmd.errorComment });
   ui(T.AffectedSopInstanceUid, cmd.affectedSopInstanceUid);
   ui(T.RequestedSopInstanceUid, cmd.requestedSopInstanceUid);
+  us(T.EventTypeId, cmd.eventTypeId); // PS3.7 10.3.1 N-EVENT-REPORT
+  us(T.ActionTypeId, cmd.actionTypeId); // PS3.7 10.3.4 N-ACTION
   us(T.RemainingSubOperations, cmd.remaining);
   us(T.CompletedSubOperations, cmd.completed);
   us(T.FailedSubOperations, cmd.failed);
