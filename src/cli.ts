@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // The command line. The one place allowed to exit the process.
-import { Command, Option } from 'commander';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { loadConfig } from './config/load.js';
@@ -119,7 +119,13 @@ program
   .command('echo')
   .description('send a C-ECHO to any DICOM node (troubleshooting), optionally over mutual TLS')
   .argument('<host>', 'host name or address')
-  .argument('<port>', 'port', (v) => Number.parseInt(v, 10))
+  .argument('<port>', 'port (1-65535)', (v) => {
+    const port = Number(v);
+    if (!Number.isInteger(port) || port < 1 || port > 65535) {
+      throw new InvalidArgumentError(`port must be a whole number from 1 to 65535, not ${JSON.stringify(v)}`);
+    }
+    return port;
+  })
   .option('--aet <ae>', 'calling AE title', 'ECHOSCU')
   .option('--aec <ae>', 'called AE title', 'ANY-SCP')
   .option('--tls', 'use mutual TLS', false)

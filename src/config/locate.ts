@@ -1,4 +1,4 @@
-import { isAlias, isMap, isScalar, isSeq, type Document, type LineCounter } from 'yaml';
+import { LineCounter, isAlias, isMap, isScalar, isSeq, parseDocument, type Document } from 'yaml';
 
 export type KeyPath = readonly (string | number)[];
 
@@ -69,4 +69,14 @@ function rangeStart(node: unknown): number | null {
   if (node === null || typeof node !== 'object' || !('range' in node)) return null;
   const range = (node as { range?: readonly number[] | null }).range;
   return range?.[0] ?? null;
+}
+
+/**
+ * Where `path` is written in a YAML text (1-based), for problems found after loading — for example a
+ * certificate file named by `upstreams.archive.tls.cert` that cannot be read.
+ */
+export function locateInText(text: string, path: KeyPath): SourcePosition | null {
+  const lineCounter = new LineCounter();
+  const doc = parseDocument(text, { lineCounter, keepSourceTokens: true, uniqueKeys: false });
+  return locate(doc, lineCounter, path);
 }

@@ -16,7 +16,7 @@
  * - storescp `+xa` accepts all transfer syntaxes, `-pm` unknown SOP classes, `+B` writes the received
  *   data set bytes unchanged after a fresh meta header; files are named `<modality>.<SOP instance UID>`.
  * - storescp and Orthanc bind all interfaces (no listen-address option); only ever talk to 127.0.0.1.
- * - movescu/getscu exit 0 even when the C-MOVE/C-GET failed ("DIMSE status is: Failed: ..." on
+ * - movescu/getscu may exit 0 even when the C-MOVE/C-GET failed (a refused move exited 69 once) ("DIMSE status is: Failed: ..." on
  *   stderr): check the received files, not only the exit code. getscu has no "+xa": it only takes the
  *   uncompressed syntaxes (plus one preferred, e.g. +xy), and Orthanc's C-GET SCP cannot transcode the
  *   fake compressed pixel data, so C-GET through Orthanc needs uncompressed test instances.
