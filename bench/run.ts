@@ -149,7 +149,7 @@ async function main(): Promise<void> {
             port: t.port,
             callingAe: 'STORESCU',
             calledAe: mode === 'proxy' ? 'DICOM_PROXY' : 'ARCHIVE',
-            files: run === 0 ? files.slice(0, Math.min(files.length, 20)) : files,
+            files,
             ...(t.tls ? { tls: t.tls } : {}),
             timeoutMs: 600_000,
           });

@@ -127,6 +127,7 @@ export class Association {
   private readonly downAsm = new MessageAssembler();
   private readonly upAsm = new MessageAssembler();
   private readonly pending = new Map<string, PendingRequest>();
+  private readonly invokeCache = new Map<number, boolean>();
   private readonly transfers = new Map<string, Transfer>();
   private currentTransfer: [Transfer | null, Transfer | null] = [null, null]; // [down, up]
   private drop: DropState | null = null;
@@ -739,7 +740,14 @@ export class Association {
     const peer = this.peer as PeerPolicy;
     let status: number | null = null;
     let reason = '';
-    if (!peer.mayInvoke(ctx.abstractSyntax, cmd.commandField)) {
+    // The accepted contexts are fixed for the association: remember each (context, command) answer.
+    const key = contextId * 0x10000 + cmd.commandField;
+    let mayInvoke = this.invokeCache.get(key);
+    if (mayInvoke === undefined) {
+      mayInvoke = peer.mayInvoke(ctx.abstractSyntax, cmd.commandField);
+      this.invokeCache.set(key, mayInvoke);
+    }
+    if (!mayInvoke) {
       status = Status.RefusedNotAuthorized;
       reason = `${name} on ${ctx.abstractSyntax} is not allowed for ${peer.aeTitle}`;
     } else if (cmd.commandField === CommandField.CMoveRq) {
@@ -778,6 +786,9 @@ export class Association {
       return;
     }
     const pdu = decodePdu(raw) as PDataPdu;
+    // Nothing here needs a decision: the validated PDU goes out first (a response is on the modality's
+    // critical path), the bookkeeping follows. A sequence error found by it still aborts both sides.
+    this.writeDown(raw);
     for (const pdv of pdu.pdvs) {
       const ctx = this.checkContext(pdv.contextId, 1);
       if (pdv.command) {
@@ -796,7 +807,6 @@ export class Association {
       if (t) t.bytes += pdv.value.length;
       if (pdv.last) this.dataSetComplete(1);
     }
-    this.writeDown(raw);
   }
 
   private onRequest(dir: 0 | 1, cmd: CommandSet, ctx: AcceptedContext): void {
