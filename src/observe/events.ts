@@ -101,9 +101,12 @@ export interface ProxyEventMap {
       sopInstanceUid: string;
       transferSyntaxUid: string;
       bytes: number;
+      /** SHA-256 of the data set as transferred (null when no ledger is configured). */
+      sha256: string | null;
       status: number | null;
     },
   ];
+  'ledger-failed': [{ id: string; message: string }];
   'protocol-error': [
     { id: string; side: 'modality' | 'archive'; code: string; message: string; abortReason: number },
   ];

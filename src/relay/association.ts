@@ -5,7 +5,7 @@
 
 import type { Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID, type Hash } from 'node:crypto';
 import {
   AbortReason,
   AbortSource,
@@ -56,14 +56,22 @@ import type {
   TlsSessionInfo,
 } from '../observe/events.js';
 import type { RuntimeSnapshot } from './snapshot.js';
+import type { InstanceEvidence, LedgerSink } from '../integrity/types.js';
 
 /** Largest A-ASSOCIATE-RQ/AC accepted (PS3.8 puts no limit on them; a real one is a few tens of KB). */
 export const MAX_ASSOCIATE_PDU_LENGTH = 512 * 1024;
 
 type State = 'Sta2' | 'awaiting-upstream' | 'Sta5' | 'Sta6' | 'Sta7' | 'Sta13';
 
+export interface LedgerBinding {
+  sink: LedgerSink;
+  onFailure: 'abort' | 'continue';
+}
+
 export interface AssociationHost {
   readonly events: ProxyEvents;
+  /** The integrity ledger, when configured: every C-STORE is hashed and recorded. */
+  readonly ledger: LedgerBinding | null;
   /** Counts of live admitted associations, for the policy's limits. */
   activeTotal(): number;
   activeForPeer(aeTitle: string): number;
@@ -88,6 +96,11 @@ interface Transfer {
   sopInstanceUid: string;
   transferSyntaxUid: string;
   bytes: number;
+  /** SHA-256 over the data PDV values as they pass (only when a ledger is configured). */
+  hash: Hash | null;
+  sha256: string | null;
+  moveOriginatorAeTitle: string | null;
+  moveOriginatorMessageId: number | null;
 }
 
 interface DropState {
@@ -224,6 +237,7 @@ export class Association {
   // stays below QUEUE_LIMIT plus one chunk, and resumed on 'drain' (emitted once the queue is empty).
 
   private writeDown(bytes: Buffer): void {
+    if (this.state === 'Sta13') return; // closing: nothing more is relayed
     const down = this.down;
     down.write(bytes);
     if (down.writableLength > QUEUE_LIMIT && !this.downBlocked) {
@@ -234,7 +248,7 @@ export class Association {
 
   private writeUp(bytes: Buffer): void {
     const up = this.upstreamSocket;
-    if (!up) return;
+    if (!up || this.state === 'Sta13') return; // closing: nothing more is relayed
     up.write(bytes);
     if (up.writableLength > QUEUE_LIMIT && !this.upBlocked) {
       this.upBlocked = true;
@@ -248,11 +262,11 @@ export class Association {
     this.bytesFromModality += chunk.length;
     this.activity++;
     try {
+      if (this.state === 'Sta13') return; // rejected, aborted or released: nothing more is relayed
       if (this.downScanner) {
         this.downScanner.feed(chunk);
         return;
       }
-      if (this.state === 'Sta13') return; // rejected or failing: nothing more is relayed
       if (this.state !== 'Sta2') {
         this.pendingDownBytes.push(chunk);
         return;
@@ -462,6 +476,7 @@ export class Association {
     this.bytesFromArchive += chunk.length;
     this.activity++;
     try {
+      if (this.state === 'Sta13') return;
       if (this.upScanner) {
         this.upScanner.feed(chunk);
         return;
@@ -599,9 +614,12 @@ export class Association {
       forward: (bytes) => this.writeUp(bytes),
       held: (pdu, type) => this.heldFromModality(pdu, type),
       dataStart: (contextId, _len, last) => this.dataStart(0, contextId, last),
-      dataBytes: (_buf, start, end) => {
+      dataBytes: (buf, start, end) => {
         const t = this.currentTransfer[0];
-        if (t) t.bytes += end - start;
+        if (t) {
+          t.bytes += end - start;
+          t.hash?.update(buf.subarray(start, end));
+        }
       },
       dataEnd: () => this.dataEnd(0),
     };
@@ -612,9 +630,12 @@ export class Association {
       forward: (bytes) => this.writeDown(bytes),
       held: (pdu, type) => this.heldFromArchive(pdu, type),
       dataStart: (contextId, _len, last) => this.dataStart(1, contextId, last),
-      dataBytes: (_buf, start, end) => {
+      dataBytes: (buf, start, end) => {
         const t = this.currentTransfer[1];
-        if (t) t.bytes += end - start;
+        if (t) {
+          t.bytes += end - start;
+          t.hash?.update(buf.subarray(start, end));
+        }
       },
       dataEnd: () => this.dataEnd(1),
     };
@@ -647,6 +668,10 @@ export class Association {
     if (t) {
       this.currentTransfer[dir] = null;
       this.instances++;
+      if (t.hash) {
+        t.sha256 = t.hash.digest('hex');
+        t.hash = null;
+      }
     }
   }
 
@@ -671,6 +696,7 @@ export class Association {
     let changed = false;
     const kept: Pdv[] = [];
     for (const pdv of pdu.pdvs) {
+      if (this.state === 'Sta13') return;
       const ctx = this.checkContext(pdv.contextId, 0);
       if (pdv.command) {
         const cmd = this.downAsm.command(pdv.contextId, pdv.value, pdv.last);
@@ -695,7 +721,10 @@ export class Association {
         continue;
       }
       const t = this.currentTransfer[0];
-      if (t) t.bytes += pdv.value.length;
+      if (t) {
+        t.bytes += pdv.value.length;
+        t.hash?.update(pdv.value);
+      }
       kept.push(pdv);
       if (pdv.last) this.dataSetComplete(0);
     }
@@ -737,6 +766,26 @@ export class Association {
     }
     this.count(name);
     if (cmd.commandField === CommandField.CCancelRq) return true;
+    const ledger = this.host.ledger;
+    if (
+      cmd.commandField === CommandField.CStoreRq &&
+      ledger &&
+      !ledger.sink.healthy &&
+      ledger.onFailure === 'abort'
+    ) {
+      // The ledger cannot record right now: relay no instance that would go unrecorded.
+      this.host.events.emit('ledger-failed', {
+        id: this.id,
+        message: 'ledger unhealthy: C-STORE not relayed',
+      });
+      this.abortBoth(
+        AbortReason.NotSpecified,
+        AbortReason.NotSpecified,
+        'aborted-by-proxy',
+        'ledger unavailable',
+      );
+      return false;
+    }
     const peer = this.peer as PeerPolicy;
     let status: number | null = null;
     let reason = '';
@@ -804,7 +853,10 @@ export class Association {
       }
       this.upAsm.data(pdv.contextId, pdv.last);
       const t = this.currentTransfer[1];
-      if (t) t.bytes += pdv.value.length;
+      if (t) {
+        t.bytes += pdv.value.length;
+        t.hash?.update(pdv.value);
+      }
       if (pdv.last) this.dataSetComplete(1);
     }
   }
@@ -821,6 +873,10 @@ export class Association {
         sopInstanceUid: cmd.affectedSopInstanceUid ?? '',
         transferSyntaxUid: ctx.transferSyntax,
         bytes: 0,
+        hash: this.host.ledger ? createHash('sha256') : null,
+        sha256: null,
+        moveOriginatorAeTitle: cmd.moveOriginatorAeTitle ?? null,
+        moveOriginatorMessageId: cmd.moveOriginatorMessageId ?? null,
       };
       this.transfers.set(key, t);
       this.currentTransfer[dir] = t;
@@ -850,7 +906,68 @@ export class Association {
     const t = this.transfers.get(key);
     if (t) {
       this.transfers.delete(key);
-      this.host.events.emit('instance', { id: this.id, ...t, status });
+      this.recordInstance(t, status);
+    }
+  }
+
+  /**
+   * Report one transferred instance (event) and, with a ledger, append its evidence. Called when its
+   * C-STORE-RSP has been relayed, or with status null when the association ended without one.
+   */
+  private recordInstance(t: Transfer, status: number | null): void {
+    this.host.events.emit('instance', {
+      id: this.id,
+      direction: t.direction,
+      messageId: t.messageId,
+      sopClassUid: t.sopClassUid,
+      sopInstanceUid: t.sopInstanceUid,
+      transferSyntaxUid: t.transferSyntaxUid,
+      bytes: t.bytes,
+      sha256: t.sha256,
+      status,
+    });
+    const ledger = this.host.ledger;
+    if (!ledger) return;
+    const rq = this.rq as AssociatePdu;
+    const upstream = this.upstream;
+    // A data set cut short still gets a digest of what passed: the ledger is the truth of what happened.
+    const sha256 = t.sha256 ?? (t.hash ? t.hash.digest('hex') : createHash('sha256').digest('hex'));
+    t.hash = null;
+    const evidence: InstanceEvidence = {
+      time: new Date().toISOString(),
+      association: this.id,
+      direction: t.direction,
+      callingAeTitle: aeTitleText(rq.callingAeTitle),
+      calledAeTitle: aeTitleText(rq.calledAeTitle),
+      upstreamAeTitle: upstream?.aeTitle ?? null,
+      peerAddress: this.remoteAddress,
+      archiveAddress: upstream ? `${upstream.host}:${upstream.port}` : '',
+      archiveCertSha256: this.tlsInfo?.peerFingerprint256?.replace(/:/g, '').toLowerCase() ?? null,
+      clientCertSha256: null, // the modality leg is plaintext
+      sopClassUid: t.sopClassUid,
+      sopInstanceUid: t.sopInstanceUid,
+      transferSyntaxUid: t.transferSyntaxUid,
+      bytes: t.bytes,
+      sha256,
+      status,
+      outcome: status === null ? 'no response: aborted' : statusClass(status),
+      moveOriginatorAeTitle: t.moveOriginatorAeTitle,
+      moveOriginatorMessageId: t.moveOriginatorMessageId,
+    };
+    ledger.sink.append(evidence).catch((err: unknown) => this.onLedgerFailure(err));
+  }
+
+  /** A record that cannot be written is an alarm; by default the association stops relaying. */
+  private onLedgerFailure(err: unknown): void {
+    const ledger = this.host.ledger;
+    this.host.events.emit('ledger-failed', { id: this.id, message: (err as Error)?.message ?? String(err) });
+    if (ledger?.onFailure === 'abort' && !this.completed) {
+      this.abortBoth(
+        AbortReason.NotSpecified,
+        AbortReason.NotSpecified,
+        'aborted-by-proxy',
+        'ledger write failed',
+      );
     }
   }
 
@@ -881,8 +998,8 @@ export class Association {
           toArchive ? 'aborted-by-modality' : 'aborted-by-archive',
           `A-ABORT source ${src} reason ${rsn}`,
         );
-        this.state = 'Sta13';
         write(raw);
+        this.state = 'Sta13';
         this.endBoth();
         return;
       }
@@ -1028,8 +1145,7 @@ export class Association {
     if (this.timer) clearTimeout(this.timer);
     if (this.outcome === null) this.outcome = 'closed';
     // Instances that never got their C-STORE-RSP are reported too: the truth of what happened.
-    for (const t of this.transfers.values())
-      this.host.events.emit('instance', { id: this.id, ...t, status: null });
+    for (const t of this.transfers.values()) this.recordInstance(t, null);
     this.transfers.clear();
     const rq = this.rq;
     this.host.events.emit('association-closed', {

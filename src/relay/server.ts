@@ -1,6 +1,6 @@
 // The plaintext listener modalities connect to. Owns the set of live associations and their counts.
 import * as net from 'node:net';
-import { Association, type AssociationHost } from './association.js';
+import { Association, type AssociationHost, type LedgerBinding } from './association.js';
 import { ProxyEvents } from '../observe/events.js';
 import type { RuntimeSnapshot } from './snapshot.js';
 
@@ -13,9 +13,15 @@ export class ProxyServer implements AssociationHost {
   private admittedTotal = 0;
   private closing = false;
 
-  constructor(snapshot: RuntimeSnapshot, events = new ProxyEvents()) {
+  readonly ledger: LedgerBinding | null;
+
+  constructor(
+    snapshot: RuntimeSnapshot,
+    options: { events?: ProxyEvents; ledger?: LedgerBinding | null } = {},
+  ) {
     this.snapshot = snapshot;
-    this.events = events;
+    this.events = options.events ?? new ProxyEvents();
+    this.ledger = options.ledger ?? null;
     this.server = net.createServer({ noDelay: true, pauseOnConnect: false }, (socket) =>
       this.onConnection(socket),
     );

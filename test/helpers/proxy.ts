@@ -6,6 +6,7 @@ import { createCa, issueCertificate, type PemPair } from '../../src/tls/pki.js';
 import { parseConfig } from '../../src/config/load.js';
 import { buildSnapshot } from '../../src/relay/snapshot.js';
 import { ProxyServer } from '../../src/relay/server.js';
+import type { LedgerBinding } from '../../src/relay/association.js';
 import type { ProxyEventMap } from '../../src/observe/events.js';
 
 export interface TestPki {
@@ -77,6 +78,7 @@ export interface ProxyTestOptions {
   clientCert?: string;
   clientKey?: string;
   connectTimeout?: string;
+  ledger?: LedgerBinding;
   /** Extra lines under `tls:` (indented 6), e.g. `      verifyHostname: false`. */
   tlsExtra?: string;
 }
@@ -110,7 +112,7 @@ export function proxyYaml(o: ProxyTestOptions): string {
 
 export async function startProxy(o: ProxyTestOptions): Promise<ProxyUnderTest> {
   const config = parseConfig(proxyYaml(o), null);
-  const server = new ProxyServer(buildSnapshot(config));
+  const server = new ProxyServer(buildSnapshot(config), { ledger: o.ledger ?? null });
   const events: ProxyUnderTest['events'] = {};
   const waiters: Array<() => void> = [];
   for (const name of [
@@ -122,6 +124,7 @@ export async function startProxy(o: ProxyTestOptions): Promise<ProxyUnderTest> {
     'instance',
     'protocol-error',
     'association-closed',
+    'ledger-failed',
   ] as const) {
     server.events.on(name as 'instance', (e: unknown) => {
       ((events[name] ??= []) as unknown[]).push(e);

@@ -1,0 +1,44 @@
+// The integrity ledger's public shapes. The relay produces InstanceEvidence; a LedgerSink records it.
+// Several worker processes will later share one chain: they will send evidence to the one process that
+// owns the writer, so the relay only ever sees the LedgerSink interface.
+
+export type TransferDirection = 'modality-to-archive' | 'archive-to-modality';
+
+/** What the relay knows about one transferred instance when its C-STORE-RSP arrives (or never does). */
+export interface InstanceEvidence {
+  /** ISO 8601 time the response was relayed (or the association ended without one). */
+  time: string;
+  association: string;
+  direction: TransferDirection;
+  callingAeTitle: string;
+  calledAeTitle: string;
+  upstreamAeTitle: string | null;
+  /** Address of the modality / workstation side. */
+  peerAddress: string;
+  /** host:port of the archive side. */
+  archiveAddress: string;
+  /** SHA-256 fingerprint (hex, no colons, lower case) of the archive's TLS certificate. */
+  archiveCertSha256: string | null;
+  /** SHA-256 fingerprint of the client certificate on a TLS leg where one was presented, else null. */
+  clientCertSha256: string | null;
+  sopClassUid: string;
+  sopInstanceUid: string;
+  transferSyntaxUid: string;
+  /** Data set bytes (data PDV values) exactly as transferred. */
+  bytes: number;
+  /** SHA-256 (hex) over those bytes. */
+  sha256: string;
+  /** The C-STORE-RSP status, or null when none came. */
+  status: number | null;
+  /** 'success' | 'warning' | 'failure' from the status (PS3.7 Annex C), or 'no response: aborted'. */
+  outcome: string;
+  moveOriginatorAeTitle: string | null;
+  moveOriginatorMessageId: number | null;
+}
+
+export interface LedgerSink {
+  /** Append one instance record; resolves once written (and synced, per the fsync policy). */
+  append(evidence: InstanceEvidence): Promise<void>;
+  /** False after a write failure (disk full, permission…), until a later write succeeds. */
+  readonly healthy: boolean;
+}
