@@ -32,6 +32,20 @@ export const DEFAULTS = deepFreeze({
     level: 'info',
     file: null,
   },
+  ledger: {
+    // null = ledger off.
+    path: null,
+    fsync: 'batch',
+    fsyncInterval: '200ms',
+    rotate: {
+      maxBytes: 64 * 1024 * 1024,
+      daily: true,
+    },
+    checkpointEvery: '5m',
+    // null = unsigned checkpoints.
+    signingKey: null,
+    onLedgerFailure: 'abort',
+  },
 } as const);
 
 /** Freezes `value` and everything reachable from it. */

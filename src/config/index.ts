@@ -1,4 +1,7 @@
 export type {
+  LedgerConfig,
+  LedgerFailureMode,
+  LedgerFsyncMode,
   LimitsConfig,
   LoggingConfig,
   PeerConfig,
@@ -9,7 +12,7 @@ export type {
   UpstreamConfig,
   UpstreamTlsConfig,
 } from './types.js';
-export { SERVICE_NAMES, TLS_PROFILE_NAMES } from './types.js';
+export { LEDGER_FAILURE_MODES, LEDGER_FSYNC_MODES, SERVICE_NAMES, TLS_PROFILE_NAMES } from './types.js';
 export { ConfigError, formatIssue, type ConfigIssue } from './errors.js';
 export { DEFAULTS, loadConfig, parseConfig } from './load.js';
 export { MAX_DURATION_MS, parseDuration } from './duration.js';

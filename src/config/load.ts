@@ -16,6 +16,9 @@ import {
 } from './schema.js';
 import { aeTitleError, trimAeTitle } from './syntax.js';
 import type {
+  LedgerConfig,
+  LedgerFailureMode,
+  LedgerFsyncMode,
   LimitsConfig,
   LoggingConfig,
   PeerConfig,
@@ -327,6 +330,21 @@ function buildSnapshot(validated: ValidatedRoot, sourcePath: string | null, base
     file: logFile === null ? null : file(logFile),
   };
 
+  const d = root.ledger ?? {};
+  const rotate = d.rotate ?? {};
+  const ledgerPath = d.path === undefined ? DEFAULTS.ledger.path : d.path;
+  const signingKey = d.signingKey === undefined ? DEFAULTS.ledger.signingKey : d.signingKey;
+  const ledger: LedgerConfig = {
+    path: ledgerPath === null ? null : file(ledgerPath),
+    fsync: (d.fsync as LedgerFsyncMode | undefined) ?? DEFAULTS.ledger.fsync,
+    fsyncIntervalMs: d.fsyncInterval ?? defaultDurationMs(DEFAULTS.ledger.fsyncInterval),
+    rotateMaxBytes: rotate.maxBytes ?? DEFAULTS.ledger.rotate.maxBytes,
+    rotateDaily: rotate.daily ?? DEFAULTS.ledger.rotate.daily,
+    checkpointIntervalMs: d.checkpointEvery ?? defaultDurationMs(DEFAULTS.ledger.checkpointEvery),
+    signingKey: signingKey === null ? null : file(signingKey),
+    onLedgerFailure: (d.onLedgerFailure as LedgerFailureMode | undefined) ?? DEFAULTS.ledger.onLedgerFailure,
+  };
+
   return {
     sourcePath,
     listen: {
@@ -338,6 +356,7 @@ function buildSnapshot(validated: ValidatedRoot, sourcePath: string | null, base
     peers,
     limits,
     logging,
+    ledger,
   };
 }
 

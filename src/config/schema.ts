@@ -2,7 +2,7 @@ import { z } from 'zod';
 import { parseAddressRange } from './address.js';
 import { parseDuration } from './duration.js';
 import { aeTitleError, trimAeTitle, uidError } from './syntax.js';
-import { SERVICE_NAMES, TLS_PROFILE_NAMES } from './types.js';
+import { LEDGER_FAILURE_MODES, LEDGER_FSYNC_MODES, SERVICE_NAMES, TLS_PROFILE_NAMES } from './types.js';
 
 /**
  * Zod schemas for the YAML surface. They check each value on its own (type, syntax, range); checks that
@@ -29,6 +29,25 @@ export const durationSchema = z.unknown().transform((value, ctx) => {
   }
   return result.ms;
 });
+
+/** A duration (see durationSchema) no longer than `maxMs`; `maxText` is how the limit is written in the file. */
+function durationAtMost(maxMs: number, maxText: string) {
+  return z.unknown().transform((value, ctx) => {
+    const result = parseDuration(value);
+    if (!result.ok) {
+      ctx.addIssue({ code: 'custom', message: result.message });
+      return z.NEVER;
+    }
+    if (result.ms > maxMs) {
+      ctx.addIssue({
+        code: 'custom',
+        message: `duration ${String(value)} is too long: must be at most ${maxText}`,
+      });
+      return z.NEVER;
+    }
+    return result.ms;
+  });
+}
 
 const uidSchema = z.string().superRefine((value, ctx) => {
   const problem = uidError(value);
@@ -100,6 +119,35 @@ export const loggingSchema = z.strictObject({
   file: filePathSchema.nullable().optional(),
 });
 
+export const LEDGER_FSYNC_INTERVAL_MAX_MS = 10_000;
+export const LEDGER_ROTATE_MIN_BYTES = 1024 * 1024;
+export const LEDGER_ROTATE_MAX_BYTES = 16 * 1024 * 1024 * 1024;
+
+export const ledgerRotateSchema = z.strictObject({
+  maxBytes: z
+    .int()
+    .min(LEDGER_ROTATE_MIN_BYTES, {
+      error: (issue) =>
+        `must be at least ${String(LEDGER_ROTATE_MIN_BYTES)} (1 MiB), got ${describeValue(issue.input)}`,
+    })
+    .max(LEDGER_ROTATE_MAX_BYTES, {
+      error: (issue) =>
+        `must be at most ${String(LEDGER_ROTATE_MAX_BYTES)} (16 GiB), got ${describeValue(issue.input)}`,
+    })
+    .optional(),
+  daily: z.boolean().optional(),
+});
+
+export const ledgerSchema = z.strictObject({
+  path: filePathSchema.nullable().optional(),
+  fsync: z.enum(LEDGER_FSYNC_MODES as [string, ...string[]]).optional(),
+  fsyncInterval: durationAtMost(LEDGER_FSYNC_INTERVAL_MAX_MS, '10s').optional(),
+  rotate: ledgerRotateSchema.nullable().optional(),
+  checkpointEvery: optionalDuration,
+  signingKey: filePathSchema.nullable().optional(),
+  onLedgerFailure: z.enum(LEDGER_FAILURE_MODES as [string, ...string[]]).optional(),
+});
+
 /** The document root. `upstreams` and `peers` are mappings checked entry by entry in load.ts. */
 export const rootSchema = z.strictObject({
   listen: listenSchema.nullable().optional(),
@@ -108,6 +156,7 @@ export const rootSchema = z.strictObject({
   peers: z.unknown().optional(),
   limits: limitsSchema.nullable().optional(),
   logging: loggingSchema.nullable().optional(),
+  ledger: ledgerSchema.nullable().optional(),
 });
 
 export type RawUpstream = z.output<typeof upstreamSchema>;

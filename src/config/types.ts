@@ -83,6 +83,36 @@ export interface LoggingConfig {
   file: string | null;
 }
 
+/** When a ledger record counts as written: synced on its own, or synced with others at most fsyncIntervalMs later. */
+export type LedgerFsyncMode = 'always' | 'batch';
+
+export const LEDGER_FSYNC_MODES: readonly LedgerFsyncMode[] = Object.freeze(['always', 'batch'] as const);
+
+/** What the relay does with an instance the ledger cannot record. */
+export type LedgerFailureMode = 'abort' | 'continue';
+
+export const LEDGER_FAILURE_MODES: readonly LedgerFailureMode[] = Object.freeze([
+  'abort',
+  'continue',
+] as const);
+
+export interface LedgerConfig {
+  /** Absolute path of the directory holding the ledger files; null = ledger off. */
+  path: string | null;
+  fsync: LedgerFsyncMode;
+  /** With fsync 'batch': longest a written record may wait for its sync (1..10000 ms). */
+  fsyncIntervalMs: number;
+  /** Start a new ledger file once the current one is beyond this size in bytes. */
+  rotateMaxBytes: number;
+  /** Also start a new ledger file when the UTC day changes. */
+  rotateDaily: boolean;
+  /** Longest time between checkpoints (one is also written at rotation and shutdown); signed when signingKey is set. */
+  checkpointIntervalMs: number;
+  /** Absolute path of the Ed25519 PKCS#8 PEM private key signing checkpoints; null = unsigned checkpoints. */
+  signingKey: string | null;
+  onLedgerFailure: LedgerFailureMode;
+}
+
 export interface ProxyConfig {
   /** Absolute path of the file the snapshot was read from, or null when parsed from a string. */
   sourcePath: string | null;
@@ -92,4 +122,5 @@ export interface ProxyConfig {
   peers: Record<string, PeerConfig>;
   limits: LimitsConfig;
   logging: LoggingConfig;
+  ledger: LedgerConfig;
 }

@@ -1,6 +1,7 @@
 // Everything an association needs from the configuration, built once per (re)load and never mutated:
 // a live association keeps the snapshot it started with.
 import { readFileSync } from 'node:fs';
+import { createPrivateKey } from 'node:crypto';
 import type { ProxyConfig } from '../config/types.js';
 import { ConfigError } from '../config/errors.js';
 import { locateInText } from '../config/locate.js';
@@ -11,7 +12,35 @@ export interface RuntimeSnapshot {
   readonly config: ProxyConfig;
   readonly policy: Policy;
   readonly upstreamTls: ReadonlyMap<string, UpstreamTlsContext>;
+  /** The ledger's Ed25519 signing key (PEM), read and checked at load; null when not configured. */
+  readonly ledgerSigningKeyPem: string | null;
   readonly loadedAt: Date;
+}
+
+/** Read `ledger.signingKey` and check it is an Ed25519 private key; errors name the key and its line. */
+function loadSigningKey(config: ProxyConfig, file: string): string {
+  let problem: string;
+  try {
+    const pem = readFileSync(file, 'utf8');
+    const key = createPrivateKey(pem);
+    if (key.asymmetricKeyType === 'ed25519') return pem;
+    problem = `${file} is a ${key.asymmetricKeyType ?? 'non-asymmetric'} key, the ledger signs with Ed25519`;
+  } catch (err) {
+    problem = `cannot load the ledger signing key ${file}: ${(err as Error).message}`;
+  }
+  throw configProblem(config, ['ledger', 'signingKey'], problem);
+}
+
+function configProblem(config: ProxyConfig, path: string[], message: string): ConfigError {
+  let pos = null;
+  try {
+    if (config.sourcePath) pos = locateInText(readFileSync(config.sourcePath, 'utf8'), path);
+  } catch {
+    pos = null;
+  }
+  return new ConfigError(config.sourcePath, [
+    { path: path.join('.'), line: pos?.line ?? null, column: pos?.column ?? null, message },
+  ]);
 }
 
 /** Build a snapshot; throws (ConfigError-like or TlsMaterialError) without side effects on failure. */
@@ -25,17 +54,9 @@ export function buildSnapshot(config: ProxyConfig): RuntimeSnapshot {
       if (!(err instanceof TlsMaterialError)) throw err;
       // Report it like any other config problem: the key that names the file, and its line.
       const field = (['cert', 'key', 'ca'] as const).find((f) => upstream.tls[f] === err.file) ?? 'cert';
-      const path = ['upstreams', name, 'tls', field];
-      let pos = null;
-      try {
-        if (config.sourcePath) pos = locateInText(readFileSync(config.sourcePath, 'utf8'), path);
-      } catch {
-        pos = null;
-      }
-      throw new ConfigError(config.sourcePath, [
-        { path: path.join('.'), line: pos?.line ?? null, column: pos?.column ?? null, message: err.message },
-      ]);
+      throw configProblem(config, ['upstreams', name, 'tls', field], err.message);
     }
   }
-  return Object.freeze({ config, policy, upstreamTls, loadedAt: new Date() });
+  const ledgerSigningKeyPem = config.ledger.signingKey ? loadSigningKey(config, config.ledger.signingKey) : null;
+  return Object.freeze({ config, policy, upstreamTls, ledgerSigningKeyPem, loadedAt: new Date() });
 }

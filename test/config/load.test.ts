@@ -8,6 +8,8 @@ import { readFileSync } from 'node:fs';
 import { ConfigError, DEFAULTS, loadConfig, parseConfig, type ConfigIssue } from '../../src/config/index.js';
 import { MAX_DURATION_MS, parseDuration } from '../../src/config/duration.js';
 import {
+  ledgerRotateSchema,
+  ledgerSchema,
   limitsSchema,
   listenSchema,
   loggingSchema,
@@ -37,6 +39,12 @@ const BASE = [
 function yaml(replace: Record<number, string> = {}, append: string[] = []): string {
   const lines = BASE.map((line, i) => replace[i + 1] ?? line);
   return [...lines, ...append].join('\n') + '\n';
+}
+
+function parseDurationMs(value: string): number {
+  const result = parseDuration(value);
+  assert.ok(result.ok, `bad duration ${value}`);
+  return result.ms;
 }
 
 function issuesOf(text: string, file: string | null = 'test.yaml'): ConfigIssue[] {
@@ -73,6 +81,17 @@ describe('config/example.yaml', () => {
     assert.equal(config.routes[0]?.upstream, 'archive');
     assert.deepEqual(config.peers['WS_READ3']?.sopClasses, ['1.3.12.2.1107.5.9.1']);
     assert.equal(config.limits.idleTimeoutMs, 5 * 60_000);
+    // The example enables the ledger, as an administrator copying it would want.
+    assert.deepEqual(config.ledger, {
+      path: resolve(dirname(EXAMPLE), '../var/ledger'),
+      fsync: 'batch',
+      fsyncIntervalMs: 200,
+      rotateMaxBytes: 64 * 1024 * 1024,
+      rotateDaily: true,
+      checkpointIntervalMs: 5 * 60_000,
+      signingKey: resolve(dirname(EXAMPLE), '../certs/ledger-signing.key'),
+      onLedgerFailure: 'abort',
+    });
   });
 
   it('shows every configuration key, each with a comment', () => {
@@ -85,8 +104,10 @@ describe('config/example.yaml', () => {
       peerSchema,
       limitsSchema,
       loggingSchema,
+      ledgerSchema,
+      ledgerRotateSchema,
     ];
-    const keys = new Set(['listen', 'upstreams', 'routes', 'peers', 'limits', 'logging']);
+    const keys = new Set(['listen', 'upstreams', 'routes', 'peers', 'limits', 'logging', 'ledger']);
     for (const schema of shapes) for (const key of Object.keys(schema.shape)) keys.add(key);
     for (const key of keys) {
       const documented =
@@ -102,6 +123,12 @@ describe('config/example.yaml', () => {
     assert.equal(config.limits.maxPduLength, DEFAULTS.limits.maxPduLength);
     assert.equal(config.logging.level, DEFAULTS.logging.level);
     assert.equal(config.listen.port, DEFAULTS.listen.port);
+    assert.equal(config.ledger.fsync, DEFAULTS.ledger.fsync);
+    assert.equal(config.ledger.fsyncIntervalMs, parseDurationMs(DEFAULTS.ledger.fsyncInterval));
+    assert.equal(config.ledger.rotateMaxBytes, DEFAULTS.ledger.rotate.maxBytes);
+    assert.equal(config.ledger.rotateDaily, DEFAULTS.ledger.rotate.daily);
+    assert.equal(config.ledger.checkpointIntervalMs, parseDurationMs(DEFAULTS.ledger.checkpointEvery));
+    assert.equal(config.ledger.onLedgerFailure, DEFAULTS.ledger.onLedgerFailure);
   });
 });
 
