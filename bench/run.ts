@@ -13,6 +13,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
 import { writeDemoPki } from '../src/tls/pki.js';
+import { writeSigningKey } from '../src/integrity/keys.js';
 import { writeInstances } from '../test/helpers/dicom.js';
 import {
   Procs,
@@ -49,8 +50,14 @@ const ALL_SETS: SetSpec[] = [
   },
 ];
 
-type Mode = 'direct' | 'stunnel' | 'proxy';
-const MODES: Mode[] = ['direct', 'stunnel', 'proxy'];
+type Mode = 'direct' | 'stunnel' | 'proxy' | 'ledger';
+const MODES: Mode[] = ['direct', 'stunnel', 'proxy', 'ledger'];
+const LABEL: Record<Mode, string> = {
+  direct: 'direct',
+  stunnel: 'stunnel',
+  proxy: 'proxy',
+  ledger: 'proxy+ledger',
+};
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -75,11 +82,13 @@ async function main(): Promise<void> {
   const work = await makeTempDir('dimse-bench');
   const procs = new Procs();
   const results: string[] = [];
-  const summary: Array<{ set: string; mbps: Record<Mode, number>; rss: number }> = [];
+  const summary: Array<{ set: string; mbps: Record<Mode, number>; rss: number; ledgerRss: number }> = [];
   try {
     const pki = await writeDemoPki(join(work, 'pki'));
     const scpTls = { key: pki.archiveKey, cert: pki.archiveCert, ca: pki.caCert };
     const cliTls = { key: pki.proxyClientKey, cert: pki.proxyClientCert, ca: pki.caCert };
+    const signingKey = join(work, 'pki', 'ledger-signing.key');
+    await writeSigningKey(join(work, 'pki'), { overwrite: true });
     const scp = await startStorescp(procs, {
       outDir: join(work, 'out'),
       aeTitle: 'ARCHIVE',
@@ -102,43 +111,62 @@ async function main(): Promise<void> {
       let totalBytes = 0;
       for (const f of files) totalBytes += readFileSync(f).length;
 
-      // A fresh proxy process per set, so its peak RSS belongs to this set.
-      const proxyPort = await freePort();
-      const cfg = join(work, `proxy-${set.key}.yaml`);
-      writeFileSync(
-        cfg,
-        [
-          `listen: { host: 127.0.0.1, port: ${proxyPort} }`,
-          'upstreams:',
-          '  archive:',
-          `    host: 127.0.0.1`,
-          `    port: ${scp.port}`,
-          '    aeTitle: ARCHIVE',
-          `    tls: { ca: ${pki.caCert}, cert: ${pki.proxyClientCert}, key: ${pki.proxyClientKey}, serverName: archive.local }`,
-          'routes:',
-          '  - { calledAeTitle: DICOM_PROXY, upstream: archive }',
-          'peers:',
-          '  STORESCU: { addresses: [127.0.0.1], services: [echo, store] }',
-          'logging: { level: warn }',
-          '',
-        ].join('\n'),
-      );
-      const proxy = spawn(
-        process.execPath,
-        [join(import.meta.dirname, '..', 'dist', 'cli.js'), 'start', '-c', cfg],
-        {
-          stdio: ['ignore', 'ignore', 'inherit'],
-        },
-      );
-      const proxyPid = proxy.pid as number;
-      await waitForListen(proxyPort, { timeoutMs: 15000 });
+      // Fresh proxy processes per set, so their peak RSS belongs to this set: one without the ledger,
+      // one with it (fsync batch, signed checkpoints), to measure what the integrity ledger costs.
+      const startProxy = async (
+        name: string,
+        ledgerDir: string | null,
+      ): Promise<{ port: number; pid: number; stop(): Promise<void> }> => {
+        const port = await freePort();
+        const cfg = join(work, `proxy-${set.key}-${name}.yaml`);
+        writeFileSync(
+          cfg,
+          [
+            `listen: { host: 127.0.0.1, port: ${port} }`,
+            'upstreams:',
+            '  archive:',
+            `    host: 127.0.0.1`,
+            `    port: ${scp.port}`,
+            '    aeTitle: ARCHIVE',
+            `    tls: { ca: ${pki.caCert}, cert: ${pki.proxyClientCert}, key: ${pki.proxyClientKey}, serverName: archive.local }`,
+            'routes:',
+            '  - { calledAeTitle: DICOM_PROXY, upstream: archive }',
+            'peers:',
+            '  STORESCU: { addresses: [127.0.0.1], services: [echo, store] }',
+            ...(ledgerDir ? [`ledger: { path: ${ledgerDir}, fsync: batch, signingKey: ${signingKey} }`] : []),
+            'logging: { level: warn }',
+            '',
+          ].join('\n'),
+        );
+        const child = spawn(
+          process.execPath,
+          [join(import.meta.dirname, '..', 'dist', 'cli.js'), 'start', '-c', cfg],
+          {
+            stdio: ['ignore', 'ignore', 'inherit'],
+          },
+        );
+        await waitForListen(port, { timeoutMs: 15000 });
+        return {
+          port,
+          pid: child.pid as number,
+          stop: async () => {
+            child.kill('SIGTERM');
+            await new Promise((r) => child.once('exit', r));
+          },
+        };
+      };
+      const plainProxy = await startProxy('plain', null);
+      const ledgerProxy = await startProxy('ledger', join(work, `ledger-${set.key}`));
+      const proxyPid = plainProxy.pid;
+      const proxyPort = plainProxy.port;
 
       const target: Record<Mode, { port: number; tls?: typeof cliTls }> = {
         direct: { port: scp.port, tls: cliTls },
         stunnel: { port: stunnel.port },
         proxy: { port: proxyPort },
+        ledger: { port: ledgerProxy.port },
       };
-      const mbps: Record<Mode, number[]> = { direct: [], stunnel: [], proxy: [] };
+      const mbps: Record<Mode, number[]> = { direct: [], stunnel: [], proxy: [], ledger: [] };
       // One unmeasured warm-up transfer per mode (JIT, TLS session caches, page cache of the files).
       for (let run = 0; run <= RUNS; run++) {
         for (const mode of MODES) {
@@ -148,7 +176,7 @@ async function main(): Promise<void> {
             host: '127.0.0.1',
             port: t.port,
             callingAe: 'STORESCU',
-            calledAe: mode === 'proxy' ? 'DICOM_PROXY' : 'ARCHIVE',
+            calledAe: mode === 'proxy' || mode === 'ledger' ? 'DICOM_PROXY' : 'ARCHIVE',
             files,
             ...(t.tls ? { tls: t.tls } : {}),
             timeoutMs: 600_000,
@@ -160,24 +188,33 @@ async function main(): Promise<void> {
           if (run === 0) continue;
           const rate = totalBytes / 1e6 / seconds;
           mbps[mode].push(rate);
-          process.stderr.write(`  ${set.label} run ${run} ${mode.padEnd(7)} ${rate.toFixed(1)} MB/s\n`);
+          process.stderr.write(
+            `  ${set.label} run ${run} ${LABEL[mode].padEnd(12)} ${rate.toFixed(1)} MB/s\n`,
+          );
         }
       }
       const rss = peakRssMb(proxyPid);
-      proxy.kill('SIGTERM');
-      await new Promise((r) => proxy.once('exit', r));
-      const med = { direct: median(mbps.direct), stunnel: median(mbps.stunnel), proxy: median(mbps.proxy) };
-      summary.push({ set: set.label, mbps: med, rss });
+      const ledgerRss = peakRssMb(ledgerProxy.pid);
+      await plainProxy.stop();
+      await ledgerProxy.stop();
+      const med = {
+        direct: median(mbps.direct),
+        stunnel: median(mbps.stunnel),
+        proxy: median(mbps.proxy),
+        ledger: median(mbps.ledger),
+      };
+      summary.push({ set: set.label, mbps: med, rss, ledgerRss });
       await removeTempDir(join(work, set.key));
     }
     results.push(
-      `| set | direct TLS MB/s | stunnel MB/s | proxy MB/s | proxy / stunnel | proxy / direct | proxy peak RSS |`,
-      `|---|---:|---:|---:|---:|---:|---:|`,
+      `| set | direct TLS MB/s | stunnel MB/s | proxy MB/s | proxy / stunnel | proxy / direct | proxy peak RSS | proxy+ledger MB/s | ledger cost | proxy+ledger peak RSS |`,
+      `|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|`,
     );
     for (const s of summary) {
       results.push(
         `| ${s.set} | ${s.mbps.direct.toFixed(1)} | ${s.mbps.stunnel.toFixed(1)} | ${s.mbps.proxy.toFixed(1)} | ` +
-          `${(s.mbps.proxy / s.mbps.stunnel).toFixed(2)} | ${(s.mbps.proxy / s.mbps.direct).toFixed(2)} | ${s.rss.toFixed(0)} MB |`,
+          `${(s.mbps.proxy / s.mbps.stunnel).toFixed(2)} | ${(s.mbps.proxy / s.mbps.direct).toFixed(2)} | ${s.rss.toFixed(0)} MB | ` +
+          `${s.mbps.ledger.toFixed(1)} | ${((1 - s.mbps.ledger / s.mbps.proxy) * 100).toFixed(1)} % | ${s.ledgerRss.toFixed(0)} MB |`,
       );
     }
     process.stdout.write(

@@ -10,6 +10,11 @@ import { ProxyServer } from './relay/server.js';
 import { createLogger, logEvents } from './observe/log.js';
 import { TlsMaterialError } from './tls/upstream.js';
 import { writeDemoPki } from './tls/pki.js';
+import { writeSigningKey } from './integrity/keys.js';
+import { LedgerWriter } from './integrity/writer.js';
+import { WorkerHasher } from './integrity/hasher.js';
+import { registerLedgerCommands } from './cli/ledger.js';
+import type { LedgerBinding } from './relay/association.js';
 
 const program = new Command();
 program
@@ -49,7 +54,36 @@ program
     }
     const { config } = snapshot;
     const log = createLogger({ level: config.logging.level, file: config.logging.file });
-    const server = new ProxyServer(snapshot);
+    // The integrity ledger lives as long as the process: one chain, one writer.
+    let ledger: LedgerWriter | null = null;
+    if (config.ledger.path) {
+      try {
+        ledger = await LedgerWriter.open({
+          dir: config.ledger.path,
+          fsync: config.ledger.fsync,
+          fsyncIntervalMs: config.ledger.fsyncIntervalMs,
+          rotateMaxBytes: config.ledger.rotateMaxBytes,
+          rotateDaily: config.ledger.rotateDaily,
+          checkpointIntervalMs: config.ledger.checkpointIntervalMs,
+          signingKeyPem: snapshot.ledgerSigningKeyPem,
+        });
+      } catch (err) {
+        log.error('cannot open the integrity ledger', {
+          event: 'ledger-open-failed',
+          path: config.ledger.path,
+          message: (err as Error).message,
+        });
+        process.exit(1);
+      }
+      if (ledger.recovery) {
+        log.warn('ledger torn tail recovered', { event: 'ledger-recovered', ...ledger.recovery });
+      }
+      log.info('ledger open', { event: 'ledger-open', path: config.ledger.path, head: ledger.head });
+    }
+    const hasher = ledger ? new WorkerHasher() : null;
+    const binding: LedgerBinding | null =
+      ledger && hasher ? { sink: ledger, onFailure: config.ledger.onLedgerFailure, hasher } : null;
+    const server = new ProxyServer(snapshot, { ledger: binding });
     logEvents(server.events, log);
     try {
       const addr = await server.listen();
@@ -69,12 +103,19 @@ program
       if (stopping) return;
       stopping = true;
       log.info('stopping', { event: 'stopping', signal, liveAssociations: server.liveAssociations });
-      void server.close(10000).then(() => {
-        log.info('stopped', { event: 'stopped' });
-        log.on('finish', () => process.exit(0));
-        log.end();
-        setTimeout(() => process.exit(0), 1000).unref();
-      });
+      void server
+        .close(10000)
+        .then(() => ledger?.close())
+        .then(() => hasher?.close())
+        .catch((err: unknown) =>
+          log.error('ledger close failed', { event: 'ledger-failed', message: String(err) }),
+        )
+        .then(() => {
+          log.info('stopped', { event: 'stopped' });
+          log.on('finish', () => process.exit(0));
+          log.end();
+          setTimeout(() => process.exit(0), 1000).unref();
+        });
     };
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
@@ -106,13 +147,16 @@ program
 const certs = program.command('certs').description('certificate helpers');
 certs
   .command('init')
-  .description('create a demo CA, proxy client/server and demo archive certificates (ECDSA P-256)')
+  .description(
+    'create a demo CA, proxy client/server and demo archive certificates (ECDSA P-256) and the ledger signing key (Ed25519)',
+  )
   .option('-d, --dir <dir>', 'output folder', 'certs')
   .option('--force', 'overwrite existing files', false)
   .action(async (opts: { dir: string; force: boolean }) => {
     const paths = await writeDemoPki(resolve(opts.dir), { overwrite: opts.force });
-    for (const [k, v] of Object.entries(paths))
-      if (k !== 'dir') process.stdout.write(`${k.padEnd(18)} ${v}\n`);
+    const ledgerKey = await writeSigningKey(resolve(opts.dir), { overwrite: opts.force });
+    const all = { ...paths, ledgerSigningKey: ledgerKey.privateKey, ledgerPublicKey: ledgerKey.publicKey };
+    for (const [k, v] of Object.entries(all)) if (k !== 'dir') process.stdout.write(`${k.padEnd(18)} ${v}\n`);
   });
 
 program
@@ -192,6 +236,8 @@ program
     const code = await runDemo({ configPath: resolve(opts.config), once: opts.once });
     if (opts.once) process.exit(code);
   });
+
+registerLedgerCommands(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   process.stderr.write(`dimse-tls-proxy: ${explain(err)}\n`);

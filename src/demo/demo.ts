@@ -8,6 +8,10 @@ import { buildSnapshot } from '../relay/snapshot.js';
 import { ProxyServer } from '../relay/server.js';
 import { createLogger, logEvents } from '../observe/log.js';
 import { writeDemoPki } from '../tls/pki.js';
+import { writeSigningKey } from '../integrity/keys.js';
+import { LedgerWriter } from '../integrity/writer.js';
+import { WorkerHasher } from '../integrity/hasher.js';
+import { findRecords } from '../integrity/find.js';
 import { Dataset, echo, startArchive, store, type DimseDataset } from '../dicom/dcmjs.js';
 import { datasetOffset } from '../dicom/part10.js';
 
@@ -55,6 +59,7 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
   const out = (s = ''): void => void process.stdout.write(`${s}\n`);
   const root = resolve(dirname(opts.configPath), '..');
   const pki = await writeDemoPki(join(root, 'certs'));
+  const ledgerKey = await writeSigningKey(join(root, 'certs'), { overwrite: false });
   const config = await loadConfig(opts.configPath);
   const snapshot = buildSnapshot(config);
   const upstream = Object.values(config.upstreams)[0];
@@ -75,7 +80,21 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
     },
   });
   const log = createLogger({ level: config.logging.level, file: config.logging.file, stderr: true });
-  const proxy = new ProxyServer(snapshot);
+  const ledger = config.ledger.path
+    ? await LedgerWriter.open({
+        dir: config.ledger.path,
+        fsync: config.ledger.fsync,
+        fsyncIntervalMs: config.ledger.fsyncIntervalMs,
+        rotateMaxBytes: config.ledger.rotateMaxBytes,
+        rotateDaily: config.ledger.rotateDaily,
+        checkpointIntervalMs: config.ledger.checkpointIntervalMs,
+        signingKeyPem: snapshot.ledgerSigningKeyPem,
+      })
+    : null;
+  const hasher = new WorkerHasher();
+  const proxy = new ProxyServer(snapshot, {
+    ledger: ledger ? { sink: ledger, onFailure: config.ledger.onLedgerFailure, hasher } : null,
+  });
   logEvents(proxy.events, log);
   const addr = await proxy.listen();
 
@@ -108,6 +127,7 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
     instances,
   });
   const arrived = archive.received.slice(before);
+  await proxy.recordsSettled(); // every instance record of the transfer is written
   out(
     `C-STORE  ${calling} -> ${route.calledAeTitle}: ${instances.length} instances sent, statuses ${r.statuses.map((s) => (s === null ? 'none' : `0x${s.toString(16).padStart(4, '0')}`)).join(' ')}${r.error ? ` (${r.error})` : ''}`,
   );
@@ -118,7 +138,14 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
     const sha = createHash('sha256')
       .update(file.subarray(datasetOffset(file)))
       .digest('hex');
-    out(`  ${relative(process.cwd(), a.file)}  ${file.length} bytes  sha256(data set) ${sha.slice(0, 16)}…`);
+    const inLedger =
+      ledger && config.ledger.path ? await findRecords(config.ledger.path, { sha256: sha }) : [];
+    out(
+      `  ${relative(process.cwd(), a.file)}  ${file.length} bytes  sha256(data set) ${sha.slice(0, 16)}…` +
+        (ledger
+          ? `  ledger: ${inLedger.length === 1 ? `record seq ${inLedger[0]?.record.seq}` : `${inLedger.length} records`}`
+          : ''),
+    );
   }
   const ok = e.ok && arrived.length === instances.length && r.statuses.every((s) => s === 0);
   out();
@@ -130,9 +157,19 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
   out(
     `Received files land in ${relative(process.cwd(), storageDir)}/. Policy: ${relative(process.cwd(), opts.configPath)}`,
   );
+  if (config.ledger.path) {
+    const l = relative(process.cwd(), config.ledger.path);
+    out(`Integrity ledger in ${l}/; check it with:`);
+    out(
+      `  dimse-tls-proxy ledger verify --ledger ${l} --public-key ${relative(process.cwd(), ledgerKey.publicKey)}`,
+    );
+    out(`  dimse-tls-proxy ledger find --ledger ${l} --file <a received file>`);
+  }
 
   if (opts.once) {
     await proxy.close(0);
+    await ledger?.close();
+    await hasher.close();
     archive.close();
     return ok ? 0 : 1;
   }
@@ -142,6 +179,8 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
     process.once('SIGTERM', () => resolveStop());
   });
   await proxy.close(5000);
+  await ledger?.close();
+  await hasher.close();
   archive.close();
   return 0;
 }

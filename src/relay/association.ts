@@ -5,7 +5,7 @@
 
 import type { Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
-import { createHash, randomUUID, type Hash } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import {
   AbortReason,
   AbortSource,
@@ -57,6 +57,7 @@ import type {
 } from '../observe/events.js';
 import type { RuntimeSnapshot } from './snapshot.js';
 import type { InstanceEvidence, LedgerSink } from '../integrity/types.js';
+import type { HashStream, StreamHasher } from '../integrity/hasher.js';
 
 /** Largest A-ASSOCIATE-RQ/AC accepted (PS3.8 puts no limit on them; a real one is a few tens of KB). */
 export const MAX_ASSOCIATE_PDU_LENGTH = 512 * 1024;
@@ -66,6 +67,8 @@ type State = 'Sta2' | 'awaiting-upstream' | 'Sta5' | 'Sta6' | 'Sta7' | 'Sta13';
 export interface LedgerBinding {
   sink: LedgerSink;
   onFailure: 'abort' | 'continue';
+  /** Computes the data-set digests (a worker thread in the daemon). */
+  hasher: StreamHasher;
 }
 
 export interface AssociationHost {
@@ -76,6 +79,8 @@ export interface AssociationHost {
   activeTotal(): number;
   activeForPeer(aeTitle: string): number;
   admitted(assoc: Association, peerAeTitle: string): void;
+  /** A ledger record in progress: shutdown waits for it before the ledger closes. */
+  trackRecord(done: Promise<void>): void;
   finished(assoc: Association): void;
 }
 
@@ -97,8 +102,9 @@ interface Transfer {
   transferSyntaxUid: string;
   bytes: number;
   /** SHA-256 over the data PDV values as they pass (only when a ledger is configured). */
-  hash: Hash | null;
-  sha256: string | null;
+  hash: HashStream | null;
+  /** The digest, once the data set is complete (computed off the relay thread). */
+  digest: Promise<string> | null;
   moveOriginatorAeTitle: string | null;
   moveOriginatorMessageId: number | null;
 }
@@ -618,7 +624,7 @@ export class Association {
         const t = this.currentTransfer[0];
         if (t) {
           t.bytes += end - start;
-          t.hash?.update(buf.subarray(start, end));
+          t.hash?.update(buf, start, end);
         }
       },
       dataEnd: () => this.dataEnd(0),
@@ -634,7 +640,7 @@ export class Association {
         const t = this.currentTransfer[1];
         if (t) {
           t.bytes += end - start;
-          t.hash?.update(buf.subarray(start, end));
+          t.hash?.update(buf, start, end);
         }
       },
       dataEnd: () => this.dataEnd(1),
@@ -669,7 +675,7 @@ export class Association {
       this.currentTransfer[dir] = null;
       this.instances++;
       if (t.hash) {
-        t.sha256 = t.hash.digest('hex');
+        t.digest = t.hash.digest();
         t.hash = null;
       }
     }
@@ -723,7 +729,7 @@ export class Association {
       const t = this.currentTransfer[0];
       if (t) {
         t.bytes += pdv.value.length;
-        t.hash?.update(pdv.value);
+        t.hash?.update(pdv.value, 0, pdv.value.length);
       }
       kept.push(pdv);
       if (pdv.last) this.dataSetComplete(0);
@@ -855,7 +861,7 @@ export class Association {
       const t = this.currentTransfer[1];
       if (t) {
         t.bytes += pdv.value.length;
-        t.hash?.update(pdv.value);
+        t.hash?.update(pdv.value, 0, pdv.value.length);
       }
       if (pdv.last) this.dataSetComplete(1);
     }
@@ -873,8 +879,8 @@ export class Association {
         sopInstanceUid: cmd.affectedSopInstanceUid ?? '',
         transferSyntaxUid: ctx.transferSyntax,
         bytes: 0,
-        hash: this.host.ledger ? createHash('sha256') : null,
-        sha256: null,
+        hash: this.host.ledger ? this.host.ledger.hasher.begin() : null,
+        digest: null,
         moveOriginatorAeTitle: cmd.moveOriginatorAeTitle ?? null,
         moveOriginatorMessageId: cmd.moveOriginatorMessageId ?? null,
       };
@@ -915,6 +921,46 @@ export class Association {
    * C-STORE-RSP has been relayed, or with status null when the association ended without one.
    */
   private recordInstance(t: Transfer, status: number | null): void {
+    const ledger = this.host.ledger;
+    if (!ledger) {
+      this.emitInstance(t, status, null);
+      return;
+    }
+    // A data set cut short still gets the digest of what passed: the ledger is the truth of what happened.
+    const digest = t.digest ?? (t.hash ? t.hash.digest() : ledger.hasher.begin().digest());
+    t.hash = null;
+    const rq = this.rq as AssociatePdu;
+    const upstream = this.upstream;
+    const time = new Date().toISOString();
+    const written = digest.then((sha256) => {
+      this.emitInstance(t, status, sha256);
+      const evidence: InstanceEvidence = {
+        time,
+        association: this.id,
+        direction: t.direction,
+        callingAeTitle: aeTitleText(rq.callingAeTitle),
+        calledAeTitle: aeTitleText(rq.calledAeTitle),
+        upstreamAeTitle: upstream?.aeTitle ?? null,
+        peerAddress: this.remoteAddress,
+        archiveAddress: upstream ? `${upstream.host}:${upstream.port}` : '',
+        archiveCertSha256: this.tlsInfo?.peerFingerprint256?.replace(/:/g, '').toLowerCase() ?? null,
+        clientCertSha256: null, // the modality leg is plaintext
+        sopClassUid: t.sopClassUid,
+        sopInstanceUid: t.sopInstanceUid,
+        transferSyntaxUid: t.transferSyntaxUid,
+        bytes: t.bytes,
+        sha256,
+        status,
+        outcome: status === null ? 'no response: aborted' : statusClass(status),
+        moveOriginatorAeTitle: t.moveOriginatorAeTitle,
+        moveOriginatorMessageId: t.moveOriginatorMessageId,
+      };
+      return ledger.sink.append(evidence);
+    });
+    this.host.trackRecord(written.catch((err: unknown) => this.onLedgerFailure(err)));
+  }
+
+  private emitInstance(t: Transfer, status: number | null, sha256: string | null): void {
     this.host.events.emit('instance', {
       id: this.id,
       direction: t.direction,
@@ -923,38 +969,9 @@ export class Association {
       sopInstanceUid: t.sopInstanceUid,
       transferSyntaxUid: t.transferSyntaxUid,
       bytes: t.bytes,
-      sha256: t.sha256,
-      status,
-    });
-    const ledger = this.host.ledger;
-    if (!ledger) return;
-    const rq = this.rq as AssociatePdu;
-    const upstream = this.upstream;
-    // A data set cut short still gets a digest of what passed: the ledger is the truth of what happened.
-    const sha256 = t.sha256 ?? (t.hash ? t.hash.digest('hex') : createHash('sha256').digest('hex'));
-    t.hash = null;
-    const evidence: InstanceEvidence = {
-      time: new Date().toISOString(),
-      association: this.id,
-      direction: t.direction,
-      callingAeTitle: aeTitleText(rq.callingAeTitle),
-      calledAeTitle: aeTitleText(rq.calledAeTitle),
-      upstreamAeTitle: upstream?.aeTitle ?? null,
-      peerAddress: this.remoteAddress,
-      archiveAddress: upstream ? `${upstream.host}:${upstream.port}` : '',
-      archiveCertSha256: this.tlsInfo?.peerFingerprint256?.replace(/:/g, '').toLowerCase() ?? null,
-      clientCertSha256: null, // the modality leg is plaintext
-      sopClassUid: t.sopClassUid,
-      sopInstanceUid: t.sopInstanceUid,
-      transferSyntaxUid: t.transferSyntaxUid,
-      bytes: t.bytes,
       sha256,
       status,
-      outcome: status === null ? 'no response: aborted' : statusClass(status),
-      moveOriginatorAeTitle: t.moveOriginatorAeTitle,
-      moveOriginatorMessageId: t.moveOriginatorMessageId,
-    };
-    ledger.sink.append(evidence).catch((err: unknown) => this.onLedgerFailure(err));
+    });
   }
 
   /** A record that cannot be written is an alarm; by default the association stops relaying. */

@@ -71,6 +71,18 @@ export class ProxyServer implements AssociationHost {
     assoc.start();
   }
 
+  private readonly records = new Set<Promise<void>>();
+
+  trackRecord(done: Promise<void>): void {
+    this.records.add(done);
+    void done.finally(() => this.records.delete(done));
+  }
+
+  /** Resolves when every ledger record started so far is written (or has failed). */
+  async recordsSettled(): Promise<void> {
+    while (this.records.size > 0) await Promise.allSettled([...this.records]);
+  }
+
   activeTotal(): number {
     return this.admittedTotal;
   }
@@ -120,5 +132,6 @@ export class ProxyServer implements AssociationHost {
       clearTimeout(timer);
     }
     await listening;
+    await this.recordsSettled();
   }
 }

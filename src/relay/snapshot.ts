@@ -57,6 +57,8 @@ export function buildSnapshot(config: ProxyConfig): RuntimeSnapshot {
       throw configProblem(config, ['upstreams', name, 'tls', field], err.message);
     }
   }
-  const ledgerSigningKeyPem = config.ledger.signingKey ? loadSigningKey(config, config.ledger.signingKey) : null;
+  const ledgerSigningKeyPem = config.ledger.signingKey
+    ? loadSigningKey(config, config.ledger.signingKey)
+    : null;
   return Object.freeze({ config, policy, upstreamTls, ledgerSigningKeyPem, loadedAt: new Date() });
 }

@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { Dataset, startArchive, store, type ArchiveHandle } from '../../src/dicom/dcmjs.js';
 import { datasetOffset } from '../../src/dicom/part10.js';
 import type { InstanceEvidence, LedgerSink } from '../../src/integrity/types.js';
+import { WorkerHasher } from '../../src/integrity/hasher.js';
 import { removePki, standardPki, startProxy } from '../helpers/proxy.js';
 
 type Pki = Awaited<ReturnType<typeof standardPki>>;
@@ -51,6 +52,7 @@ function instance(i: number, size = 200_000): InstanceType<typeof Dataset> {
 }
 
 describe('instance evidence for the ledger', () => {
+  const hasher = new WorkerHasher();
   let pki: Pki;
   let storage: string;
   let archive: ArchiveHandle;
@@ -66,6 +68,7 @@ describe('instance evidence for the ledger', () => {
     });
   });
   after(async () => {
+    await hasher.close();
     archive?.close();
     await rm(storage, { recursive: true, force: true });
     await removePki(pki);
@@ -73,7 +76,11 @@ describe('instance evidence for the ledger', () => {
 
   test('each stored instance has one record whose SHA-256 equals the data set the archive stored', async () => {
     const sink = new MemorySink();
-    const proxy = await startProxy({ archivePort: archive.port, pki, ledger: { sink, onFailure: 'abort' } });
+    const proxy = await startProxy({
+      archivePort: archive.port,
+      pki,
+      ledger: { sink, onFailure: 'abort', hasher },
+    });
     try {
       const before = archive.received.length;
       const r = await store({
@@ -115,7 +122,11 @@ describe('instance evidence for the ledger', () => {
   test('an unhealthy ledger (policy abort): the C-STORE is not relayed and the association is aborted', async () => {
     const sink = new MemorySink();
     sink.healthy = false;
-    const proxy = await startProxy({ archivePort: archive.port, pki, ledger: { sink, onFailure: 'abort' } });
+    const proxy = await startProxy({
+      archivePort: archive.port,
+      pki,
+      ledger: { sink, onFailure: 'abort', hasher },
+    });
     try {
       const requestsBefore = archive.requests.length;
       const r = await store({
@@ -138,7 +149,11 @@ describe('instance evidence for the ledger', () => {
   test('a failing ledger write (policy abort) aborts the association; with continue it keeps relaying', async () => {
     const sink = new MemorySink();
     sink.failWrites = true;
-    const proxy = await startProxy({ archivePort: archive.port, pki, ledger: { sink, onFailure: 'abort' } });
+    const proxy = await startProxy({
+      archivePort: archive.port,
+      pki,
+      ledger: { sink, onFailure: 'abort', hasher },
+    });
     try {
       const r = await store({
         host: '127.0.0.1',
@@ -158,7 +173,7 @@ describe('instance evidence for the ledger', () => {
     const proxy2 = await startProxy({
       archivePort: archive.port,
       pki,
-      ledger: { sink: tolerant, onFailure: 'continue' },
+      ledger: { sink: tolerant, onFailure: 'continue', hasher },
     });
     try {
       const r = await store({

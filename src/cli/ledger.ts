@@ -1,0 +1,195 @@
+// `dimse-tls-proxy ledger …`: verify, search, export the integrity ledger and create its signing key.
+// Exit codes: 0 = intact / found / done, 1 = ledger broken / nothing matched, 2 = could not run.
+import { type Command, InvalidArgumentError, Option } from 'commander';
+import { readFile, stat } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { exportRecords, findRecords, hashPart10File } from '../integrity/find.js';
+import { keyId, writeSigningKey } from '../integrity/keys.js';
+import { verifyLedger } from '../integrity/verify.js';
+
+export const DEFAULT_LEDGER = 'var/ledger';
+
+export interface LedgerCliIo {
+  stdout: NodeJS.WritableStream;
+  stderr: NodeJS.WritableStream;
+  /** Set the exit code (never exits: output must flush). */
+  setExitCode: (code: number) => void;
+}
+
+const processIo: LedgerCliIo = {
+  stdout: process.stdout,
+  stderr: process.stderr,
+  setExitCode: (code) => {
+    process.exitCode = code;
+  },
+};
+
+function parseTime(value: string): Date {
+  const ms = Date.parse(value);
+  if (Number.isNaN(ms)) throw new InvalidArgumentError(`not an ISO 8601 time: ${JSON.stringify(value)}`);
+  return new Date(ms);
+}
+
+function plural(n: number, one: string, many = `${one}s`): string {
+  return `${n} ${n === 1 ? one : many}`;
+}
+
+/** How to name a ledger file in messages: the ledger path joined with it (or the file itself). */
+async function displayName(ledger: string): Promise<(file: string) => string> {
+  const isDir = await stat(ledger).then(
+    (s) => s.isDirectory(),
+    () => true,
+  );
+  return (file) => (isDir ? join(ledger, file) : ledger);
+}
+
+export function registerLedgerCommands(program: Command, io: LedgerCliIo = processIo): void {
+  const out = (text: string): void => void io.stdout.write(text);
+  const err = (text: string): void => void io.stderr.write(text);
+  /** Run an action; anything thrown is reported and exits 2. */
+  const guarded =
+    <A extends unknown[]>(name: string, fn: (...args: A) => Promise<void>) =>
+    async (...args: A): Promise<void> => {
+      try {
+        await fn(...args);
+      } catch (e) {
+        err(`dimse-tls-proxy ledger ${name}: ${(e as Error)?.message ?? String(e)}\n`);
+        io.setExitCode(2);
+      }
+    };
+
+  const ledger = program
+    .command('ledger')
+    .description('the integrity ledger: verify it, find records, export, create the signing key');
+
+  ledger
+    .command('verify')
+    .description('check the hash chain, file continuity and checkpoint signatures; exit 0 only if intact')
+    .option('-l, --ledger <dir|file>', 'ledger directory or one ledger file', DEFAULT_LEDGER)
+    .option('-k, --public-key <file>', 'Ed25519 public key (PEM): every checkpoint must be signed by it')
+    .action(
+      guarded('verify', async (opts: { ledger: string; publicKey?: string }) => {
+        const publicKeyPem =
+          opts.publicKey === undefined ? undefined : await readFile(opts.publicKey, 'utf8');
+        const report = await verifyLedger(opts.ledger, publicKeyPem === undefined ? {} : { publicKeyPem });
+        const name = await displayName(opts.ledger);
+        out(
+          `ledger ${opts.ledger}: ${plural(report.files, 'file')}, ${plural(report.records, 'record')} ` +
+            `(${plural(report.instances, 'instance')}, ${plural(report.checkpoints, 'checkpoint')})\n`,
+        );
+        if (publicKeyPem !== undefined) {
+          out(`signatures: ${report.signaturesVerified} verified with key ${keyId(publicKeyPem)}\n`);
+        } else {
+          out(
+            `signatures: not checked (no --public-key)` +
+              (report.unsignedCheckpoints > 0
+                ? `; ${plural(report.unsignedCheckpoints, 'unsigned checkpoint')}`
+                : '') +
+              '\n',
+          );
+        }
+        if (report.head) {
+          out(`head: seq ${report.head.seq} in ${report.head.file}, hash ${report.head.hash}\n`);
+          if (report.recordsAfterLastCheckpoint > 0) {
+            out(`after the last checkpoint: ${plural(report.recordsAfterLastCheckpoint, 'record')}\n`);
+          }
+        }
+        if (report.tornTail) {
+          const t = report.tornTail;
+          out(
+            `torn tail: ${name(t.file)}:${t.line} (${plural(t.bytes, 'byte')}): a write cut short by a crash; ` +
+              'the proxy saves it aside and cuts it at its next start\n',
+          );
+        }
+        if (report.ok) {
+          out('INTACT\n');
+          io.setExitCode(0);
+          return;
+        }
+        out(
+          `BROKEN: ${plural(report.errors.length, 'problem')} (the first is where the ledger was first altered)\n`,
+        );
+        for (const e of report.errors)
+          out(`${e.line > 0 ? `${name(e.file)}:${e.line}` : e.file}: ${e.message}\n`);
+        io.setExitCode(1);
+      }),
+    );
+
+  ledger
+    .command('find')
+    .description('print the instance records of a DICOM file (by data set SHA-256) or a SOP Instance UID')
+    .option('-f, --file <file.dcm>', 'DICOM Part 10 file: match the SHA-256 of its data set')
+    .option('-u, --sop-instance-uid <uid>', 'match the SOP Instance UID')
+    .option('-l, --ledger <dir|file>', 'ledger directory or one ledger file', DEFAULT_LEDGER)
+    .action(
+      guarded('find', async (opts: { file?: string; sopInstanceUid?: string; ledger: string }) => {
+        if (opts.file === undefined && opts.sopInstanceUid === undefined) {
+          err('dimse-tls-proxy ledger find: give --file <file.dcm> or --sop-instance-uid <uid>\n');
+          io.setExitCode(2);
+          return;
+        }
+        const query: { sha256?: string; sopInstanceUid?: string } = {};
+        const wanted: string[] = [];
+        if (opts.file !== undefined) {
+          const { sha256, bytes } = await hashPart10File(resolve(opts.file));
+          err(`${opts.file}: data set SHA-256 ${sha256} (${plural(bytes, 'byte')})\n`);
+          query.sha256 = sha256;
+          wanted.push(`sha256 ${sha256} (${opts.file})`);
+        }
+        if (opts.sopInstanceUid !== undefined) {
+          query.sopInstanceUid = opts.sopInstanceUid;
+          wanted.push(`SOP Instance UID ${opts.sopInstanceUid}`);
+        }
+        const found = await findRecords(opts.ledger, query);
+        if (found.length === 0) {
+          err(`no record matches ${wanted.join(' and ')} in ${opts.ledger}\n`);
+          io.setExitCode(1);
+          return;
+        }
+        const name = await displayName(opts.ledger);
+        for (const f of found) out(`${name(f.file)}:${f.line} ${JSON.stringify(f.record)}\n`);
+        io.setExitCode(0);
+      }),
+    );
+
+  ledger
+    .command('export')
+    .description('write instance and committed records (since <= time < until) to stdout as CSV or JSON')
+    .option('-l, --ledger <dir|file>', 'ledger directory or one ledger file', DEFAULT_LEDGER)
+    .option('--since <time>', 'ISO 8601 time: records at or after it', parseTime)
+    .option('--until <time>', 'ISO 8601 time: records before it', parseTime)
+    .addOption(new Option('--format <format>', 'output format').choices(['csv', 'json']).default('csv'))
+    .action(
+      guarded(
+        'export',
+        async (opts: { ledger: string; since?: Date; until?: Date; format: 'csv' | 'json' }) => {
+          await stat(opts.ledger); // a clear ENOENT before any output
+          await exportRecords(
+            opts.ledger,
+            {
+              format: opts.format,
+              ...(opts.since ? { since: opts.since } : {}),
+              ...(opts.until ? { until: opts.until } : {}),
+            },
+            io.stdout,
+          );
+          io.setExitCode(0);
+        },
+      ),
+    );
+
+  ledger
+    .command('keygen')
+    .description('create the Ed25519 key pair that signs ledger checkpoints (keeps existing files)')
+    .option('-d, --dir <dir>', 'output folder', 'certs')
+    .option('--force', 'replace an existing key pair', false)
+    .action(
+      guarded('keygen', async (opts: { dir: string; force: boolean }) => {
+        const r = await writeSigningKey(opts.dir, { overwrite: opts.force });
+        out(`${r.created ? 'created' : 'kept existing'} ledger signing key ${r.keyId}\n`);
+        out(`private key  ${r.privateKey}\n`);
+        out(`public key   ${r.publicKey}\n`);
+        io.setExitCode(0);
+      }),
+    );
+}
