@@ -3,7 +3,7 @@
 // the middle of a transfer leaves a ledger that verifies and a chain the next start continues.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { writeDemoPki, type DemoPkiPaths } from '../../src/tls/pki.js';
