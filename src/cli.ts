@@ -12,7 +12,7 @@ import { TlsMaterialError } from './tls/upstream.js';
 import { writeDemoPki } from './tls/pki.js';
 import { writeSigningKey } from './integrity/keys.js';
 import { LedgerWriter } from './integrity/writer.js';
-import { WorkerHasher } from './integrity/hasher.js';
+import { InlineHasher } from './integrity/hasher.js';
 import { registerLedgerCommands } from './cli/ledger.js';
 import type { LedgerBinding } from './relay/association.js';
 
@@ -80,7 +80,7 @@ program
       }
       log.info('ledger open', { event: 'ledger-open', path: config.ledger.path, head: ledger.head });
     }
-    const hasher = ledger ? new WorkerHasher() : null;
+    const hasher = ledger ? new InlineHasher() : null;
     const binding: LedgerBinding | null =
       ledger && hasher ? { sink: ledger, onFailure: config.ledger.onLedgerFailure, hasher } : null;
     const server = new ProxyServer(snapshot, { ledger: binding });

@@ -10,7 +10,7 @@ import { createLogger, logEvents } from '../observe/log.js';
 import { writeDemoPki } from '../tls/pki.js';
 import { writeSigningKey } from '../integrity/keys.js';
 import { LedgerWriter } from '../integrity/writer.js';
-import { WorkerHasher } from '../integrity/hasher.js';
+import { InlineHasher } from '../integrity/hasher.js';
 import { findRecords } from '../integrity/find.js';
 import { Dataset, echo, startArchive, store, type DimseDataset } from '../dicom/dcmjs.js';
 import { datasetOffset } from '../dicom/part10.js';
@@ -91,7 +91,7 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
         signingKeyPem: snapshot.ledgerSigningKeyPem,
       })
     : null;
-  const hasher = new WorkerHasher();
+  const hasher = new InlineHasher();
   const proxy = new ProxyServer(snapshot, {
     ledger: ledger ? { sink: ledger, onFailure: config.ledger.onLedgerFailure, hasher } : null,
   });

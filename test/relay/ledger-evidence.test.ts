@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { Dataset, startArchive, store, type ArchiveHandle } from '../../src/dicom/dcmjs.js';
 import { datasetOffset } from '../../src/dicom/part10.js';
 import type { InstanceEvidence, LedgerSink } from '../../src/integrity/types.js';
-import { WorkerHasher } from '../../src/integrity/hasher.js';
+import { InlineHasher } from '../../src/integrity/hasher.js';
 import { removePki, standardPki, startProxy } from '../helpers/proxy.js';
 
 type Pki = Awaited<ReturnType<typeof standardPki>>;
@@ -52,7 +52,7 @@ function instance(i: number, size = 200_000): InstanceType<typeof Dataset> {
 }
 
 describe('instance evidence for the ledger', () => {
-  const hasher = new WorkerHasher();
+  const hasher = new InlineHasher();
   let pki: Pki;
   let storage: string;
   let archive: ArchiveHandle;
