@@ -1,6 +1,7 @@
 // The one error type of the integrity ledger (re-exported by writer.ts).
 
-export type LedgerErrorCode = 'LEDGER_WRITE_FAILED' | 'LEDGER_CORRUPT' | 'LEDGER_KEY_INVALID';
+export type LedgerErrorCode =
+  'LEDGER_WRITE_FAILED' | 'LEDGER_CORRUPT' | 'LEDGER_KEY_INVALID' | 'LEDGER_LOCKED';
 
 export class LedgerError extends Error {
   override readonly name = 'LedgerError';

@@ -1,8 +1,8 @@
 // The ledger writer: appends records to the hash chain described in format.ts, one write() per line, in
 // call order, with fsync policy, rotation, periodic signed checkpoints and torn-tail recovery at start-up.
 import { type KeyObject, sign } from 'node:crypto';
-import { type FileHandle, mkdir, open } from 'node:fs/promises';
-import { join } from 'node:path';
+import { type FileHandle, mkdir, open, readFile, unlink } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { type ChainState, START_STATE, listLedgerFiles, scanFile } from './chain.js';
 import { LedgerError, describeFsError } from './errors.js';
@@ -98,6 +98,20 @@ async function readLastRecord(dir: string, name: string): Promise<LedgerRecord> 
   }
 }
 
+export const LOCK_FILE = 'ledger.lock';
+
+/** Ledger directories this process has open (a lock file with our own PID may also be a reused PID). */
+const openHere = new Set<string>();
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
 export class LedgerWriter implements LedgerSink {
   private readonly now: () => Date;
   private readonly signing: { key: KeyObject; keyId: string } | null;
@@ -138,6 +152,8 @@ export class LedgerWriter implements LedgerSink {
       this.signing = { key, keyId: keyIdOf(key) };
     }
   }
+
+  private locked = false;
 
   /** Open (or create) the ledger in opts.dir and get it ready to append. */
   static async open(opts: LedgerOptions): Promise<LedgerWriter> {
@@ -224,12 +240,16 @@ export class LedgerWriter implements LedgerSink {
     this.closing = this.enqueue(async () => {
       this.clearTimers();
       const fh = this.fh;
-      if (!fh) return;
+      if (!fh) {
+        await this.unlock();
+        return;
+      }
       try {
         if (this.headType !== 'checkpoint') await this.writeRecord(this.checkpointBody());
       } finally {
         this.fh = null;
         await this.finishFile(fh);
+        await this.unlock();
       }
     });
     return this.closing;
@@ -271,6 +291,7 @@ export class LedgerWriter implements LedgerSink {
         },
       );
     }
+    await this.lock();
     const files = await listLedgerFiles(dir);
     const name = files.at(-1);
     if (name === undefined) {
@@ -660,5 +681,51 @@ export class LedgerWriter implements LedgerSink {
     const fh = this.fh;
     this.fh = null;
     if (fh) await fh.close().catch(noop);
+    await this.unlock();
+  }
+
+  /**
+   * One writer per ledger directory: two would fork the chain. `ledger.lock` holds the owner's PID; a
+   * lock whose process is gone (a crash, kill -9) is taken over.
+   */
+  private async lock(): Promise<void> {
+    const path = join(this.opts.dir, LOCK_FILE);
+    for (let attempt = 0; attempt < 2; attempt++) {
+      try {
+        const fh = await open(path, 'wx', 0o600);
+        await fh.writeFile(`${process.pid}\n`);
+        await fh.close();
+        this.locked = true;
+        openHere.add(resolve(this.opts.dir));
+        return;
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') {
+          throw new LedgerError(
+            'LEDGER_WRITE_FAILED',
+            `cannot lock ledger ${path}: ${describeFsError(err)}`,
+            {
+              cause: err,
+            },
+          );
+        }
+      }
+      const owner = Number.parseInt((await readFile(path, 'utf8').catch(() => '')).trim(), 10);
+      const ours = owner === process.pid;
+      if ((ours && openHere.has(resolve(this.opts.dir))) || (!ours && owner > 0 && processAlive(owner))) {
+        throw new LedgerError(
+          'LEDGER_LOCKED',
+          `ledger ${this.opts.dir} is in use by process ${owner} (${path}); one proxy process owns a ledger`,
+        );
+      }
+      await unlink(path).catch(noop); // stale: its owner is gone
+    }
+    throw new LedgerError('LEDGER_LOCKED', `cannot take the ledger lock ${path}`);
+  }
+
+  private async unlock(): Promise<void> {
+    if (!this.locked) return;
+    this.locked = false;
+    openHere.delete(resolve(this.opts.dir));
+    await unlink(join(this.opts.dir, LOCK_FILE)).catch(noop);
   }
 }
