@@ -592,8 +592,8 @@ export class Association {
     );
 
     // Sta6: streaming from now on.
-    this.downScanner = new PDataScanner(this.makeDownSink(), ceiling);
-    this.upScanner = new PDataScanner(this.makeUpSink(), ceiling);
+    this.downScanner = new PDataScanner(this.makeSink(0), ceiling);
+    this.upScanner = new PDataScanner(this.makeSink(1), ceiling);
     this.state = 'Sta6';
     this.armIdleTimer();
     this.host.events.emit('association-accepted', {
@@ -615,35 +615,21 @@ export class Association {
 
   // ---------------------------------------------------------------- Sta6: the two streaming directions
 
-  private makeDownSink(): ScannerSink {
+  /** The scanner callbacks of one direction: 0 = modality -> archive, 1 = archive -> modality. */
+  private makeSink(dir: 0 | 1): ScannerSink {
     return {
-      forward: (bytes) => this.writeUp(bytes),
-      held: (pdu, type) => this.heldFromModality(pdu, type),
-      dataStart: (contextId, _len, last) => this.dataStart(0, contextId, last),
+      forward: dir === 0 ? (bytes) => this.writeUp(bytes) : (bytes) => this.writeDown(bytes),
+      held:
+        dir === 0 ? (pdu, type) => this.heldFromModality(pdu, type) : (pdu, type) => this.heldFromArchive(pdu, type),
+      dataStart: (contextId, _len, last) => this.dataStart(dir, contextId, last),
       dataBytes: (buf, start, end) => {
-        const t = this.currentTransfer[0];
+        const t = this.currentTransfer[dir];
         if (t) {
           t.bytes += end - start;
           t.hash?.update(buf, start, end);
         }
       },
-      dataEnd: () => this.dataEnd(0),
-    };
-  }
-
-  private makeUpSink(): ScannerSink {
-    return {
-      forward: (bytes) => this.writeDown(bytes),
-      held: (pdu, type) => this.heldFromArchive(pdu, type),
-      dataStart: (contextId, _len, last) => this.dataStart(1, contextId, last),
-      dataBytes: (buf, start, end) => {
-        const t = this.currentTransfer[1];
-        if (t) {
-          t.bytes += end - start;
-          t.hash?.update(buf, start, end);
-        }
-      },
-      dataEnd: () => this.dataEnd(1),
+      dataEnd: () => this.dataEnd(dir),
     };
   }
 

@@ -6,6 +6,22 @@ import { decodePdu, encodePdu } from '../../src/pdu/codec.js';
 import type { AssociatePdu } from '../../src/pdu/types.js';
 import { decodeCommand, type CommandSet } from '../../src/dimse/command.js';
 
+/** The A-ASSOCIATE-AC accepting every proposed context with its first transfer syntax. */
+export function acceptAll(rq: AssociatePdu): AssociatePdu {
+  return {
+    ...rq,
+    type: 0x02,
+    items: rq.items.map((i) =>
+      i.kind === 'presentation-context-rq'
+        ? {
+            kind: 'presentation-context-ac',
+            context: { id: i.context.id, result: 0, transferSyntax: i.context.transferSyntaxes[0] ?? '' },
+          }
+        : i,
+    ),
+  };
+}
+
 export interface ScriptedArchive {
   port: number;
   /** Every command set the archive received, in order, with its presentation context id. */

@@ -8,6 +8,7 @@ import { decodePdu, encodePdu } from '../../src/pdu/codec.js';
 import type { AssociatePdu } from '../../src/pdu/types.js';
 import { RawScu, associateRq, commandPdu, pdata, CT_IMAGE } from '../helpers/raw.js';
 import { removePki, standardPki, startProxy } from '../helpers/proxy.js';
+import { acceptAll } from '../helpers/scripted-archive.js';
 
 const PDU_VALUE = 16 * 1024;
 const TARGET = 256 * 1024 * 1024; // what the modality tries to send while the archive is stalled
@@ -35,23 +36,7 @@ test('a stalled archive stalls the modality; the proxy holds a bounded amount; a
         }
         const [rqRaw] = framer.push(chunk);
         if (!rqRaw) return;
-        const rq = decodePdu(rqRaw) as AssociatePdu;
-        const ac: AssociatePdu = {
-          ...rq,
-          type: 0x02,
-          items: rq.items.map((i) =>
-            i.kind === 'presentation-context-rq'
-              ? {
-                  kind: 'presentation-context-ac',
-                  context: {
-                    id: i.context.id,
-                    result: 0,
-                    transferSyntax: i.context.transferSyntaxes[0] ?? '',
-                  },
-                }
-              : i,
-          ),
-        };
+        const ac = acceptAll(decodePdu(rqRaw) as AssociatePdu);
         afterAc = true;
         socket.write(encodePdu(ac));
         socket.pause(); // the archive stops reading: a stalled PACS

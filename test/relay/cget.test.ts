@@ -3,13 +3,12 @@
 // the get-only peer tries to send itself.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import * as tls from 'node:tls';
-import { PduFramer } from '../../src/pdu/framer.js';
-import { decodePdu, encodePdu, presentationContextsAc } from '../../src/pdu/codec.js';
+import { presentationContextsAc } from '../../src/pdu/codec.js';
 import type { AssociatePdu, PDataPdu } from '../../src/pdu/types.js';
 import { decodeCommand, encodeCommand } from '../../src/dimse/command.js';
 import { RawScu, associateRq, commandPdu, pdata, CT_IMAGE } from '../helpers/raw.js';
 import { removePki, standardPki, startProxy } from '../helpers/proxy.js';
+import { startScriptedArchive } from '../helpers/scripted-archive.js';
 
 const STUDY_ROOT_GET = '1.2.840.10008.5.1.4.1.2.2.3';
 
@@ -17,92 +16,50 @@ test('C-GET: the archive C-STOREs on the same association reach the modality byt
   const pki = await standardPki();
   const dataset = Buffer.alloc(300_000);
   for (let i = 0; i < dataset.length; i++) dataset[i] = (i * 31) & 0xff;
-  const seenByArchive: string[] = [];
-  const archive = tls.createServer(
-    {
-      ca: pki.ca.cert,
-      cert: pki.archive.cert,
-      key: pki.archive.key,
-      requestCert: true,
-      rejectUnauthorized: true,
-    },
-    (socket) => {
-      const framer = new PduFramer({ maxPDataLength: 1 << 24, maxOtherLength: 1 << 20 });
-      socket.on('error', () => undefined);
-      socket.on('data', (chunk: Buffer) => {
-        for (const raw of framer.push(chunk)) {
-          const pdu = decodePdu(raw);
-          if (pdu.type === 0x01) {
-            const ac: AssociatePdu = {
-              ...pdu,
-              type: 0x02,
-              items: pdu.items.map((i) =>
-                i.kind === 'presentation-context-rq'
-                  ? {
-                      kind: 'presentation-context-ac',
-                      context: {
-                        id: i.context.id,
-                        result: 0,
-                        transferSyntax: i.context.transferSyntaxes[0] ?? '',
-                      },
-                    }
-                  : i,
-              ),
-            };
-            socket.write(encodePdu(ac));
-          } else if (pdu.type === 0x04) {
-            for (const pdv of pdu.pdvs) {
-              if (!pdv.command) continue;
-              const cmd = decodeCommand(pdv.value);
-              seenByArchive.push(`0x${cmd.commandField.toString(16)}`);
-              if (cmd.commandField === 0x0010) {
-                // C-GET-RQ: one sub-operation, a C-STORE-RQ on context 3, then its data set.
-                socket.write(
-                  commandPdu(3, {
-                    commandField: 0x0001,
-                    messageId: 100,
-                    affectedSopClassUid: CT_IMAGE,
-                    affectedSopInstanceUid: '1.2.3.4.100',
-                    priority: 0,
-                    commandDataSetType: 0x0000,
-                  }),
-                );
-                // Fragments within the 16 KB the proxy advertised on the modality's behalf (PS3.8 D.1).
-                for (let at = 0; at < dataset.length; at += 16000) {
-                  const end = Math.min(at + 16000, dataset.length);
-                  socket.write(pdata(3, false, end === dataset.length, dataset.subarray(at, end)));
-                }
-              } else if (cmd.commandField === 0x8001) {
-                socket.write(
-                  pdata(
-                    1,
-                    true,
-                    true,
-                    encodeCommand({
-                      commandField: 0x8010,
-                      messageIdBeingRespondedTo: 1,
-                      affectedSopClassUid: STUDY_ROOT_GET,
-                      commandDataSetType: 0x0101,
-                      status: 0x0000,
-                      completed: 1,
-                      remaining: 0,
-                      failed: 0,
-                      warning: 0,
-                    }),
-                  ),
-                );
-              }
-            }
-          } else if (pdu.type === 0x05) {
-            socket.end(Buffer.from([0x06, 0, 0, 0, 0, 4, 0, 0, 0, 0]));
-          }
+  const archive = await startScriptedArchive(
+    { ca: pki.ca.cert, cert: pki.archive.cert, key: pki.archive.key },
+    (cmd, _contextId, reply) => {
+      if (cmd.commandField === 0x0010) {
+        // C-GET-RQ: one sub-operation, a C-STORE-RQ on context 3, then its data set in fragments within the
+        // 16 KB the proxy advertised on the modality's behalf (PS3.8 D.1).
+        reply(
+          commandPdu(3, {
+            commandField: 0x0001,
+            messageId: 100,
+            affectedSopClassUid: CT_IMAGE,
+            affectedSopInstanceUid: '1.2.3.4.100',
+            priority: 0,
+            commandDataSetType: 0x0000,
+          }),
+        );
+        for (let at = 0; at < dataset.length; at += 16000) {
+          const end = Math.min(at + 16000, dataset.length);
+          reply(pdata(3, false, end === dataset.length, dataset.subarray(at, end)));
         }
-      });
+      } else if (cmd.commandField === 0x8001) {
+        reply(
+          pdata(
+            1,
+            true,
+            true,
+            encodeCommand({
+              commandField: 0x8010,
+              messageIdBeingRespondedTo: 1,
+              affectedSopClassUid: STUDY_ROOT_GET,
+              commandDataSetType: 0x0101,
+              status: 0x0000,
+              completed: 1,
+              remaining: 0,
+              failed: 0,
+              warning: 0,
+            }),
+          ),
+        );
+      }
     },
   );
-  await new Promise<void>((r) => archive.listen(0, '127.0.0.1', r));
   const proxy = await startProxy({
-    archivePort: (archive.address() as { port: number }).port,
+    archivePort: archive.port,
     pki,
     peers: '  GETTER: { addresses: [127.0.0.1], services: [get] }',
     limits: '{ maxPduLength: 65536 }',
@@ -194,7 +151,11 @@ test('C-GET: the archive C-STOREs on the same association reach the modality byt
     assert.equal(inst[0]?.sopInstanceUid, '1.2.3.4.100');
     assert.equal(inst[0]?.bytes, dataset.length);
     assert.equal(inst[0]?.status, 0);
-    assert.deepEqual(seenByArchive, ['0x10', '0x8001'], 'the refused C-STORE-RQ never reached the archive');
+    assert.deepEqual(
+      archive.commands.map((c) => c.command.commandField),
+      [0x0010, 0x8001],
+      'the refused C-STORE-RQ never reached the archive',
+    );
   } finally {
     scu.destroy();
     await proxy.close();

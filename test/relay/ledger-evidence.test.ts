@@ -3,13 +3,12 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, X509Certificate } from 'node:crypto';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { Dataset, startArchive, store, type ArchiveHandle } from '../../src/dicom/dcmjs.js';
+import { readFile } from 'node:fs/promises';
+import { store, type ArchiveHandle } from '../../src/dicom/dcmjs.js';
 import { datasetOffset } from '../../src/dicom/part10.js';
 import type { InstanceEvidence, LedgerSink } from '../../src/integrity/types.js';
 import { InlineHasher } from '../../src/integrity/hasher.js';
+import { startTestArchive, testInstance, type TestArchive } from '../helpers/instances.js';
 import { removePki, standardPki, startProxy } from '../helpers/proxy.js';
 
 type Pki = Awaited<ReturnType<typeof standardPki>>;
@@ -27,50 +26,20 @@ class MemorySink implements LedgerSink {
   }
 }
 
-function instance(i: number, size = 200_000): InstanceType<typeof Dataset> {
-  const pixels = new Uint8Array(size);
-  for (let k = 0; k < pixels.length; k++) pixels[k] = (k * 7 + i) & 0xff;
-  return new Dataset(
-    {
-      SOPClassUID: '1.2.840.10008.5.1.4.1.1.7',
-      SOPInstanceUID: `1.2.826.0.1.3680043.10.1461.97.${process.pid}.${Date.now()}.${i}`,
-      PatientID: 'LEDGER',
-      Modality: 'OT',
-      SamplesPerPixel: 1,
-      PhotometricInterpretation: 'MONOCHROME2',
-      Rows: 1,
-      Columns: size,
-      BitsAllocated: 8,
-      BitsStored: 8,
-      HighBit: 7,
-      PixelRepresentation: 0,
-      PixelData: [pixels.buffer],
-      _vrMap: { PixelData: 'OB' },
-    } as never,
-    '1.2.840.10008.1.2.1',
-  );
-}
-
 describe('instance evidence for the ledger', () => {
   const hasher = new InlineHasher();
   let pki: Pki;
-  let storage: string;
+  let testArchive: TestArchive;
   let archive: ArchiveHandle;
 
   before(async () => {
     pki = await standardPki();
-    storage = await mkdtemp(join(tmpdir(), 'dimse-archive-'));
-    archive = await startArchive({
-      port: 0,
-      aeTitle: 'ARCHIVE',
-      storageDir: storage,
-      tls: { ca: pki.ca.cert, cert: pki.archive.cert, key: pki.archive.key, requireClientCert: true },
-    });
+    testArchive = await startTestArchive(pki);
+    archive = testArchive.archive;
   });
   after(async () => {
     await hasher.close();
-    archive?.close();
-    await rm(storage, { recursive: true, force: true });
+    await testArchive?.close();
     await removePki(pki);
   });
 
@@ -88,7 +57,7 @@ describe('instance evidence for the ledger', () => {
         port: proxy.port,
         callingAeTitle: 'SCU',
         calledAeTitle: 'DICOM_PROXY',
-        instances: [instance(1), instance(2, 3_000_000), instance(3, 10)],
+        instances: [testInstance(1), testInstance(2, 3_000_000), testInstance(3, 10)],
       });
       assert.deepEqual(r.statuses, [0, 0, 0]);
       await proxy.closed();
@@ -134,7 +103,7 @@ describe('instance evidence for the ledger', () => {
         port: proxy.port,
         callingAeTitle: 'SCU',
         calledAeTitle: 'DICOM_PROXY',
-        instances: [instance(4)],
+        instances: [testInstance(4)],
       });
       assert.deepEqual(r.statuses, [null], 'no success reaches the modality');
       const summary = await proxy.closed();
@@ -160,7 +129,7 @@ describe('instance evidence for the ledger', () => {
         port: proxy.port,
         callingAeTitle: 'SCU',
         calledAeTitle: 'DICOM_PROXY',
-        instances: [instance(5), instance(6), instance(7)],
+        instances: [testInstance(5), testInstance(6), testInstance(7)],
       });
       assert.ok(r.statuses.includes(null), `the association must stop: ${JSON.stringify(r.statuses)}`);
       const summary = await proxy.closed();
@@ -181,7 +150,7 @@ describe('instance evidence for the ledger', () => {
         port: proxy2.port,
         callingAeTitle: 'SCU',
         calledAeTitle: 'DICOM_PROXY',
-        instances: [instance(8), instance(9)],
+        instances: [testInstance(8), testInstance(9)],
       });
       assert.deepEqual(r.statuses, [0, 0]);
       await proxy2.closed();

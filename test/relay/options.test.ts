@@ -2,46 +2,26 @@
 // profile, the idle timeout.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { Dataset, echo, startArchive, store, type ArchiveHandle } from '../../src/dicom/dcmjs.js';
+import { echo, store, type ArchiveHandle } from '../../src/dicom/dcmjs.js';
 import { aeTitleText } from '../../src/pdu/codec.js';
 import { RawScu, associateRq, VERIFICATION } from '../helpers/raw.js';
+import { startTestArchive, testInstance, type TestArchive } from '../helpers/instances.js';
 import { removePki, standardPki, startProxy } from '../helpers/proxy.js';
 
 type Pki = Awaited<ReturnType<typeof standardPki>>;
 
-function tinyInstance(): InstanceType<typeof Dataset> {
-  return new Dataset(
-    {
-      SOPClassUID: '1.2.840.10008.5.1.4.1.1.7',
-      SOPInstanceUID: `1.2.826.0.1.3680043.10.1461.98.${process.pid}.${Date.now()}`,
-      PatientID: 'OPT',
-      Modality: 'OT',
-    } as never,
-    '1.2.840.10008.1.2.1',
-  );
-}
-
 describe('relay options', () => {
   let pki: Pki;
-  let storage: string;
+  let testArchive: TestArchive;
   let archive: ArchiveHandle;
 
   before(async () => {
     pki = await standardPki();
-    storage = await mkdtemp(join(tmpdir(), 'dimse-archive-'));
-    archive = await startArchive({
-      port: 0,
-      aeTitle: 'ARCHIVE',
-      storageDir: storage,
-      tls: { ca: pki.ca.cert, cert: pki.archive.cert, key: pki.archive.key, requireClientCert: true },
-    });
+    testArchive = await startTestArchive(pki);
+    archive = testArchive.archive;
   });
   after(async () => {
-    archive?.close();
-    await rm(storage, { recursive: true, force: true });
+    await testArchive?.close();
     await removePki(pki);
   });
 
@@ -57,7 +37,7 @@ describe('relay options', () => {
         port: proxy.port,
         callingAeTitle: 'SCU',
         calledAeTitle: 'DICOM_PROXY',
-        instances: [tinyInstance()],
+        instances: [testInstance(0, 16)],
       });
       assert.deepEqual(r.statuses, [0]);
       assert.equal(archive.received.at(-1)?.callingAeTitle, 'PROXY_AE', 'the archive saw the configured AE');
@@ -81,7 +61,7 @@ describe('relay options', () => {
         port: plain.port,
         callingAeTitle: 'SCU',
         calledAeTitle: 'DICOM_PROXY',
-        instances: [tinyInstance()],
+        instances: [testInstance(0, 16)],
       });
       assert.deepEqual(r.statuses, [0]);
       assert.equal(archive.received.at(-1)?.callingAeTitle, 'SCU');

@@ -2,10 +2,7 @@
 // in-process archive, certificates generated per run. Every refusal sits next to the acceptance it mirrors.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { Dataset, echo, startArchive, store, type ArchiveHandle } from '../../src/dicom/dcmjs.js';
+import { echo, store, type ArchiveHandle } from '../../src/dicom/dcmjs.js';
 import { decodeCommand } from '../../src/dimse/command.js';
 import { aeTitleText, presentationContextsAc, maxLengthOf } from '../../src/pdu/codec.js';
 import type { AssociatePdu, Pdu } from '../../src/pdu/types.js';
@@ -18,35 +15,10 @@ import {
   STUDY_ROOT_MOVE,
   VERIFICATION,
 } from '../helpers/raw.js';
+import { startTestArchive, testInstance, type TestArchive } from '../helpers/instances.js';
 import { removePki, standardPki, startProxy, type ProxyUnderTest } from '../helpers/proxy.js';
 
 type Pki = Awaited<ReturnType<typeof standardPki>>;
-
-function instance(i: number): InstanceType<typeof Dataset> {
-  const pixels = new Uint8Array(64 * 64 * 2).fill(i);
-  return new Dataset(
-    {
-      SOPClassUID: '1.2.840.10008.5.1.4.1.1.7',
-      SOPInstanceUID: `1.2.826.0.1.3680043.10.1461.99.${process.pid}.${Date.now()}.${i}`,
-      StudyInstanceUID: '1.2.826.0.1.3680043.10.1461.99.1',
-      SeriesInstanceUID: '1.2.826.0.1.3680043.10.1461.99.2',
-      PatientID: 'TEST',
-      PatientName: 'TEST^RELAY',
-      Modality: 'OT',
-      SamplesPerPixel: 1,
-      PhotometricInterpretation: 'MONOCHROME2',
-      Rows: 64,
-      Columns: 64,
-      BitsAllocated: 16,
-      BitsStored: 16,
-      HighBit: 15,
-      PixelRepresentation: 0,
-      PixelData: [pixels.buffer],
-      _vrMap: { PixelData: 'OW' },
-    } as never,
-    '1.2.840.10008.1.2.1',
-  );
-}
 
 /** A study-level C-MOVE identifier, Implicit VR Little Endian: (0008,0052) STUDY, (0020,000D) UID. */
 function moveIdentifier(): Buffer {
@@ -96,17 +68,12 @@ describe('relay to a mutual-TLS archive', () => {
   let pki: Pki;
   let archive: ArchiveHandle;
   let proxy: ProxyUnderTest;
-  let storage: string;
+  let testArchive: TestArchive;
 
   before(async () => {
     pki = await standardPki();
-    storage = await mkdtemp(join(tmpdir(), 'dimse-archive-'));
-    archive = await startArchive({
-      port: 0,
-      aeTitle: 'ARCHIVE',
-      storageDir: storage,
-      tls: { ca: pki.ca.cert, cert: pki.archive.cert, key: pki.archive.key, requireClientCert: true },
-    });
+    testArchive = await startTestArchive(pki);
+    archive = testArchive.archive;
     proxy = await startProxy({
       archivePort: archive.port,
       pki,
@@ -121,8 +88,7 @@ describe('relay to a mutual-TLS archive', () => {
 
   after(async () => {
     await proxy?.close();
-    archive?.close();
-    await rm(storage, { recursive: true, force: true });
+    await testArchive?.close();
     await removePki(pki);
   });
 
@@ -151,7 +117,7 @@ describe('relay to a mutual-TLS archive', () => {
       port: proxy.port,
       callingAeTitle: 'SCU',
       calledAeTitle: 'DICOM_PROXY',
-      instances: [instance(1), instance(2), instance(3)],
+      instances: [testInstance(1), testInstance(2), testInstance(3)],
     });
     assert.equal(r.error, null);
     assert.deepEqual(r.statuses, [0, 0, 0]);
@@ -390,14 +356,7 @@ describe('relay to a mutual-TLS archive', () => {
 describe('an archive answering a C-STORE with a failure', () => {
   test('the failure status reaches the modality unchanged: the proxy never reports a success the archive did not give', async () => {
     const pki = await standardPki();
-    const storage = await mkdtemp(join(tmpdir(), 'dimse-archive-'));
-    const archive = await startArchive({
-      port: 0,
-      aeTitle: 'ARCHIVE',
-      storageDir: storage,
-      storeStatus: () => 0xa700,
-      tls: { ca: pki.ca.cert, cert: pki.archive.cert, key: pki.archive.key, requireClientCert: true },
-    });
+    const { archive, close } = await startTestArchive(pki, { storeStatus: () => 0xa700 });
     const proxy = await startProxy({ archivePort: archive.port, pki });
     try {
       const r = await store({
@@ -405,7 +364,7 @@ describe('an archive answering a C-STORE with a failure', () => {
         port: proxy.port,
         callingAeTitle: 'SCU',
         calledAeTitle: 'DICOM_PROXY',
-        instances: [instance(9)],
+        instances: [testInstance(9)],
       });
       assert.deepEqual(r.statuses, [0xa700]);
       await proxy.closed();
@@ -413,8 +372,7 @@ describe('an archive answering a C-STORE with a failure', () => {
       assert.equal(inst?.status, 0xa700);
     } finally {
       await proxy.close();
-      archive.close();
-      await rm(storage, { recursive: true, force: true });
+      await close();
       await removePki(pki);
     }
   });
