@@ -620,7 +620,9 @@ export class Association {
     return {
       forward: dir === 0 ? (bytes) => this.writeUp(bytes) : (bytes) => this.writeDown(bytes),
       held:
-        dir === 0 ? (pdu, type) => this.heldFromModality(pdu, type) : (pdu, type) => this.heldFromArchive(pdu, type),
+        dir === 0
+          ? (pdu, type) => this.heldFromModality(pdu, type)
+          : (pdu, type) => this.heldFromArchive(pdu, type),
       dataStart: (contextId, _len, last) => this.dataStart(dir, contextId, last),
       dataBytes: (buf, start, end) => {
         const t = this.currentTransfer[dir];
