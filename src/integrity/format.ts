@@ -6,8 +6,10 @@
  *   A ledger is a directory of JSON Lines files named `ledger-000001.jsonl`, `ledger-000002.jsonl`, …
  *   (index of 6 or more decimal digits). The chain runs through the files in index order (which is name
  *   order up to ledger-999999). Other files in the directory (keys, `*.torn-*` copies) are not part of
- *   the chain. Every record is one line: UTF-8 JSON followed by one LF (0x0A), written with a single
- *   write() call. No line is longer than MAX_LINE_BYTES.
+ *   the chain. Every record is one line: UTF-8 JSON followed by one LF (0x0A). No line is longer than
+ *   MAX_LINE_BYTES. The writer only appends whole lines, each with a single write() call: one line, or
+ *   several consecutive lines at once (a batch of records sealed together); a line is never split across
+ *   two write() calls.
  *
  * Canonical form
  *   A line is valid only if it is well-formed UTF-8 and JSON.stringify(JSON.parse(line)) === line, i.e.
@@ -58,7 +60,9 @@
  *   The last line of the last file may be incomplete after a crash: it has no trailing LF, or it is not
  *   canonical JSON. Verification reports it without failing; the writer copies it to
  *   `<file>.torn-<UTC time>`, cuts it off and appends a `recovered` record. An invalid line anywhere
- *   else breaks the ledger.
+ *   else breaks the ledger. A crash during a write() that carried several lines tears the tail of that
+ *   batch: the lines it got out whole are ordinary records that chain and stay, the line it was cut in
+ *   is the torn last line, and the lines after that are simply absent (as if not yet written).
  *
  * What it proves: any change to, insertion into, deletion from or reordering of the chain shows as a
  * broken hash or link, naming the file and line. Someone able to rewrite the whole chain can only hide
@@ -66,7 +70,7 @@
  * last signed checkpoint, and records cut from the very end, are protected only by copies kept elsewhere
  * (e.g. the head hash noted from `ledger verify`).
  */
-import { createHash } from 'node:crypto';
+import * as crypto from 'node:crypto';
 
 export const FORMAT_VERSION = 1;
 export const GENESIS_PREV = '0'.repeat(64);
@@ -245,19 +249,38 @@ const FIELD_CHECKS: Record<string, [Check, string]> = {
   hash: [isHex64, '64 lower-case hex digits'],
 };
 
+// crypto.hash (Node >= 20.12) saves a Hash object per call; reached through the namespace so that older
+// Node 20 releases, which lack it, still load this module.
+const oneShotHash = (crypto as { hash?: typeof crypto.hash }).hash;
+
+/** Lower-case hex SHA-256; a string is hashed as its UTF-8 bytes. */
 export function sha256Hex(data: string | Buffer): string {
-  return createHash('sha256').update(data).digest('hex');
+  return oneShotHash
+    ? oneShotHash('sha256', data, 'hex')
+    : crypto.createHash('sha256').update(data).digest('hex');
 }
 
 function isRecordType(x: unknown): x is RecordType {
   return typeof x === 'string' && Object.prototype.hasOwnProperty.call(KEY_ORDER, x);
 }
 
-/** Field problems of a parsed object as a record (key order, field types), or null when it is fine. */
-export function structureProblem(obj: Record<string, unknown>): string | null {
+/** KEY_ORDER without the final "hash": the keys of a record before it is sealed. */
+const UNSEALED_KEY_ORDER: Record<RecordType, readonly string[]> = {
+  'file-start': KEY_ORDER['file-start'].slice(0, -1),
+  instance: KEY_ORDER.instance.slice(0, -1),
+  committed: KEY_ORDER.committed.slice(0, -1),
+  checkpoint: KEY_ORDER.checkpoint.slice(0, -1),
+  recovered: KEY_ORDER.recovered.slice(0, -1),
+};
+
+/**
+ * Field problems of a parsed object as a record (key order, field types), or null when it is fine.
+ * With `unsealed`, the object is a record before sealing: every key but the final "hash".
+ */
+export function structureProblem(obj: Record<string, unknown>, unsealed = false): string | null {
   const type = obj.type;
   if (!isRecordType(type)) return `unknown record type ${JSON.stringify(type)}`;
-  const expected: readonly string[] = KEY_ORDER[type];
+  const expected: readonly string[] = (unsealed ? UNSEALED_KEY_ORDER : KEY_ORDER)[type];
   const keys = Object.keys(obj);
   if (keys.length !== expected.length || keys.some((k, i) => k !== expected[i])) {
     return `keys of a ${type} record must be ${expected.join(',')}, not ${keys.join(',')}`;
@@ -279,18 +302,27 @@ export function structureProblem(obj: Record<string, unknown>): string | null {
 export function sealRecord(body: UnsealedRecord): { record: LedgerRecord; line: Buffer } {
   const source = body as unknown as Record<string, unknown>;
   const ordered: Record<string, unknown> = {};
-  for (const key of KEY_ORDER[body.type]) {
-    if (key === 'hash') continue;
+  for (const key of UNSEALED_KEY_ORDER[body.type]) {
     ordered[key] = source[key] === undefined ? null : source[key];
   }
-  const text = JSON.stringify(ordered);
-  ordered.hash = sha256Hex(Buffer.from(text, 'utf8'));
-  const problem = structureProblem(ordered);
-  if (problem !== null) throw new TypeError(`invalid ${body.type} record: ${problem}`);
-  return {
-    record: ordered as unknown as LedgerRecord,
-    line: Buffer.from(`${JSON.stringify(ordered)}\n`, 'utf8'),
-  };
+  const { hash, line } = sealOrdered(ordered as unknown as UnsealedRecord);
+  ordered.hash = hash;
+  return { record: ordered as unknown as LedgerRecord, line: Buffer.from(line, 'utf8') };
+}
+
+/**
+ * Seal a record whose keys are already exactly those of its type in the fixed order (without "hash"),
+ * without copying it: its hash, and its line as text (including the trailing LF). The body is left
+ * unchanged, so it can be sealed again after its seq and prev changed. Throws a TypeError for any other
+ * key order or an invalid field (an undefined value too: it is not turned into null here).
+ */
+export function sealOrdered(body: UnsealedRecord): { hash: string; line: string } {
+  const problem = structureProblem(body as unknown as Record<string, unknown>, true);
+  if (problem !== null) throw new TypeError(`invalid ${String(body.type)} record: ${problem}`);
+  const text = JSON.stringify(body);
+  const hash = sha256Hex(text);
+  // = JSON.stringify of the record with "hash" added last (a hex string needs no escaping).
+  return { hash, line: `${text.slice(0, -1)},"hash":"${hash}"}\n` };
 }
 
 export type ParsedLine =
@@ -334,7 +366,7 @@ export function parseLine(bytes: Uint8Array): ParsedLine {
   const problem = structureProblem(obj);
   if (problem !== null) return { kind: 'invalid', message: problem, claimed };
   const { hash, ...rest } = obj;
-  const actual = sha256Hex(Buffer.from(JSON.stringify(rest), 'utf8'));
+  const actual = sha256Hex(JSON.stringify(rest));
   if (actual !== hash) {
     return {
       kind: 'invalid',
