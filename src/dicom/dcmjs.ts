@@ -190,6 +190,8 @@ export function startArchive(opts: ArchiveOptions): Promise<ArchiveHandle> {
       }
       this.sendAssociationAccept();
     }
+    /** A-ABORT received (PS3.8 9.3.8): nothing to undo, the connection closes. */
+    abort(): void {}
     associationReleaseRequested(): void {
       this.sendAssociationReleaseResponse();
     }
