@@ -566,19 +566,25 @@ function decodeAssociate(raw: Buffer, type: 0x01 | 0x02, length: number): Associ
   return { type, protocolVersion, calledAeTitle, callingAeTitle, reserved, items };
 }
 
-// PS3.8 9.3.2.2: presentation-context-ID (1), reserved (3), one abstract syntax sub-item (9.3.2.2.1),
-// one or more transfer syntax sub-items (9.3.2.2.2).
-function decodeContextRq(raw: Buffer, item: RawItem): PresentationContextRq {
-  const f = item.field;
+/** The 4-byte fixed part both presentation context items start with; returns the checked context ID. */
+function contextFixedPart(raw: Buffer, item: RawItem): number {
   if (item.end - item.start < 4) {
     throw new PduError(
       'INVALID_LENGTH',
-      `${f}.length`,
+      `${item.field}.length`,
       `presentation context item length ${item.end - item.start} is shorter than its 4-byte fixed part`,
     );
   }
   const id = raw.readUInt8(item.start);
-  checkContextId(id, `${f}.id`);
+  checkContextId(id, `${item.field}.id`);
+  return id;
+}
+
+// PS3.8 9.3.2.2: presentation-context-ID (1), reserved (3), one abstract syntax sub-item (9.3.2.2.1),
+// one or more transfer syntax sub-items (9.3.2.2.2).
+function decodeContextRq(raw: Buffer, item: RawItem): PresentationContextRq {
+  const f = item.field;
+  const id = contextFixedPart(raw, item);
   let transferIndex = 0;
   const subs = splitItems(raw, item.start + 4, item.end, f, 'sub-item', (type, index) => {
     if (type === ItemType.AbstractSyntax) return `${f}.abstract-syntax`;
@@ -643,15 +649,7 @@ function decodeContextRq(raw: Buffer, item: RawItem): PresentationContextRq {
 // syntax sub-item, "not significant and not tested" when the result is not acceptance.
 function decodeContextAc(raw: Buffer, item: RawItem): PresentationContextAc {
   const f = item.field;
-  if (item.end - item.start < 4) {
-    throw new PduError(
-      'INVALID_LENGTH',
-      `${f}.length`,
-      `presentation context item length ${item.end - item.start} is shorter than its 4-byte fixed part`,
-    );
-  }
-  const id = raw.readUInt8(item.start);
-  checkContextId(id, `${f}.id`);
+  const id = contextFixedPart(raw, item);
   const result = raw.readUInt8(item.start + 2);
   if (result > 4) {
     throw new PduError(
