@@ -60,6 +60,8 @@ export class PDataScanner {
   private holdLen = 0;
   private holdType = 0;
   private feeding = false;
+  /** During feedInner: start of the open forward range in the current chunk, or -1. */
+  private fwd = -1;
   private readonly injections: Buffer[] = [];
 
   constructor(
@@ -98,13 +100,7 @@ export class PDataScanner {
     const len = chunk.length;
     let pos = 0;
     // Start of the range of `chunk` that will be forwarded as one write; -1 when none is open.
-    let fwd = this.phase === Phase.Stream && !this.discarding ? 0 : -1;
-
-    const flush = (end: number): void => {
-      if (fwd >= 0 && end > fwd)
-        this.sink.forward(fwd === 0 && end === len ? chunk : chunk.subarray(fwd, end));
-      fwd = -1;
-    };
+    this.fwd = this.phase === Phase.Stream && !this.discarding ? 0 : -1;
 
     while (pos < len) {
       if (this.phase === Phase.Stream) {
@@ -139,7 +135,7 @@ export class PDataScanner {
 
       // Phase.Header: at a PDU boundary.
       if (this.scratchLen === 0 && this.injections.length > 0) {
-        flush(pos);
+        this.flush(chunk, pos);
         this.flushInjections();
       }
       let src: Buffer;
@@ -153,7 +149,7 @@ export class PDataScanner {
         consumedFromChunk = 0;
       } else {
         // Header split across chunks: top the scratch up to what a decision needs.
-        flush(pos);
+        this.flush(chunk, pos);
         const need = this.scratchLen < PDU_HEADER_LENGTH ? PDU_HEADER_LENGTH : P_DATA_PEEK;
         const n = Math.min(need - this.scratchLen, len - pos);
         chunk.copy(this.scratch, this.scratchLen, pos, pos + n);
@@ -178,7 +174,7 @@ export class PDataScanner {
       if (type === PduType.PDataTf) {
         if (avail < P_DATA_PEEK) {
           // Contiguous case with fewer than 12 bytes left in the chunk: move them to the scratch.
-          flush(pos);
+          this.flush(chunk, pos);
           chunk.copy(this.scratch, 0, pos, len);
           this.scratchLen = len - pos;
           break;
@@ -194,14 +190,14 @@ export class PDataScanner {
           this.phase = Phase.Stream;
           if (consumedFromChunk === 0) {
             // Header is in the chunk: keep or open the forward range, skip the header.
-            if (drop) flush(pos);
-            else if (fwd < 0) fwd = pos;
+            if (drop) this.flush(chunk, pos);
+            else if (this.fwd < 0) this.fwd = pos;
             pos += P_DATA_PEEK;
           } else {
             // Header came through the scratch; `pos` already points after the bytes copied into it.
             if (!drop) this.sink.forward(Buffer.from(this.scratch.subarray(0, P_DATA_PEEK)));
             this.scratchLen = 0;
-            if (!drop) fwd = pos;
+            if (!drop) this.fwd = pos;
           }
           if (this.streamRemaining === 0) {
             this.phase = Phase.Header;
@@ -213,7 +209,7 @@ export class PDataScanner {
       }
 
       // Hold the whole PDU.
-      flush(pos);
+      this.flush(chunk, pos);
       if (consumedFromChunk === 0 && len - pos >= total) {
         this.sink.held(chunk.subarray(pos, pos + total), type);
         pos += total;
@@ -241,7 +237,15 @@ export class PDataScanner {
         this.sink.held(hold, type);
       }
     }
-    flush(len);
+    this.flush(chunk, len);
+  }
+
+  /** Forward chunk[fwd, end) (the whole chunk itself when it is all of it) and close the range. */
+  private flush(chunk: Buffer, end: number): void {
+    const fwd = this.fwd;
+    if (fwd >= 0 && end > fwd)
+      this.sink.forward(fwd === 0 && end === chunk.length ? chunk : chunk.subarray(fwd, end));
+    this.fwd = -1;
   }
 
   /** Validate a PDU header at src[off..off+6): returns the type. Every declared length is checked here. */
