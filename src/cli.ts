@@ -94,6 +94,17 @@ program
         routes: config.routes.map((r) => `${r.calledAeTitle} -> ${r.upstream}`),
         peers: Object.keys(config.peers).length,
       });
+      const ret = await server.listenReturn();
+      if (ret) {
+        log.info('return listener', {
+          event: 'listening-return',
+          host: ret.address,
+          port: ret.port,
+          receivers: Object.values(config.peers)
+            .filter((p) => p.receiver)
+            .map((p) => `${p.aeTitle} -> ${p.receiver?.host ?? ''}:${p.receiver?.port ?? 0}`),
+        });
+      }
     } catch (err) {
       log.error('cannot listen', { event: 'listen-failed', message: (err as Error).message });
       process.exit(1);

@@ -20,6 +20,26 @@ export const DEFAULTS = deepFreeze({
     // moveDestinations defaults to the peer's own AE title.
     maxAssociations: null,
     sopClasses: [] as readonly string[],
+    // null = the peer receives nothing through the return listener.
+    receiver: null,
+  },
+  receiver: {
+    // aeTitle defaults to the peer's AE title.
+    callingAeTitle: null,
+    connectTimeout: '10s',
+  },
+  returnListener: {
+    host: '0.0.0.0',
+    port: 11113,
+    tls: {
+      profile: 'bcp195',
+      handshakeTimeout: '10s',
+    },
+    caller: {
+      addresses: null,
+      services: ['echo', 'store', 'commitment'] as readonly string[],
+      maxAssociations: null,
+    },
   },
   limits: {
     maxAssociations: 200,

@@ -15,7 +15,9 @@ import {
   type RawUpstream,
 } from './schema.js';
 import { aeTitleError, trimAeTitle } from './syntax.js';
+import { parseAddressRange } from './address.js';
 import type {
+  CertificateIdentityKind,
   LedgerConfig,
   LedgerFailureMode,
   LedgerFsyncMode,
@@ -23,6 +25,7 @@ import type {
   LoggingConfig,
   PeerConfig,
   ProxyConfig,
+  ReturnListenerConfig,
   RouteConfig,
   ServiceName,
   TlsProfileName,
@@ -144,6 +147,7 @@ function validate(raw: unknown, pending: PendingIssue[]): ValidatedRoot | null {
   });
 
   checkRoutes(rawRoot, pending);
+  checkReturnListener(rawRoot, pending);
 
   if (!rootResult.success || upstreams === null || peers === null) return null;
   return { root: rootResult.data, upstreams, peers };
@@ -219,6 +223,48 @@ function checkRoutes(rawRoot: Record<string, unknown>, pending: PendingIssue[]):
       } else {
         calledSeen.set(called, index);
       }
+    }
+  });
+}
+
+/** Cross-checks of returnListener: one identity kind per caller, each calling AE title under one caller. */
+function checkReturnListener(rawRoot: Record<string, unknown>, pending: PendingIssue[]): void {
+  const rl = rawRoot['returnListener'];
+  if (rl === null || typeof rl !== 'object' || Array.isArray(rl)) return;
+  const callers = (rl as Record<string, unknown>)['callers'];
+  if (!Array.isArray(callers)) return;
+  const seen = new Map<string, number>();
+  callers.forEach((caller: unknown, index) => {
+    if (caller === null || typeof caller !== 'object') return;
+    const { identity, aeTitles } = caller as Record<string, unknown>;
+    if (identity !== null && typeof identity === 'object' && !Array.isArray(identity)) {
+      const kinds = Object.keys(identity).filter((k) => ['dns', 'ip', 'uri', 'cn'].includes(k));
+      if (kinds.length !== 1) {
+        pending.push({
+          path: ['returnListener', 'callers', index, 'identity'],
+          message: `must name exactly one of dns, ip, uri, cn (got ${kinds.length === 0 ? 'none' : kinds.join(', ')})`,
+        });
+      }
+      const ip = (identity as Record<string, unknown>)['ip'];
+      if (typeof ip === 'string' && !parseAddressRange(ip).ok) {
+        pending.push({
+          path: ['returnListener', 'callers', index, 'identity', 'ip'],
+          message: `"${ip}" is not an IP address`,
+        });
+      }
+    }
+    if (Array.isArray(aeTitles)) {
+      aeTitles.forEach((ae: unknown, j) => {
+        if (typeof ae !== 'string') return;
+        const title = trimAeTitle(ae);
+        const first = seen.get(title);
+        if (first !== undefined && first !== index) {
+          pending.push({
+            path: ['returnListener', 'callers', index, 'aeTitles', j],
+            message: `AE title "${title}" is already bound to returnListener.callers[${first}]: one calling AE title, one certificate identity`,
+          });
+        } else seen.set(title, index);
+      });
     }
   });
 }
@@ -310,8 +356,44 @@ function buildSnapshot(validated: ValidatedRoot, sourcePath: string | null, base
       moveDestinations: unique(p.moveDestinations ?? [aeTitle]),
       maxAssociations: p.maxAssociations ?? DEFAULTS.peer.maxAssociations,
       sopClasses: unique(p.sopClasses ?? [...DEFAULTS.peer.sopClasses]),
+      receiver: p.receiver
+        ? {
+            host: p.receiver.host,
+            port: p.receiver.port,
+            aeTitle: p.receiver.aeTitle ?? aeTitle,
+            callingAeTitle: p.receiver.callingAeTitle ?? DEFAULTS.receiver.callingAeTitle,
+            connectTimeoutMs:
+              p.receiver.connectTimeout ?? defaultDurationMs(DEFAULTS.receiver.connectTimeout),
+          }
+        : DEFAULTS.peer.receiver,
     };
   }
+
+  const r = root.returnListener ?? null;
+  const R = DEFAULTS.returnListener;
+  const returnListener: ReturnListenerConfig | null = r
+    ? {
+        host: r.host ?? R.host,
+        port: r.port ?? R.port,
+        tls: {
+          ca: file(r.tls.ca),
+          cert: file(r.tls.cert),
+          key: file(r.tls.key),
+          profile: (r.tls.profile as TlsProfileName | undefined) ?? R.tls.profile,
+          handshakeTimeoutMs: r.tls.handshakeTimeout ?? defaultDurationMs(R.tls.handshakeTimeout),
+        },
+        callers: r.callers.map((c) => {
+          const [kind, value] = Object.entries(c.identity)[0] as [CertificateIdentityKind, string];
+          return {
+            aeTitles: unique(c.aeTitles),
+            identity: { kind, value },
+            addresses: c.addresses ? [...c.addresses] : R.caller.addresses,
+            services: unique((c.services ?? [...R.caller.services]) as ServiceName[]),
+            maxAssociations: c.maxAssociations ?? R.caller.maxAssociations,
+          };
+        }),
+      }
+    : null;
 
   const l = root.limits ?? {};
   const limits: LimitsConfig = {
@@ -357,6 +439,7 @@ function buildSnapshot(validated: ValidatedRoot, sourcePath: string | null, base
     limits,
     logging,
     ledger,
+    returnListener,
   };
 }
 

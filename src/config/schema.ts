@@ -98,12 +98,54 @@ export const routeSchema = z.strictObject({
   upstream: z.string().min(1),
 });
 
+export const receiverSchema = z.strictObject({
+  host: hostSchema,
+  port: z.int().min(1).max(65535),
+  aeTitle: aeTitleSchema.optional(),
+  callingAeTitle: aeTitleSchema.nullable().optional(),
+  connectTimeout: optionalDuration,
+});
+
+const serviceSchema = z.enum(SERVICE_NAMES as [string, ...string[]]);
+
 export const peerSchema = z.strictObject({
   addresses: z.array(addressSchema).min(1),
-  services: z.array(z.enum(SERVICE_NAMES as [string, ...string[]])).min(1),
+  services: z.array(serviceSchema).min(1),
   moveDestinations: z.array(aeTitleSchema).optional(),
   maxAssociations: positiveInt.nullable().optional(),
   sopClasses: z.array(uidSchema).optional(),
+  receiver: receiverSchema.nullable().optional(),
+});
+
+/** Exactly one of dns / ip / uri / cn (checked in load.ts so the message can name the keys). */
+export const identitySchema = z.strictObject({
+  dns: z.string().min(1).optional(),
+  ip: z.string().min(1).optional(),
+  uri: z.string().min(1).optional(),
+  cn: z.string().min(1).optional(),
+});
+
+export const returnCallerSchema = z.strictObject({
+  aeTitles: z.array(aeTitleSchema).min(1),
+  identity: identitySchema,
+  addresses: z.array(addressSchema).min(1).nullable().optional(),
+  services: z.array(serviceSchema).min(1).optional(),
+  maxAssociations: positiveInt.nullable().optional(),
+});
+
+export const serverTlsSchema = z.strictObject({
+  ca: filePathSchema,
+  cert: filePathSchema,
+  key: filePathSchema,
+  profile: z.enum(TLS_PROFILE_NAMES as [string, ...string[]]).optional(),
+  handshakeTimeout: optionalDuration,
+});
+
+export const returnListenerSchema = z.strictObject({
+  host: hostSchema.optional(),
+  port: z.int().min(0).max(65535).optional(),
+  tls: serverTlsSchema,
+  callers: z.array(returnCallerSchema).min(1),
 });
 
 export const limitsSchema = z.strictObject({
@@ -157,6 +199,7 @@ export const rootSchema = z.strictObject({
   limits: limitsSchema.nullable().optional(),
   logging: loggingSchema.nullable().optional(),
   ledger: ledgerSchema.nullable().optional(),
+  returnListener: returnListenerSchema.nullable().optional(),
 });
 
 export type RawUpstream = z.output<typeof upstreamSchema>;

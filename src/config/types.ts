@@ -68,6 +68,58 @@ export interface PeerConfig {
   maxAssociations: number | null;
   /** Extra (e.g. private) SOP Class UIDs this peer may negotiate and use with any command. */
   sopClasses: string[];
+  /**
+   * Where the archive's associations for this AE title (C-MOVE destination, storage commitment report)
+   * are relayed by the return listener, in plaintext; null = this peer receives nothing.
+   */
+  receiver: ReceiverConfig | null;
+}
+
+export interface ReceiverConfig {
+  host: string;
+  port: number;
+  /** Called AE title presented to the receiver (default: the peer's AE title). */
+  aeTitle: string;
+  /** When set, replaces the archive's calling AE title toward the receiver. */
+  callingAeTitle: string | null;
+  connectTimeoutMs: number;
+}
+
+/** What a caller's TLS certificate must carry: one subjectAltName entry, or the subject common name. */
+export type CertificateIdentityKind = 'dns' | 'ip' | 'uri' | 'cn';
+
+export interface CertificateIdentity {
+  kind: CertificateIdentityKind;
+  value: string;
+}
+
+export interface ReturnCallerConfig {
+  /** Calling AE titles this certificate identity may use. */
+  aeTitles: string[];
+  identity: CertificateIdentity;
+  /** Source addresses/CIDRs allowed in addition to the certificate check; null = any. */
+  addresses: string[] | null;
+  /** What the caller may do on the return path (default echo, store, commitment). */
+  services: ServiceName[];
+  /** Per-caller association limit; null = limits.maxAssociationsPerPeer. */
+  maxAssociations: number | null;
+}
+
+export interface ServerTlsConfig {
+  ca: string;
+  cert: string;
+  key: string;
+  profile: TlsProfileName;
+  /** TLS handshake budget for an incoming connection. */
+  handshakeTimeoutMs: number;
+}
+
+/** The mutual-TLS listener the archive opens C-MOVE / storage commitment associations to. */
+export interface ReturnListenerConfig {
+  host: string;
+  port: number;
+  tls: ServerTlsConfig;
+  callers: ReturnCallerConfig[];
 }
 
 export interface LimitsConfig {
@@ -123,4 +175,6 @@ export interface ProxyConfig {
   limits: LimitsConfig;
   logging: LoggingConfig;
   ledger: LedgerConfig;
+  /** null = no return path (C-MOVE destinations and storage commitment reports behind the proxy). */
+  returnListener: ReturnListenerConfig | null;
 }

@@ -37,7 +37,11 @@
  *               upstreamAeTitle, peerAddress, archiveAddress, archiveCertSha256, clientCertSha256,
  *               sopClassUid, sopInstanceUid, transferSyntaxUid, bytes, sha256, status, outcome,
  *               moveOriginatorAeTitle, moveOriginatorMessageId, prev, hash
- *               One transferred instance (see InstanceEvidence in types.ts): `sha256` is over the data
+ *               One transferred instance (see InstanceEvidence in types.ts). `direction` is one of
+ *               modality-to-archive, archive-to-modality (C-GET sub-operations), archive-to-destination
+ *               (C-MOVE sub-operations relayed by the return listener; peerAddress is then the
+ *               destination's receiver and archiveAddress the archive that called in),
+ *               destination-to-archive. `sha256` is over the data
  *               set bytes exactly as transferred (for a Part 10 file: every byte after the File Meta
  *               Information); `status` is the C-STORE-RSP status or null when none came.
  *   committed   v, type, seq, time, sopClassUid, sopInstanceUid, transactionUid, confirms, prev, hash
@@ -71,6 +75,15 @@
  * (e.g. the head hash noted from `ledger verify`).
  */
 import * as crypto from 'node:crypto';
+import type { TransferDirection } from './types.js';
+
+/** Values of an instance record's `direction` (forward listener, then return listener). */
+export const TRANSFER_DIRECTIONS: ReadonlySet<string> = new Set<TransferDirection>([
+  'modality-to-archive',
+  'archive-to-modality',
+  'archive-to-destination',
+  'destination-to-archive',
+]);
 
 export const FORMAT_VERSION = 1;
 export const GENESIS_PREV = '0'.repeat(64);
@@ -153,7 +166,7 @@ export type FileStartRecord = RecordHead<'file-start'> & {
 
 export type InstanceRecord = RecordHead<'instance'> & {
   association: string;
-  direction: 'modality-to-archive' | 'archive-to-modality';
+  direction: TransferDirection;
   callingAeTitle: string;
   calledAeTitle: string;
   upstreamAeTitle: string | null;
@@ -220,7 +233,7 @@ const FIELD_CHECKS: Record<string, [Check, string]> = {
   file: [isString, 'a string'],
   previousFile: [isStringOrNull, 'a string or null'],
   association: [isString, 'a string'],
-  direction: [(x) => x === 'modality-to-archive' || x === 'archive-to-modality', 'a transfer direction'],
+  direction: [(x) => typeof x === 'string' && TRANSFER_DIRECTIONS.has(x), 'a transfer direction'],
   callingAeTitle: [isString, 'a string'],
   calledAeTitle: [isString, 'a string'],
   upstreamAeTitle: [isStringOrNull, 'a string or null'],

@@ -2,7 +2,8 @@
 // Several worker processes will later share one chain: they will send evidence to the one process that
 // owns the writer, so the relay only ever sees the LedgerSink interface.
 
-export type TransferDirection = 'modality-to-archive' | 'archive-to-modality';
+export type TransferDirection =
+  'modality-to-archive' | 'archive-to-modality' | 'archive-to-destination' | 'destination-to-archive';
 
 /** What the relay knows about one transferred instance when its C-STORE-RSP arrives (or never does). */
 export interface InstanceEvidence {

@@ -1,7 +1,14 @@
 // The core emits facts; logs, metrics, audit and the ledger subscribe. Nothing here calls back into the core.
 import { EventEmitter } from 'node:events';
 
-export type Direction = 'modality-to-archive' | 'archive-to-modality';
+/**
+ * Which way an instance travelled: forward listener (modality <-> archive) or return listener
+ * (archive -> destination for C-MOVE sub-operations; destination -> archive for answers on it).
+ */
+export type Direction =
+  'modality-to-archive' | 'archive-to-modality' | 'archive-to-destination' | 'destination-to-archive';
+
+export type ListenerKind = 'forward' | 'return';
 
 export interface RejectSpec {
   result: number;
@@ -35,6 +42,7 @@ export interface AssociationSummary {
   peer: string | null;
   upstream: string | null;
   upstreamAeTitle: string | null;
+  listener: ListenerKind;
   outcome: AssociationOutcome;
   reason: string | null;
   reject: RejectSpec | null;
@@ -57,6 +65,9 @@ export interface ProxyEventMap {
       refusal: string;
       reject: RejectSpec;
       message: string;
+      listener: ListenerKind;
+      /** Subject of the caller's certificate (return listener). */
+      certificateSubject?: string;
     },
   ];
   'association-accepted': [
@@ -66,6 +77,7 @@ export interface ProxyEventMap {
       callingAeTitle: string;
       calledAeTitle: string;
       upstream: string;
+      listener: ListenerKind;
       acceptedContexts: number;
       refusedContexts: number;
       tls: TlsSessionInfo;
@@ -112,6 +124,8 @@ export interface ProxyEventMap {
   ];
   'association-closed': [AssociationSummary];
   'listener-error': [{ message: string }];
+  /** A TLS client of the return listener failed the handshake (no certificate, unknown CA, expired…). */
+  'tls-client-rejected': [{ listener: ListenerKind; remoteAddress: string; reason: string; message: string }];
 }
 
 export class ProxyEvents extends EventEmitter<ProxyEventMap> {}

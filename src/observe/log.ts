@@ -54,6 +54,8 @@ export function logEvents(events: ProxyEvents, log: winston.Logger): () => void 
       const level = e.outcome === 'released' || e.outcome === 'rejected' ? 'info' : 'warn';
       log.log(level, 'association', { event: 'association', ...e });
     },
+    'tls-client-rejected': (e: object) =>
+      log.warn('TLS client rejected by the return listener', { event: 'tls-client-rejected', ...e }),
     'listener-error': (e: { message: string }) =>
       log.error('listener error', { event: 'listener-error', ...e }),
   } as const;

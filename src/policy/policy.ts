@@ -5,7 +5,16 @@ import {
   type AddressRange,
 } from '../config/address.js';
 import { stripWirePadding } from '../config/syntax.js';
-import type { PeerConfig, ProxyConfig, RouteConfig, ServiceName, UpstreamConfig } from '../config/types.js';
+import type {
+  CertificateIdentity,
+  PeerConfig,
+  ProxyConfig,
+  ReceiverConfig,
+  RouteConfig,
+  ServiceName,
+  UpstreamConfig,
+} from '../config/types.js';
+import { identityMatches, type CertificateIdentities } from './identity.js';
 import type { PresentationContextRq } from '../pdu/types.js';
 import {
   SERVICE_REQUESTS,
@@ -98,9 +107,38 @@ export interface PeerPolicy {
   mayInvoke(abstractSyntax: string, commandField: number): boolean;
 }
 
+export type ReturnAdmitRefusal =
+  | 'unknown-calling-ae'
+  | 'no-client-certificate'
+  | 'certificate-identity-mismatch'
+  | 'address-not-allowed'
+  | 'unknown-destination'
+  | 'too-many-associations'
+  | 'too-many-peer-associations';
+
+export interface ReturnAdmitRequest extends AdmitRequest {
+  /** The identities of the certificate the caller presented on the return listener (verified by TLS). */
+  identities: CertificateIdentities | null;
+}
+
+export type ReturnAdmitDecision =
+  | { accepted: true; caller: PeerPolicy; destination: string; receiver: ReceiverConfig }
+  | {
+      accepted: false;
+      refusal: ReturnAdmitRefusal;
+      reject: RejectSpec;
+      message: string;
+      peerAeTitle: string | null;
+    };
+
 export interface Policy {
   readonly config: ProxyConfig;
   admit(req: AdmitRequest): AdmitDecision;
+  /**
+   * The return listener's decision: the calling AE must be bound to an identity the caller's certificate
+   * carries (else 1/1/3), the called AE must be a peer with a receiver (else 1/1/7).
+   */
+  admitReturn(req: ReturnAdmitRequest): ReturnAdmitDecision;
   /** The compiled policy of a peer by AE title (padding removed), if configured. */
   peer(aeTitle: string): PeerPolicy | undefined;
 }
@@ -112,12 +150,19 @@ class CompiledPeer implements PeerPolicy {
   readonly #ranges: readonly AddressRange[];
   readonly #moveDestinations: ReadonlySet<string>;
   readonly #sopClasses: ReadonlySet<string>;
+  readonly #anyAddress: boolean;
 
-  constructor(peer: PeerConfig, defaultMaxAssociations: number) {
+  constructor(
+    peer: Pick<PeerConfig, 'aeTitle' | 'services' | 'maxAssociations' | 'moveDestinations' | 'sopClasses'> & {
+      addresses: string[] | null;
+    },
+    defaultMaxAssociations: number,
+  ) {
     this.aeTitle = stripWirePadding(peer.aeTitle);
     this.services = new Set(peer.services);
     this.maxAssociations = peer.maxAssociations ?? defaultMaxAssociations;
-    this.#ranges = peer.addresses.map((text) => {
+    this.#anyAddress = peer.addresses === null;
+    this.#ranges = (peer.addresses ?? []).map((text) => {
       const parsed = parseAddressRange(text.trim());
       if (!parsed.ok) throw new Error(`peer ${JSON.stringify(peer.aeTitle)}: ${parsed.message}`);
       return { address: parsed.address, prefix: parsed.prefix };
@@ -129,6 +174,7 @@ class CompiledPeer implements PeerPolicy {
 
   /** True when the socket address `remoteAddress` is in this peer's address list. */
   allowsAddress(remoteAddress: string): boolean {
+    if (this.#anyAddress) return true;
     const address = parseRemoteAddress(remoteAddress);
     if (address === null) return false;
     return this.#ranges.some((range) => rangeContains(range, address));
@@ -197,6 +243,29 @@ export function compilePolicy(config: ProxyConfig): Policy {
 
   const maxAssociations = config.limits.maxAssociations;
 
+  // Return listener: each calling AE title bound to one certificate identity; destinations = receivers.
+  const callers = new Map<string, { policy: CompiledPeer; identity: CertificateIdentity }>();
+  for (const caller of config.returnListener?.callers ?? []) {
+    for (const ae of caller.aeTitles) {
+      const policy = new CompiledPeer(
+        {
+          aeTitle: ae,
+          services: caller.services,
+          maxAssociations: caller.maxAssociations,
+          moveDestinations: [],
+          sopClasses: [],
+          addresses: caller.addresses,
+        },
+        config.limits.maxAssociationsPerPeer,
+      );
+      callers.set(policy.aeTitle, { policy, identity: caller.identity });
+    }
+  }
+  const receivers = new Map<string, ReceiverConfig>();
+  for (const peer of Object.values(config.peers)) {
+    if (peer.receiver) receivers.set(stripWirePadding(peer.aeTitle), peer.receiver);
+  }
+
   const refuse = (
     refusal: AdmitRefusal,
     reject: RejectSpec,
@@ -256,6 +325,78 @@ export function compilePolicy(config: ProxyConfig): Policy {
         );
       }
       return { accepted: true, peer, route: target.route, upstream: target.upstream };
+    },
+    admitReturn(req: ReturnAdmitRequest): ReturnAdmitDecision {
+      const calling = stripWirePadding(req.callingAeTitle);
+      const called = stripWirePadding(req.calledAeTitle);
+      const refuseReturn = (
+        refusal: ReturnAdmitRefusal,
+        reject: RejectSpec,
+        message: string,
+        peerAeTitle: string | null,
+      ): ReturnAdmitDecision => ({ accepted: false, refusal, reject, message, peerAeTitle });
+      const caller = callers.get(calling);
+      if (caller === undefined) {
+        return refuseReturn(
+          'unknown-calling-ae',
+          REJECTS.callingAeNotRecognized,
+          `calling AE title ${JSON.stringify(calling)} is not a returnListener caller`,
+          null,
+        );
+      }
+      // The TLS layer already refused callers without a certificate from the configured CA; this is the
+      // binding of the AE title (which anyone can type) to the identity the CA vouched for.
+      if (req.identities === null) {
+        return refuseReturn(
+          'no-client-certificate',
+          REJECTS.callingAeNotRecognized,
+          `calling AE title ${JSON.stringify(calling)} presented no certificate`,
+          calling,
+        );
+      }
+      if (!identityMatches(req.identities, caller.identity)) {
+        return refuseReturn(
+          'certificate-identity-mismatch',
+          REJECTS.callingAeNotRecognized,
+          `calling AE title ${JSON.stringify(calling)} requires a certificate with ${caller.identity.kind} ${JSON.stringify(caller.identity.value)}; the caller's certificate (${req.identities.subject}) does not carry it`,
+          calling,
+        );
+      }
+      if (!caller.policy.allowsAddress(req.remoteAddress)) {
+        return refuseReturn(
+          'address-not-allowed',
+          REJECTS.callingAeNotRecognized,
+          `calling AE title ${JSON.stringify(calling)} is not allowed from address ${JSON.stringify(req.remoteAddress)}`,
+          calling,
+        );
+      }
+      const receiver = receivers.get(called);
+      if (receiver === undefined) {
+        return refuseReturn(
+          'unknown-destination',
+          REJECTS.calledAeNotRecognized,
+          `called AE title ${JSON.stringify(called)} is not a peer with a receiver`,
+          calling,
+        );
+      }
+      if (req.activeTotal >= maxAssociations) {
+        return refuseReturn(
+          'too-many-associations',
+          REJECTS.localLimitExceeded,
+          `${req.activeTotal} associations active; limits.maxAssociations is ${maxAssociations}`,
+          calling,
+        );
+      }
+      const active = req.activeForPeer(calling);
+      if (active >= caller.policy.maxAssociations) {
+        return refuseReturn(
+          'too-many-peer-associations',
+          REJECTS.localLimitExceeded,
+          `${active} associations active for ${JSON.stringify(calling)}; its limit is ${caller.policy.maxAssociations}`,
+          calling,
+        );
+      }
+      return { accepted: true, caller: caller.policy, destination: called, receiver };
     },
   });
 }

@@ -1,5 +1,8 @@
-// One association = one downstream (modality, plaintext) socket + one upstream (archive, mutual TLS)
-// socket. The states follow PS3.8 9.2 (Sta2 awaiting A-ASSOCIATE-RQ, Sta5 awaiting A-ASSOCIATE-AC,
+// One association = one downstream socket + one upstream socket. On the forward path the downstream is a
+// modality (plaintext) and the upstream the archive (mutual TLS); on the return path the downstream is
+// the archive calling in over mutual TLS (C-MOVE sub-operations, storage commitment reports) and the
+// upstream a receiver on the modality segment (plaintext). The code says "modality" and "archive" for
+// the forward path's roles; on the return path read "archive (caller)" and "receiver". The states follow PS3.8 9.2 (Sta2 awaiting A-ASSOCIATE-RQ, Sta5 awaiting A-ASSOCIATE-AC,
 // Sta6 established, Sta7 awaiting release response, Sta13 awaiting transport close), seen from the
 // proxy sitting in the middle: it is the acceptor toward the modality and the requestor toward the archive.
 
@@ -45,9 +48,16 @@ import {
   type CommandSet,
 } from '../dimse/command.js';
 import type { AdmitDecision, PeerPolicy } from '../policy/policy.js';
-import type { RouteConfig, UpstreamConfig } from '../config/types.js';
+import type { RouteConfig } from '../config/types.js';
 import { PDataScanner, UnexpectedPduError, type ScannerSink } from './scanner.js';
-import { connectUpstream, peerCertificateSummary, UpstreamConnectError } from '../tls/upstream.js';
+import {
+  connectPlain,
+  connectUpstream,
+  peerCertificateSummary,
+  UpstreamConnectError,
+  type UpstreamTlsContext,
+} from '../tls/upstream.js';
+import type { CertificateIdentities } from '../policy/identity.js';
 import type {
   AssociationOutcome,
   Direction,
@@ -63,6 +73,40 @@ import type { HashStream, StreamHasher } from '../integrity/hasher.js';
 export const MAX_ASSOCIATE_PDU_LENGTH = 512 * 1024;
 
 type State = 'Sta2' | 'awaiting-upstream' | 'Sta5' | 'Sta6' | 'Sta7' | 'Sta13';
+
+/** Which listener the association came in on. */
+export type ListenerKind = 'forward' | 'return';
+
+/** Where an admitted association is relayed to: an archive (mutual TLS) or a receiver (plaintext). */
+export interface RelayTarget {
+  /** Upstream name (forward) or destination peer AE title (return). */
+  name: string;
+  host: string;
+  port: number;
+  /** Called AE title presented to the target. */
+  aeTitle: string;
+  /** When set, replaces the caller's calling AE title toward the target. */
+  callingAeTitle: string | null;
+  connectTimeoutMs: number;
+  /** null = plaintext. */
+  tls: UpstreamTlsContext | null;
+}
+
+/** The downstream leg's TLS facts (return listener): the caller's verified certificate. */
+export interface DownstreamTls {
+  identities: CertificateIdentities | null;
+  session: TlsSessionInfo;
+}
+
+export interface AssociationOptions {
+  listener?: ListenerKind;
+  downTls?: DownstreamTls | null;
+}
+
+const DIRECTIONS: Record<ListenerKind, [Direction, Direction]> = {
+  forward: ['modality-to-archive', 'archive-to-modality'],
+  return: ['archive-to-destination', 'destination-to-archive'],
+};
 
 export interface LedgerBinding {
   sink: LedgerSink;
@@ -133,12 +177,12 @@ export class Association {
   private state: State = 'Sta2';
   private readonly startedAt = Date.now();
   private readonly framer = new PduFramer({ maxPDataLength: 0, maxOtherLength: MAX_ASSOCIATE_PDU_LENGTH });
-  private upstreamSocket: TLSSocket | null = null;
+  private upstreamSocket: Socket | null = null;
   private upFramer: PduFramer | null = null;
   private rq: AssociatePdu | null = null;
   private peer: PeerPolicy | null = null;
   private route: RouteConfig | null = null;
-  private upstream: UpstreamConfig | null = null;
+  private upstream: RelayTarget | null = null;
   private refusedContexts: PresentationContextRq[] = [];
   private readonly accepted = new Map<number, AcceptedContext>();
   private downScanner: PDataScanner | null = null; // bytes from modality -> archive
@@ -169,13 +213,21 @@ export class Association {
   private downBlocked = false;
   private upBlocked = false;
 
+  readonly listener: ListenerKind;
+  private readonly downTls: DownstreamTls | null;
+  private readonly directions: [Direction, Direction];
+
   constructor(
     private readonly down: Socket,
     private readonly snapshot: RuntimeSnapshot,
     private readonly host: AssociationHost,
+    options: AssociationOptions = {},
   ) {
     this.remoteAddress = down.remoteAddress ?? '';
     this.remotePort = down.remotePort ?? 0;
+    this.listener = options.listener ?? 'forward';
+    this.downTls = options.downTls ?? null;
+    this.directions = DIRECTIONS[this.listener];
   }
 
   readonly remoteAddress: string;
@@ -328,13 +380,7 @@ export class Association {
       return;
     }
 
-    const decision: AdmitDecision = this.snapshot.policy.admit({
-      callingAeTitle: calling,
-      calledAeTitle: called,
-      remoteAddress: this.remoteAddress,
-      activeTotal: this.host.activeTotal(),
-      activeForPeer: (ae) => this.host.activeForPeer(ae),
-    });
+    const decision = this.admit(calling, called);
     if (!decision.accepted) {
       this.rejectDown(decision.reject, decision.refusal, decision.message);
       return;
@@ -358,13 +404,67 @@ export class Association {
     }
     this.peer = decision.peer;
     this.route = decision.route;
-    this.upstream = decision.upstream;
+    this.upstream = decision.target;
     this.admittedPeer = decision.peer.aeTitle;
     const refusedIds = new Set(refused.map((r) => r.id));
     this.refusedContexts = presentationContextsRq(rq).filter((c) => refusedIds.has(c.id));
     this.host.admitted(this, decision.peer.aeTitle);
     this.state = 'awaiting-upstream';
     void this.openUpstream(refusedIds);
+  }
+
+  /** The listener's admission decision, as one shape: who the caller is and where to relay to. */
+  private admit(
+    calling: string,
+    called: string,
+  ):
+    | { accepted: true; peer: PeerPolicy; route: RouteConfig | null; target: RelayTarget }
+    | { accepted: false; reject: RejectSpec; refusal: string; message: string } {
+    const base = {
+      callingAeTitle: calling,
+      calledAeTitle: called,
+      remoteAddress: this.remoteAddress,
+      activeTotal: this.host.activeTotal(),
+      activeForPeer: (ae: string) => this.host.activeForPeer(ae),
+    };
+    if (this.listener === 'return') {
+      const d = this.snapshot.policy.admitReturn({ ...base, identities: this.downTls?.identities ?? null });
+      if (!d.accepted) return d;
+      const r = d.receiver;
+      return {
+        accepted: true,
+        peer: d.caller,
+        route: null,
+        target: {
+          name: d.destination,
+          host: r.host,
+          port: r.port,
+          aeTitle: r.aeTitle,
+          callingAeTitle: r.callingAeTitle,
+          connectTimeoutMs: r.connectTimeoutMs,
+          tls: null,
+        },
+      };
+    }
+    const d: AdmitDecision = this.snapshot.policy.admit(base);
+    if (!d.accepted) return d;
+    const u = d.upstream;
+    const tls = this.snapshot.upstreamTls.get(u.name);
+    if (!tls) throw new Error(`internal error: no TLS context for upstream ${u.name}`);
+    return {
+      accepted: true,
+      peer: d.peer,
+      route: d.route,
+      target: {
+        name: u.name,
+        host: u.host,
+        port: u.port,
+        aeTitle: u.aeTitle,
+        callingAeTitle: u.callingAeTitle,
+        connectTimeoutMs: u.connectTimeoutMs,
+        tls,
+      },
+    };
   }
 
   private rejectDown(reject: RejectSpec, refusal: string, message: string): void {
@@ -377,6 +477,8 @@ export class Association {
       refusal,
       reject,
       message,
+      listener: this.listener,
+      ...(this.downTls?.identities ? { certificateSubject: this.downTls.identities.subject } : {}),
     });
     this.reject = reject;
     this.state = 'Sta13';
@@ -390,18 +492,14 @@ export class Association {
   // ---------------------------------------------------------------- upstream connect, Sta5
 
   private async openUpstream(refusedIds: Set<number>): Promise<void> {
-    const upstream = this.upstream as UpstreamConfig;
+    const upstream = this.upstream as RelayTarget;
     const rq = this.rq as AssociatePdu;
-    const tlsContext = this.snapshot.upstreamTls.get(upstream.name);
-    let socket: TLSSocket;
+    let socket: Socket;
     try {
-      if (!tlsContext) throw new Error(`no TLS context for upstream ${upstream.name}`);
-      socket = await connectUpstream({
-        host: upstream.host,
-        port: upstream.port,
-        timeoutMs: upstream.connectTimeoutMs,
-        tls: tlsContext,
-      });
+      const where = { host: upstream.host, port: upstream.port, timeoutMs: upstream.connectTimeoutMs };
+      socket = upstream.tls
+        ? await connectUpstream({ ...where, tls: upstream.tls })
+        : await connectPlain(where);
     } catch (err) {
       const reason = err instanceof UpstreamConnectError ? err.reason : 'handshake-failed';
       this.failUpstream(reason, (err as Error).message);
@@ -412,14 +510,20 @@ export class Association {
       return;
     }
     this.upstreamSocket = socket;
-    const peerCert = peerCertificateSummary(socket);
-    const cipher = socket.getCipher();
-    this.tlsInfo = {
-      protocol: socket.getProtocol() ?? null,
-      cipher: cipher?.standardName ?? cipher?.name ?? null,
-      peerSubject: peerCert?.subject ?? null,
-      peerFingerprint256: peerCert?.fingerprint256 ?? null,
-    };
+    if (upstream.tls) {
+      const tlsSocket = socket as TLSSocket;
+      const peerCert = peerCertificateSummary(tlsSocket);
+      const cipher = tlsSocket.getCipher();
+      this.tlsInfo = {
+        protocol: tlsSocket.getProtocol() ?? null,
+        cipher: cipher?.standardName ?? cipher?.name ?? null,
+        peerSubject: peerCert?.subject ?? null,
+        peerFingerprint256: peerCert?.fingerprint256 ?? null,
+      };
+    } else {
+      // Return path: the TLS session is the archive's, on the downstream leg.
+      this.tlsInfo = this.downTls?.session ?? null;
+    }
     socket.on('data', (chunk: Buffer) => this.onUpData(chunk));
     socket.on('end', () => this.onUpEnd());
     socket.on('error', (err) => this.onSocketError('archive', err));
@@ -516,9 +620,10 @@ export class Association {
         remoteAddress: this.remoteAddress,
         callingAeTitle: aeTitleText(rq.callingAeTitle),
         calledAeTitle: aeTitleText(rq.calledAeTitle),
-        refusal: 'rejected-by-archive',
+        refusal: this.listener === 'forward' ? 'rejected-by-archive' : 'rejected-by-receiver',
         reject: this.reject,
-        message: `archive rejected ${rj.result}/${rj.source}/${rj.reason}`,
+        message: `${this.listener === 'forward' ? 'archive' : 'receiver'} rejected ${rj.result}/${rj.source}/${rj.reason}`,
+        listener: this.listener,
       });
       this.state = 'Sta13';
       this.finish('rejected', `archive rejected the association (${rj.result}/${rj.source}/${rj.reason})`);
@@ -602,6 +707,7 @@ export class Association {
       callingAeTitle: aeTitleText(rq.callingAeTitle),
       calledAeTitle: aeTitleText(rq.calledAeTitle),
       upstream: this.upstream?.name ?? '',
+      listener: this.listener,
       acceptedContexts: this.accepted.size,
       refusedContexts: this.refusedContexts.length,
       tls: this.tlsInfo as TlsSessionInfo,
@@ -856,7 +962,7 @@ export class Association {
   }
 
   private onRequest(dir: 0 | 1, cmd: CommandSet, ctx: AcceptedContext): void {
-    const direction: Direction = dir === 0 ? 'modality-to-archive' : 'archive-to-modality';
+    const direction: Direction = this.directions[dir];
     const key = `${dir}:${cmd.messageId ?? 0}`;
     this.pending.set(key, { command: cmd, startedAt: performance.now() });
     if (cmd.commandField === CommandField.CStoreRq) {
@@ -886,7 +992,7 @@ export class Association {
     if (cls === 'pending') return;
     const req = this.pending.get(key);
     this.pending.delete(key);
-    const direction: Direction = reqDir === 0 ? 'modality-to-archive' : 'archive-to-modality';
+    const direction: Direction = this.directions[reqDir];
     if (req) {
       this.host.events.emit('dimse-completed', {
         id: this.id,
@@ -920,6 +1026,8 @@ export class Association {
     const rq = this.rq as AssociatePdu;
     const upstream = this.upstream;
     const time = new Date().toISOString();
+    const targetAddress = upstream ? `${upstream.host}:${upstream.port}` : '';
+    const forward = this.listener === 'forward';
     const written = digest.then((sha256) => {
       this.emitInstance(t, status, sha256);
       const evidence: InstanceEvidence = {
@@ -929,10 +1037,11 @@ export class Association {
         callingAeTitle: aeTitleText(rq.callingAeTitle),
         calledAeTitle: aeTitleText(rq.calledAeTitle),
         upstreamAeTitle: upstream?.aeTitle ?? null,
-        peerAddress: this.remoteAddress,
-        archiveAddress: upstream ? `${upstream.host}:${upstream.port}` : '',
+        // Return path: the "peer" is the receiver (destination) and the archive is the caller.
+        peerAddress: forward ? this.remoteAddress : targetAddress,
+        archiveAddress: forward ? targetAddress : this.remoteAddress,
         archiveCertSha256: this.tlsInfo?.peerFingerprint256?.replace(/:/g, '').toLowerCase() ?? null,
-        clientCertSha256: null, // the modality leg is plaintext
+        clientCertSha256: null, // the modality / receiver leg is plaintext
         sopClassUid: t.sopClassUid,
         sopInstanceUid: t.sopInstanceUid,
         transferSyntaxUid: t.transferSyntaxUid,
@@ -1162,6 +1271,7 @@ export class Association {
       peer: this.admittedPeer,
       upstream: this.upstream?.name ?? null,
       upstreamAeTitle: this.upstream?.aeTitle ?? null,
+      listener: this.listener,
       outcome: this.outcome,
       reason: this.reason,
       reject: this.reject,

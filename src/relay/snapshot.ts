@@ -6,12 +6,15 @@ import type { ProxyConfig } from '../config/types.js';
 import { ConfigError } from '../config/errors.js';
 import { locateInText } from '../config/locate.js';
 import { compilePolicy, type Policy } from '../policy/policy.js';
+import { buildServerTlsContext, type ServerTlsContext } from '../tls/identity.js';
 import { buildUpstreamTlsContext, TlsMaterialError, type UpstreamTlsContext } from '../tls/upstream.js';
 
 export interface RuntimeSnapshot {
   readonly config: ProxyConfig;
   readonly policy: Policy;
   readonly upstreamTls: ReadonlyMap<string, UpstreamTlsContext>;
+  /** The return listener's server context; null when no return listener is configured. */
+  readonly returnTls: ServerTlsContext | null;
   /** The ledger's Ed25519 signing key (PEM), read and checked at load; null when not configured. */
   readonly ledgerSigningKeyPem: string | null;
   readonly loadedAt: Date;
@@ -57,8 +60,26 @@ export function buildSnapshot(config: ProxyConfig): RuntimeSnapshot {
       throw configProblem(config, ['upstreams', name, 'tls', field], err.message);
     }
   }
+  let returnTls: ServerTlsContext | null = null;
+  const rl = config.returnListener;
+  if (rl) {
+    try {
+      returnTls = buildServerTlsContext(rl.tls);
+    } catch (err) {
+      if (!(err instanceof TlsMaterialError)) throw err;
+      const field = (['cert', 'key', 'ca'] as const).find((f) => rl.tls[f] === err.file) ?? 'cert';
+      throw configProblem(config, ['returnListener', 'tls', field], err.message);
+    }
+  }
   const ledgerSigningKeyPem = config.ledger.signingKey
     ? loadSigningKey(config, config.ledger.signingKey)
     : null;
-  return Object.freeze({ config, policy, upstreamTls, ledgerSigningKeyPem, loadedAt: new Date() });
+  return Object.freeze({
+    config,
+    policy,
+    upstreamTls,
+    returnTls,
+    ledgerSigningKeyPem,
+    loadedAt: new Date(),
+  });
 }

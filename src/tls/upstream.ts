@@ -1,6 +1,7 @@
 // Secure contexts for the upstream (archive) leg and the classification of connect/handshake failures.
 import { readFileSync } from 'node:fs';
 import { X509Certificate } from 'node:crypto';
+import * as net from 'node:net';
 import * as tls from 'node:tls';
 import { TLS_PROFILES, type TlsProfileName } from './profiles.js';
 
@@ -227,4 +228,41 @@ export function peerCertificateSummary(
   if (!cert || Object.keys(cert).length === 0) return null;
   const cn = cert.subject?.CN;
   return { subject: Array.isArray(cn) ? cn.join(',') : (cn ?? ''), fingerprint256: cert.fingerprint256 };
+}
+
+/**
+ * Open a plaintext TCP connection (the return path's leg to a receiver on the modality segment), with the
+ * same timeout and failure classification as connectUpstream.
+ */
+export function connectPlain(opts: { host: string; port: number; timeoutMs: number }): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    let settled = false;
+    const socket = net.connect({ host: opts.host, port: opts.port, noDelay: true });
+    const fail = (err: unknown): void => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      socket.destroy();
+      const reason = classifyUpstreamError(err);
+      const detail = (err as Error)?.message ?? String(err);
+      reject(
+        new UpstreamConnectError(reason, `${opts.host}:${opts.port}: ${reason}: ${detail}`, { cause: err }),
+      );
+    };
+    const timer = setTimeout(
+      () =>
+        fail(
+          Object.assign(new Error(`no connection within ${opts.timeoutMs} ms`), { code: 'UPSTREAM_TIMEOUT' }),
+        ),
+      opts.timeoutMs,
+    );
+    socket.once('error', fail);
+    socket.once('connect', () => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      socket.removeListener('error', fail);
+      resolve(socket);
+    });
+  });
 }

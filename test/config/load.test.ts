@@ -8,13 +8,18 @@ import { readFileSync } from 'node:fs';
 import { ConfigError, DEFAULTS, loadConfig, parseConfig, type ConfigIssue } from '../../src/config/index.js';
 import { MAX_DURATION_MS, parseDuration } from '../../src/config/duration.js';
 import {
+  identitySchema,
   ledgerRotateSchema,
   ledgerSchema,
   limitsSchema,
   listenSchema,
   loggingSchema,
   peerSchema,
+  receiverSchema,
+  returnCallerSchema,
+  returnListenerSchema,
   routeSchema,
+  serverTlsSchema,
   upstreamSchema,
   upstreamTlsSchema,
 } from '../../src/config/schema.js';
@@ -106,13 +111,31 @@ describe('config/example.yaml', () => {
       loggingSchema,
       ledgerSchema,
       ledgerRotateSchema,
+      receiverSchema,
+      returnListenerSchema,
+      serverTlsSchema,
+      returnCallerSchema,
     ];
-    const keys = new Set(['listen', 'upstreams', 'routes', 'peers', 'limits', 'logging', 'ledger']);
+    const keys = new Set([
+      'listen',
+      'upstreams',
+      'routes',
+      'peers',
+      'limits',
+      'logging',
+      'ledger',
+      'returnListener',
+    ]);
     for (const schema of shapes) for (const key of Object.keys(schema.shape)) keys.add(key);
     for (const key of keys) {
       const documented =
         new RegExp(`^\\s*(- )?${key}:.*#`, 'm').test(text) || new RegExp(`#.*\\n\\s*${key}:`).test(text);
       assert.ok(documented, `example.yaml does not show "${key}" with a comment`);
+    }
+    // A caller's identity has exactly one key: the example shows one and names the others in its comment.
+    const identityLine = text.split('\n').find((l) => /^\s*identity:/.test(l)) ?? '';
+    for (const key of Object.keys(identitySchema.shape)) {
+      assert.match(identityLine, new RegExp(`\\b${key}\\b`), `the identity comment does not name "${key}"`);
     }
   });
 
@@ -159,6 +182,7 @@ describe('parseConfig: defaults and normalisation', () => {
       moveDestinations: ['CT_ROOM1'],
       maxAssociations: null,
       sopClasses: [],
+      receiver: null,
     });
   });
 

@@ -61,6 +61,8 @@ export async function removePki(pki: TestPki | undefined): Promise<void> {
 export interface ProxyUnderTest {
   server: ProxyServer;
   port: number;
+  /** The return listener's port (0 when none is configured). */
+  returnPort: number;
   events: { [K in keyof ProxyEventMap]?: ProxyEventMap[K][0][] };
   /** Resolves with the next association summary (or the one already recorded at index n). */
   closed(n?: number, timeoutMs?: number): Promise<ProxyEventMap['association-closed'][0]>;
@@ -81,6 +83,8 @@ export interface ProxyTestOptions {
   ledger?: LedgerBinding;
   /** Extra lines under `tls:` (indented 6), e.g. `      verifyHostname: false`. */
   tlsExtra?: string;
+  /** Extra top-level YAML (e.g. a `returnListener:` section). */
+  extra?: string;
 }
 
 export function proxyYaml(o: ProxyTestOptions): string {
@@ -106,6 +110,7 @@ export function proxyYaml(o: ProxyTestOptions): string {
       '  SCU: { addresses: [127.0.0.1], services: [echo, store, find, move, get, mpps, commitment], moveDestinations: [SCU, WS_OK] }',
     `limits: ${o.limits ?? '{ associationRequestTimeout: 2s, idleTimeout: 30s }'}`,
     'logging: { level: error }',
+    ...(o.extra ? [o.extra] : []),
     '',
   ].join('\n');
 }
@@ -125,6 +130,7 @@ export async function startProxy(o: ProxyTestOptions): Promise<ProxyUnderTest> {
     'protocol-error',
     'association-closed',
     'ledger-failed',
+    'tls-client-rejected',
   ] as const) {
     server.events.on(name as 'instance', (e: unknown) => {
       ((events[name] ??= []) as unknown[]).push(e);
@@ -132,10 +138,12 @@ export async function startProxy(o: ProxyTestOptions): Promise<ProxyUnderTest> {
     });
   }
   const addr = await server.listen('127.0.0.1', 0);
+  const ret = await server.listenReturn('127.0.0.1', 0);
   let seen = 0;
   return {
     server,
     port: addr.port,
+    returnPort: ret?.port ?? 0,
     events,
     async closed(n, timeoutMs = 10000) {
       const index = n ?? seen;
