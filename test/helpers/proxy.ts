@@ -64,7 +64,10 @@ export interface ProxyUnderTest {
   /** The return listener's port (0 when none is configured). */
   returnPort: number;
   events: { [K in keyof ProxyEventMap]?: ProxyEventMap[K][0][] };
-  /** Resolves with the next association summary (or the one already recorded at index n). */
+  /**
+   * Resolves with the next summary of a forward-listener association (or the one already recorded at
+   * index n among them). Return-listener summaries are in events['association-closed'] too.
+   */
   closed(n?: number, timeoutMs?: number): Promise<ProxyEventMap['association-closed'][0]>;
   close(): Promise<void>;
 }
@@ -138,7 +141,7 @@ export async function startProxy(o: ProxyTestOptions): Promise<ProxyUnderTest> {
     });
   }
   const addr = await server.listen('127.0.0.1', 0);
-  const ret = await server.listenReturn('127.0.0.1', 0);
+  const ret = await server.listenReturn(); // as configured (tests give 127.0.0.1 and a port)
   let seen = 0;
   return {
     server,
@@ -149,7 +152,8 @@ export async function startProxy(o: ProxyTestOptions): Promise<ProxyUnderTest> {
       const index = n ?? seen;
       seen = index + 1;
       const deadline = Date.now() + timeoutMs;
-      while (!(events['association-closed'] ?? [])[index]) {
+      const forward = () => (events['association-closed'] ?? []).filter((e) => e.listener === 'forward');
+      while (!forward()[index]) {
         if (Date.now() > deadline) throw new Error(`no association summary #${index} within ${timeoutMs} ms`);
         await new Promise<void>((r) => {
           const t = setTimeout(r, 100);
@@ -159,7 +163,7 @@ export async function startProxy(o: ProxyTestOptions): Promise<ProxyUnderTest> {
           });
         });
       }
-      return (events['association-closed'] ?? [])[index] as ProxyEventMap['association-closed'][0];
+      return forward()[index] as ProxyEventMap['association-closed'][0];
     },
     close: () => server.close(0),
   };

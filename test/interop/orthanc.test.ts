@@ -1,8 +1,11 @@
 // Orthanc end to end: plaintext DCMTK query/retrieve SCUs → in-process proxy → Orthanc with DICOM TLS
 // (client certificate required, trusting the test CA). The proxy passes the modality's calling AE through
-// unchanged, so Orthanc knows the modalities by their own AE titles. C-MOVE sub-associations go from
-// Orthanc straight to plaintext storescp destinations (the return path through the proxy comes later).
+// unchanged, so Orthanc knows the modalities by their own AE titles. C-MOVE sub-associations come back
+// the way they must on a segmented network: Orthanc opens them over mutual TLS to the proxy's return
+// listener (its certificate bound to its AE title), which relays them to the plaintext storescp
+// destination behind it, hashing every instance into the ledger.
 import assert from 'node:assert/strict';
+import { createHash, X509Certificate } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -12,17 +15,31 @@ import {
   type OrthancHandle,
   Procs,
   describeRun,
+  freePort,
   listFiles,
   makeTempDir,
   peerAvailability,
   removeTempDir,
   runFindscu,
+  runGetscu,
   runMovescu,
   skipUnlessPeer,
   startOrthanc,
   startStorescp,
 } from '../helpers/peers.js';
 import { removePki, standardPki, startProxy, type ProxyUnderTest } from '../helpers/proxy.js';
+import { issueCertificate } from '../../src/tls/pki.js';
+import { datasetOffset } from '../../src/dicom/part10.js';
+import { InlineHasher } from '../../src/integrity/hasher.js';
+import type { InstanceEvidence, LedgerSink } from '../../src/integrity/types.js';
+
+class MemorySink implements LedgerSink {
+  records: InstanceEvidence[] = [];
+  healthy = true;
+  async append(e: InstanceEvidence): Promise<void> {
+    this.records.push(e);
+  }
+}
 
 type Pki = Awaited<ReturnType<typeof standardPki>>;
 
@@ -38,6 +55,8 @@ describe('DCMTK query/retrieve → proxy → Orthanc over mutual TLS', { timeout
   const studyB = newUid();
   let filesA: string[] = [];
   let filesB: string[] = [];
+  const sink = new MemorySink();
+  const hasher = new InlineHasher();
 
   before(async () => {
     if (!peerAvailability('orthanc').ok || !peerAvailability('dcmtk').ok) return;
@@ -47,6 +66,17 @@ describe('DCMTK query/retrieve → proxy → Orthanc over mutual TLS', { timeout
     otherDir = join(dir, 'other');
     const dest = await startStorescp(procs, { outDir: destDir, aeTitle: 'DEST' });
     const other = await startStorescp(procs, { outDir: otherDir, aeTitle: 'OTHER_DEST' });
+    // The proxy's return listener: Orthanc must know its port before the proxy knows Orthanc's.
+    const returnPort = await freePort();
+    await pki.write(
+      'proxy-server',
+      await issueCertificate(pki.ca, {
+        commonName: 'proxy.local',
+        dnsNames: ['proxy.local'],
+        ipAddresses: ['127.0.0.1'],
+        usage: 'server',
+      }),
+    );
     // Every SCU AE is a known modality to Orthanc (it would serve all of them): only the proxy refuses.
     const scu = (aeTitle: string) => ({ aeTitle, host: '127.0.0.1', port: 104 });
     orthanc = await startOrthanc(procs, {
@@ -61,20 +91,34 @@ describe('DCMTK query/retrieve → proxy → Orthanc over mutual TLS', { timeout
       modalities: {
         findscu: scu('FINDSCU'),
         movescu: scu('MOVESCU'),
+        getscu: scu('GETSCU'),
         nofind: scu('NOFIND'),
-        dest: { aeTitle: 'DEST', host: '127.0.0.1', port: dest.port, useTls: false },
+        // DEST lives behind the proxy: Orthanc reaches it only through the return listener, over TLS.
+        dest: { aeTitle: 'DEST', host: '127.0.0.1', port: returnPort, useTls: true },
         other: { aeTitle: 'OTHER_DEST', host: '127.0.0.1', port: other.port, useTls: false },
       },
     });
     proxy = await startProxy({
       archivePort: orthanc.dicomPort,
       pki,
+      ledger: { sink, onFailure: 'abort', hasher },
       peers: [
         '  FINDSCU: { addresses: [127.0.0.1], services: [echo, find] }',
         '  MOVESCU: { addresses: [127.0.0.1], services: [echo, find, move], moveDestinations: [DEST] }',
         '  NOFIND: { addresses: [127.0.0.1], services: [echo, move], moveDestinations: [DEST] }',
+        '  GETSCU: { addresses: [127.0.0.1], services: [echo, get] }',
+        `  DEST: { addresses: [127.0.0.1], services: [echo], receiver: { host: 127.0.0.1, port: ${dest.port} } }`,
+      ].join('\n'),
+      extra: [
+        'returnListener:',
+        '  host: 127.0.0.1',
+        `  port: ${returnPort}`,
+        `  tls: { ca: ${pki.files.ca}, cert: ${pki.files['proxy-server']}, key: ${pki.files['proxy-server.key']} }`,
+        '  callers:',
+        '    - { aeTitles: [ARCHIVE], identity: { dns: archive.local } }',
       ].join('\n'),
     });
+    assert.equal(proxy.returnPort, returnPort);
     // Verbose logging: Orthanc then names the calling AE of every association it serves.
     const level = await orthanc.rest('PUT', '/tools/log-level', 'verbose');
     assert.equal(level.status, 200, level.text());
@@ -100,6 +144,7 @@ describe('DCMTK query/retrieve → proxy → Orthanc over mutual TLS', { timeout
 
   after(async () => {
     await proxy?.close();
+    await hasher.close();
     await procs.stopAll();
     await removePki(pki);
     await removeTempDir(dir);
@@ -165,9 +210,10 @@ describe('DCMTK query/retrieve → proxy → Orthanc over mutual TLS', { timeout
     );
   });
 
-  it('movescu (study root, -aem DEST) → proxy → Orthanc → storescp DEST: every instance, byte for byte', async (t) => {
+  it('movescu (study root, -aem DEST) → proxy → Orthanc ⇒ return listener → storescp DEST: every instance, byte for byte, in the ledger', async (t) => {
     if (!skipUnlessPeer(t, 'orthanc') || !skipUnlessPeer(t, 'dcmtk')) return;
-    assert.ok(orthanc && proxy);
+    assert.ok(orthanc && proxy && pki);
+    const recordsBefore = sink.records.length;
     const r = await runMovescu({
       ...viaProxy(),
       callingAe: 'MOVESCU',
@@ -193,6 +239,66 @@ describe('DCMTK query/retrieve → proxy → Orthanc over mutual TLS', { timeout
       await eventually(() => /Incoming Move request from AET MOVESCU\b/.test(orthancLog())),
       procs.describe(orthanc.child),
     );
+    // The sub-association came in through the return listener, from Orthanc's certificate.
+    const back = (proxy.events['association-closed'] ?? []).filter((e) => e.listener === 'return');
+    assert.equal(back.length, 1, JSON.stringify(proxy.events['association-refused']));
+    assert.equal(back[0]?.callingAeTitle, 'ARCHIVE');
+    assert.equal(back[0]?.calledAeTitle, 'DEST');
+    assert.equal(back[0]?.outcome, 'released');
+    assert.equal(back[0]?.instances, filesA.length);
+    // Every delivered instance is in the ledger once, archive → destination, with the hash of what DEST stored.
+    await proxy.server.recordsSettled();
+    const evidence = sink.records.slice(recordsBefore);
+    assert.equal(evidence.length, filesA.length);
+    const fingerprint = new X509Certificate(pki.archive.cert).fingerprint256.replace(/:/g, '').toLowerCase();
+    for (const [uid, file] of received) {
+      const e = evidence.filter((x) => x.sopInstanceUid === uid);
+      assert.equal(e.length, 1, uid);
+      const dataset = file.subarray(datasetOffset(file));
+      assert.equal(e[0]?.sha256, createHash('sha256').update(dataset).digest('hex'));
+      assert.equal(e[0]?.direction, 'archive-to-destination');
+      assert.equal(e[0]?.outcome, 'success');
+      assert.equal(e[0]?.archiveCertSha256, fingerprint);
+      assert.equal(e[0]?.moveOriginatorAeTitle, 'MOVESCU');
+      assert.equal(typeof e[0]?.moveOriginatorMessageId, 'number');
+    }
+  });
+
+  it('getscu (study root) → proxy → Orthanc: the C-GET sub-operations come back on the same association, every instance byte for byte, in the ledger', async (t) => {
+    if (!skipUnlessPeer(t, 'orthanc') || !skipUnlessPeer(t, 'dcmtk')) return;
+    assert.ok(orthanc && proxy && dir);
+    const recordsBefore = sink.records.length;
+    const outDir = join(dir, 'get');
+    const r = await runGetscu({
+      ...viaProxy(),
+      callingAe: 'GETSCU',
+      model: 'study',
+      // Study A (explicit VR LE, as stored): Orthanc sends it unchanged, so it can be compared byte for byte.
+      keys: ['QueryRetrieveLevel=STUDY', `StudyInstanceUID=${studyA}`],
+      outDir,
+    });
+    assert.equal(r.code, 0, describeRun(r));
+    const received = await assertDelivered(filesA, outDir);
+    assert.equal(received.size, filesA.length);
+    const summary = await proxy.closed();
+    assert.equal(summary.outcome, 'released');
+    assert.equal(summary.operations['C-GET-RQ'], 1);
+    assert.equal(summary.instances, filesA.length);
+    await proxy.server.recordsSettled();
+    const evidence = sink.records.slice(recordsBefore);
+    assert.equal(evidence.length, filesA.length);
+    for (const e of evidence) {
+      assert.equal(e.direction, 'archive-to-modality');
+      assert.equal(e.outcome, 'success');
+      const file = received.get(e.sopInstanceUid);
+      assert.ok(file, e.sopInstanceUid);
+      assert.equal(
+        e.sha256,
+        createHash('sha256')
+          .update(file.subarray(datasetOffset(file)))
+          .digest('hex'),
+      );
+    }
   });
 
   it('movescu to a destination the peer may not use: refused by the proxy (A801), nothing arrives anywhere', async (t) => {
