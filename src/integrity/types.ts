@@ -37,9 +37,21 @@ export interface InstanceEvidence {
   moveOriginatorMessageId: number | null;
 }
 
+/** One instance a Storage Commitment N-EVENT-REPORT says the archive has committed (PS3.4 J.3.3). */
+export interface CommitmentEvidence {
+  sopClassUid: string;
+  sopInstanceUid: string;
+  transactionUid: string;
+}
+
 export interface LedgerSink {
   /** Append one instance record; resolves once written (and synced, per the fsync policy). */
   append(evidence: InstanceEvidence): Promise<void>;
+  /**
+   * Append a `committed` record for an instance the archive reports committed; the sink finds the
+   * instance record it confirms. Optional: a sink without it records instances only.
+   */
+  appendCommitted?(evidence: CommitmentEvidence): Promise<void>;
   /** False after a write failure (disk full, permission…), until a later write succeeds. */
   readonly healthy: boolean;
 }

@@ -119,6 +119,10 @@ export interface ProxyEventMap {
     },
   ];
   'ledger-failed': [{ id: string; message: string }];
+  /** A Storage Commitment N-EVENT-REPORT passed (PS3.4 J.3.3): how many instances it confirms / reports failed. */
+  commitment: [
+    { id: string; transactionUid: string | null; committed: number; failed: number; error: string | null },
+  ];
   'protocol-error': [
     { id: string; side: 'modality' | 'archive'; code: string; message: string; abortReason: number },
   ];

@@ -68,6 +68,7 @@ import type {
 import type { RuntimeSnapshot } from './snapshot.js';
 import type { InstanceEvidence, LedgerSink } from '../integrity/types.js';
 import type { HashStream, StreamHasher } from '../integrity/hasher.js';
+import { parseCommitmentDataSet, type CommitmentResult } from '../dicom/commitment.js';
 
 /** Largest A-ASSOCIATE-RQ/AC accepted (PS3.8 puts no limit on them; a real one is a few tens of KB). */
 export const MAX_ASSOCIATE_PDU_LENGTH = 512 * 1024;
@@ -153,6 +154,19 @@ interface Transfer {
   moveOriginatorMessageId: number | null;
 }
 
+/** The data set of a Storage Commitment N-EVENT-REPORT being collected (small; bounded). */
+interface CommitmentCapture {
+  transferSyntaxUid: string;
+  chunks: Buffer[];
+  bytes: number;
+  overflow: boolean;
+}
+
+/** Storage Commitment Push Model SOP Class (PS3.4 J.3). */
+const STORAGE_COMMITMENT_SOP_CLASS = '1.2.840.10008.1.20.1';
+/** Largest N-EVENT-REPORT data set kept for the ledger's commitment records. */
+const MAX_COMMITMENT_DATASET = 16 * 1024 * 1024;
+
 interface DropState {
   request: CommandSet;
   contextId: number;
@@ -193,6 +207,7 @@ export class Association {
   private readonly invokeCache = new Map<number, boolean>();
   private readonly transfers = new Map<string, Transfer>();
   private currentTransfer: [Transfer | null, Transfer | null] = [null, null]; // [down, up]
+  private commitCapture: [CommitmentCapture | null, CommitmentCapture | null] = [null, null];
   private drop: DropState | null = null;
   private splitCommand: PDataPdu[] | null = null; // held PDUs while a modality command is incomplete
   private pendingDownBytes: Buffer[] = [];
@@ -735,7 +750,7 @@ export class Association {
         if (t) {
           t.bytes += end - start;
           t.hash?.update(buf, start, end);
-        }
+        } else if (this.commitCapture[dir]) this.capture(dir, buf, start, end);
       },
       dataEnd: () => this.dataEnd(dir),
     };
@@ -763,6 +778,11 @@ export class Association {
       this.drop = null;
       this.upScanner?.inject(pdataPdu(d.contextId, d.refusal));
       return;
+    }
+    const c = this.commitCapture[dir];
+    if (c) {
+      this.commitCapture[dir] = null;
+      this.recordCommitment(c);
     }
     const t = this.currentTransfer[dir];
     if (t) {
@@ -824,7 +844,7 @@ export class Association {
       if (t) {
         t.bytes += pdv.value.length;
         t.hash?.update(pdv.value, 0, pdv.value.length);
-      }
+      } else if (this.commitCapture[0]) this.capture(0, pdv.value, 0, pdv.value.length);
       kept.push(pdv);
       if (pdv.last) this.dataSetComplete(0);
     }
@@ -956,7 +976,7 @@ export class Association {
       if (t) {
         t.bytes += pdv.value.length;
         t.hash?.update(pdv.value, 0, pdv.value.length);
-      }
+      } else if (this.commitCapture[1]) this.capture(1, pdv.value, 0, pdv.value.length);
       if (pdv.last) this.dataSetComplete(1);
     }
   }
@@ -980,6 +1000,68 @@ export class Association {
       };
       this.transfers.set(key, t);
       this.currentTransfer[dir] = t;
+    } else if (
+      cmd.commandField === CommandField.NEventReportRq &&
+      cmd.affectedSopClassUid === STORAGE_COMMITMENT_SOP_CLASS &&
+      (cmd.eventTypeId === 1 || cmd.eventTypeId === 2) &&
+      this.host.ledger?.sink.appendCommitted
+    ) {
+      // PS3.4 J.3.3: the archive reports the outcome of a commitment request (1 = all committed,
+      // 2 = failures exist); the instances it lists as committed get `committed` ledger records.
+      this.commitCapture[dir] = {
+        transferSyntaxUid: ctx.transferSyntax,
+        chunks: [],
+        bytes: 0,
+        overflow: false,
+      };
+    }
+  }
+
+  private capture(dir: 0 | 1, buf: Buffer, start: number, end: number): void {
+    const c = this.commitCapture[dir] as CommitmentCapture;
+    if (c.overflow) return;
+    c.bytes += end - start;
+    if (c.bytes > MAX_COMMITMENT_DATASET) {
+      c.overflow = true;
+      c.chunks = [];
+      return;
+    }
+    c.chunks.push(Buffer.from(buf.subarray(start, end))); // a copy: the bytes also go out unchanged
+  }
+
+  /** The N-EVENT-REPORT data set is complete: one `committed` ledger record per committed instance. */
+  private recordCommitment(c: CommitmentCapture): void {
+    const sink = this.host.ledger?.sink;
+    if (!sink?.appendCommitted) return;
+    let result: CommitmentResult;
+    try {
+      if (c.overflow) throw new Error(`data set larger than ${MAX_COMMITMENT_DATASET} bytes`);
+      result = parseCommitmentDataSet(c.chunks, c.transferSyntaxUid);
+    } catch (err) {
+      // The report is relayed regardless; the ledger just cannot say what it confirmed.
+      this.host.events.emit('commitment', {
+        id: this.id,
+        transactionUid: null,
+        committed: 0,
+        failed: 0,
+        error: (err as Error).message,
+      });
+      return;
+    }
+    this.host.events.emit('commitment', {
+      id: this.id,
+      transactionUid: result.transactionUid,
+      committed: result.committed.length,
+      failed: result.failed.length,
+      error: null,
+    });
+    for (const item of result.committed) {
+      const written = sink.appendCommitted({
+        sopClassUid: item.sopClassUid,
+        sopInstanceUid: item.sopInstanceUid,
+        transactionUid: result.transactionUid ?? '',
+      });
+      this.host.trackRecord(written.catch((err: unknown) => this.onLedgerFailure(err)));
     }
   }
 

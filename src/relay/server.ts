@@ -8,11 +8,34 @@ import { classifyClientHandshakeError, peerIdentities } from '../tls/identity.js
 import { ProxyEvents } from '../observe/events.js';
 import type { RuntimeSnapshot } from './snapshot.js';
 
+/** Bind `server` to host:port; resolves with the bound address. */
+function bind(server: net.Server, host: string, port: number): Promise<net.AddressInfo> {
+  return new Promise((resolve, reject) => {
+    const onError = (err: Error): void => reject(err);
+    server.once('error', onError);
+    server.listen({ host, port }, () => {
+      server.removeListener('error', onError);
+      resolve(server.address() as net.AddressInfo);
+    });
+  });
+}
+
+/** Stop accepting on `server`; its live connections are not touched. */
+function unbind(server: net.Server | null): Promise<void> {
+  return new Promise((resolve) => {
+    if (!server?.listening) resolve();
+    else server.close(() => resolve());
+  });
+}
+
 export class ProxyServer implements AssociationHost {
   readonly events: ProxyEvents;
   private snapshot: RuntimeSnapshot;
-  private readonly server: net.Server;
-  private readonly returnServer: tls.Server | null = null;
+  private server: net.Server;
+  private returnServer: tls.Server | null = null;
+  /** The addresses the listeners were bound with, as configured (port 0 stays 0). */
+  private boundForward: { host: string; port: number } | null = null;
+  private boundReturn: { host: string; port: number } | null = null;
   private readonly live = new Set<Association>();
   private readonly perPeer = new Map<string, number>();
   private admittedTotal = 0;
@@ -27,63 +50,112 @@ export class ProxyServer implements AssociationHost {
     this.snapshot = snapshot;
     this.events = options.events ?? new ProxyEvents();
     this.ledger = options.ledger ?? null;
-    this.server = net.createServer({ noDelay: true, pauseOnConnect: false }, (socket) =>
+    this.server = this.createForwardServer();
+    this.returnServer = this.createReturnServer(snapshot);
+  }
+
+  private createForwardServer(): net.Server {
+    const server = net.createServer({ noDelay: true, pauseOnConnect: false }, (socket) =>
       this.onConnection(socket),
     );
-    this.server.on('error', (err) => this.events.emit('listener-error', { message: err.message }));
+    server.on('error', (err) => this.events.emit('listener-error', { message: err.message }));
+    return server;
+  }
+
+  private createReturnServer(snapshot: RuntimeSnapshot): tls.Server | null {
     const rl = snapshot.config.returnListener;
-    if (rl && snapshot.returnTls) {
-      // PS3.15 B.12/B.13 on the return leg too; the caller must present a certificate from the CA bundle
-      // (rejectUnauthorized), and its identity is then bound to the calling AE title by the policy.
-      const server = tls.createServer(
-        {
-          ...snapshot.returnTls.options,
-          requestCert: true,
-          rejectUnauthorized: true,
-          handshakeTimeout: rl.tls.handshakeTimeoutMs,
-          noDelay: true,
-        },
-        (socket) => this.onReturnConnection(socket),
-      );
-      server.on('tlsClientError', (err, socket) => {
-        this.events.emit('tls-client-rejected', {
-          listener: 'return',
-          remoteAddress: socket.remoteAddress ?? '',
-          reason: classifyClientHandshakeError(err, socket.authorizationError),
-          message: socket.authorizationError
-            ? `certificate verification failed: ${String(socket.authorizationError)}`
-            : err.message,
-        });
+    if (!rl || !snapshot.returnTls) return null;
+    // PS3.15 B.12/B.13 on the return leg too; the caller must present a certificate from the CA bundle
+    // (rejectUnauthorized), and its identity is then bound to the calling AE title by the policy.
+    const server = tls.createServer(
+      {
+        ...snapshot.returnTls.options,
+        requestCert: true,
+        rejectUnauthorized: true,
+        handshakeTimeout: rl.tls.handshakeTimeoutMs,
+        noDelay: true,
+      },
+      (socket) => this.onReturnConnection(socket),
+    );
+    server.on('tlsClientError', (err, socket) => {
+      this.events.emit('tls-client-rejected', {
+        listener: 'return',
+        remoteAddress: socket.remoteAddress ?? '',
+        reason: classifyClientHandshakeError(err, socket.authorizationError),
+        message: socket.authorizationError
+          ? `certificate verification failed: ${String(socket.authorizationError)}`
+          : err.message,
       });
-      server.on('error', (err) => this.events.emit('listener-error', { message: err.message }));
-      this.returnServer = server;
-    }
+    });
+    server.on('error', (err) => this.events.emit('listener-error', { message: err.message }));
+    return server;
   }
 
   get current(): RuntimeSnapshot {
     return this.snapshot;
   }
 
-  /** New associations use the new snapshot; live ones keep theirs. */
-  setSnapshot(snapshot: RuntimeSnapshot): void {
+  /**
+   * New associations use the new snapshot; live ones keep theirs. Listener changes are applied first:
+   * a moved listener is bound at its new address before the old one stops accepting (live associations
+   * are not touched), and if binding fails nothing changes and the error is thrown.
+   */
+  async setSnapshot(snapshot: RuntimeSnapshot): Promise<{ rebound: string[] }> {
+    const rebound: string[] = [];
+    const { listen, returnListener: rl } = snapshot.config;
+    let newForward: net.Server | null = null;
+    let newReturn: tls.Server | null | undefined; // undefined = unchanged
+    try {
+      if (
+        this.boundForward &&
+        (this.boundForward.host !== listen.host || this.boundForward.port !== listen.port)
+      ) {
+        newForward = this.createForwardServer();
+        await bind(newForward, listen.host, listen.port);
+        rebound.push(`listen ${listen.host}:${listen.port}`);
+      }
+      if (this.boundForward) {
+        const before = this.boundReturn;
+        if (!rl && before) {
+          newReturn = null;
+          rebound.push('returnListener removed');
+        } else if (rl && (!before || before.host !== rl.host || before.port !== rl.port)) {
+          newReturn = this.createReturnServer(snapshot);
+          if (newReturn) await bind(newReturn, rl.host, rl.port);
+          rebound.push(`returnListener ${rl.host}:${rl.port}`);
+        }
+      }
+    } catch (err) {
+      void unbind(newForward);
+      if (newReturn) void unbind(newReturn);
+      throw err;
+    }
     this.snapshot = snapshot;
-    // New TLS sessions use the new certificates; live ones keep theirs.
-    if (this.returnServer && snapshot.returnTls)
+    if (newForward) {
+      const old = this.server;
+      this.server = newForward;
+      this.boundForward = { host: listen.host, port: listen.port };
+      void unbind(old); // stops accepting now; its 'close' waits for the live connections, not us
+    }
+    if (newReturn !== undefined) {
+      const old = this.returnServer;
+      this.returnServer = newReturn;
+      this.boundReturn = rl && newReturn ? { host: rl.host, port: rl.port } : null;
+      void unbind(old);
+    } else if (this.returnServer && snapshot.returnTls) {
+      // New TLS sessions use the new certificates; live ones keep theirs.
       this.returnServer.setSecureContext(snapshot.returnTls.options);
+    }
+    return { rebound };
   }
 
-  listen(
+  async listen(
     host = this.snapshot.config.listen.host,
     port = this.snapshot.config.listen.port,
   ): Promise<net.AddressInfo> {
-    return new Promise((resolve, reject) => {
-      const onError = (err: Error): void => reject(err);
-      this.server.once('error', onError);
-      this.server.listen({ host, port }, () => {
-        this.server.removeListener('error', onError);
-        resolve(this.server.address() as net.AddressInfo);
-      });
-    });
+    const addr = await bind(this.server, host, port);
+    this.boundForward = { host, port };
+    return addr;
   }
 
   address(): net.AddressInfo | null {
@@ -91,26 +163,27 @@ export class ProxyServer implements AssociationHost {
     return a && typeof a === 'object' ? a : null;
   }
 
-  /** Bind the return listener (no-op resolving null when none is configured). */
-  listenReturn(
+  /** Bind the return listener (resolves null when none is configured). */
+  async listenReturn(
     host = this.snapshot.config.returnListener?.host,
     port = this.snapshot.config.returnListener?.port,
   ): Promise<net.AddressInfo | null> {
     const server = this.returnServer;
-    if (!server) return Promise.resolve(null);
-    return new Promise((resolve, reject) => {
-      const onError = (err: Error): void => reject(err);
-      server.once('error', onError);
-      server.listen({ host, port }, () => {
-        server.removeListener('error', onError);
-        resolve(server.address() as net.AddressInfo);
-      });
-    });
+    if (!server || host === undefined || port === undefined) return null;
+    const addr = await bind(server, host, port);
+    this.boundReturn = { host, port };
+    return addr;
   }
 
   returnAddress(): net.AddressInfo | null {
     const a = this.returnServer?.address();
     return a && typeof a === 'object' ? a : null;
+  }
+
+  /** True while every configured listener accepts connections (readiness). */
+  listenersBound(): boolean {
+    if (!this.server.listening) return false;
+    return this.snapshot.config.returnListener === null || this.returnServer?.listening === true;
   }
 
   private onReturnConnection(socket: tls.TLSSocket): void {
@@ -202,15 +275,7 @@ export class ProxyServer implements AssociationHost {
   /** Stop listening; abort live associations after graceMs (A-ABORT to both sides). */
   async close(graceMs = 0): Promise<void> {
     this.closing = true;
-    const listening = Promise.all(
-      [this.server, this.returnServer].map(
-        (srv) =>
-          new Promise<void>((resolve) => {
-            if (!srv?.listening) resolve();
-            else srv.close(() => resolve());
-          }),
-      ),
-    );
+    const listening = Promise.all([unbind(this.server), unbind(this.returnServer)]);
     if (this.live.size > 0) {
       const drained = new Promise<void>((resolve) => (this.onDrained = resolve));
       const timer = setTimeout(() => {
