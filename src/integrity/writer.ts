@@ -2,7 +2,8 @@
 // policy, rotation, periodic signed checkpoints and torn-tail recovery at start-up. Appends that arrive
 // while the writer is busy (or in the same tick) are sealed together and written with one write() call
 // and, with fsync 'always', one fdatasync: the per-record cost on the event loop is sealing (JSON +
-// SHA-256), not I/O round trips.
+// SHA-256), not I/O round trips. It also keeps a bounded index from SOP Instance UID to the seq of the
+// latest successfully stored instance record, so a `committed` record can name the record it confirms.
 import { type KeyObject, sign } from 'node:crypto';
 import { type FileHandle, mkdir, open, readFile, unlink } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
@@ -42,13 +43,64 @@ export interface LedgerOptions {
   /** Ed25519 private key (PKCS#8 PEM); null = checkpoints unsigned. */
   signingKeyPem: string | null;
   now?: () => Date;
+  /**
+   * Most SOP Instance UIDs the index behind lookupInstance() and appendCommitted() holds (default
+   * DEFAULT_INDEX_SIZE; 0 = no index). The UID whose record was written longest ago is evicted first.
+   */
+  indexSize?: number;
 }
+
+/** Default LedgerOptions.indexSize: about 10-20 MB of UIDs. */
+export const DEFAULT_INDEX_SIZE = 100_000;
 
 export interface CommittedEvidence {
   sopClassUid: string;
   sopInstanceUid: string;
   transactionUid: string;
-  confirms: number | null;
+  /**
+   * The seq of the instance record this confirms; null when there is none. Undefined (or absent):
+   * looked up in the writer's index when the record is sealed, i.e. after every append called before.
+   */
+  confirms?: number | null;
+}
+
+/**
+ * Outcomes of an instance record that the index keeps: the archive stored the instance (PS3.4 B.2.3,
+ * success or warning), so a Storage Commitment can confirm it.
+ */
+const INDEXED_OUTCOMES: ReadonlySet<string> = new Set(['success', 'warning']);
+const TO_ARCHIVE: ReadonlySet<string> = new Set(['modality-to-archive', 'destination-to-archive']);
+
+/**
+ * SOP Instance UID -> seq of the latest indexed instance record. Bounded: writing a UID again makes it
+ * the newest entry; past the capacity the oldest written is evicted (a Map iterates in insertion order).
+ */
+class InstanceIndex {
+  private readonly map = new Map<string, number>();
+
+  constructor(readonly capacity: number) {}
+
+  get(sopInstanceUid: string): number | null {
+    return this.map.get(sopInstanceUid) ?? null;
+  }
+
+  set(sopInstanceUid: string, seq: number): void {
+    if (this.capacity === 0) return;
+    this.map.delete(sopInstanceUid);
+    this.map.set(sopInstanceUid, seq);
+    if (this.map.size > this.capacity) {
+      const oldest = this.map.keys().next();
+      if (!oldest.done) this.map.delete(oldest.value);
+    }
+  }
+}
+
+/** The index entry an instance record makes, if any. */
+function indexEntry(record: UnsealedRecord | LedgerRecord): [string, number] | null {
+  if (record.type !== 'instance' || !INDEXED_OUTCOMES.has(record.outcome)) return null;
+  // Only instances sent *to* the archive can be committed by it (a retrieval is not a store).
+  if (!TO_ARCHIVE.has(record.direction)) return null;
+  return [record.sopInstanceUid, record.seq];
 }
 
 interface Waiter {
@@ -58,10 +110,13 @@ interface Waiter {
 
 /**
  * A record waiting to be written, and its caller. `body` is either the record with its keys in order
- * (seq and prev are set when it is sealed) or a function making it from them (time-dependent records).
+ * (seq and prev are set when it is sealed) or a function making it from them (time-dependent records);
+ * `confirmed` is lookupInstance as of that point of the chain (records sealed before it included).
  */
 interface Pending extends Waiter {
-  body: UnsealedRecord | ((seq: number, prev: string) => UnsealedRecord);
+  body:
+    | UnsealedRecord
+    | ((seq: number, prev: string, confirmed: (sopInstanceUid: string) => number | null) => UnsealedRecord);
 }
 
 /** Consecutive sealed lines for the current file, written with one write() call. */
@@ -78,6 +133,8 @@ interface Run {
   uncheckpointed: boolean;
   /** The appends whose records it holds (empty for the writer's own records). */
   entries: Pending[];
+  /** Index entries of its instance records (UID -> seq, oldest first): indexed once the run is written. */
+  indexed: Map<string, number> | null;
 }
 
 const noop = (): void => {};
@@ -180,9 +237,12 @@ export class LedgerWriter implements LedgerSink {
   private _recovery: { file: string; tornBytes: number; savedAs: string } | null = null;
   /** Length of a checkpoint line without the digits of its seq and count (see checkpointLength). */
   private readonly checkpointBaseLength: number;
+  /** SOP Instance UID -> seq of its latest written success/warning instance record. */
+  private readonly index: InstanceIndex;
 
   private constructor(private readonly opts: LedgerOptions) {
     this.now = opts.now ?? (() => new Date());
+    this.index = new InstanceIndex(opts.indexSize ?? DEFAULT_INDEX_SIZE);
     if (opts.signingKeyPem === null) this.signing = null;
     else {
       const key = loadSigningKey(opts.signingKeyPem);
@@ -209,6 +269,9 @@ export class LedgerWriter implements LedgerSink {
   static async open(opts: LedgerOptions): Promise<LedgerWriter> {
     for (const k of ['fsyncIntervalMs', 'rotateMaxBytes', 'checkpointIntervalMs'] as const) {
       if (!(Number.isFinite(opts[k]) && opts[k] > 0)) throw new RangeError(`${k} must be a positive number`);
+    }
+    if (opts.indexSize !== undefined && !(Number.isSafeInteger(opts.indexSize) && opts.indexSize >= 0)) {
+      throw new RangeError('indexSize must be a non-negative integer');
     }
     const writer = new LedgerWriter(opts);
     try {
@@ -264,10 +327,14 @@ export class LedgerWriter implements LedgerSink {
     });
   }
 
+  /**
+   * Append a `committed` record. Without `confirms` (undefined), it is the seq of the latest
+   * success/warning instance record of the SOP Instance UID in the index when the record is sealed
+   * (so an instance appended just before counts), or null.
+   */
   appendCommitted(committed: CommittedEvidence): Promise<void> {
-    const { sopClassUid, sopInstanceUid, transactionUid } = committed;
-    const confirms = committed.confirms ?? null;
-    return this.submit((seq, prev) => ({
+    const { sopClassUid, sopInstanceUid, transactionUid, confirms } = committed;
+    return this.submit((seq, prev, confirmed) => ({
       v: 1,
       type: 'committed',
       seq,
@@ -275,9 +342,18 @@ export class LedgerWriter implements LedgerSink {
       sopClassUid,
       sopInstanceUid,
       transactionUid,
-      confirms,
+      confirms: confirms === undefined ? confirmed(sopInstanceUid) : confirms,
       prev,
     }));
+  }
+
+  /**
+   * The seq of the latest success/warning instance record for a SOP Instance UID among the records
+   * this writer wrote, and those of the ledger's last file when it opened; null when none is known
+   * (never written, failed, or evicted from the bounded index).
+   */
+  lookupInstance(sopInstanceUid: string): number | null {
+    return this.index.get(sopInstanceUid);
   }
 
   /** Write a (signed) checkpoint now (after the appends called before it). */
@@ -386,9 +462,13 @@ export class LedgerWriter implements LedgerSink {
       checkpoint: false,
       uncheckpointed: false,
       entries: [],
+      indexed: new Map(),
       end: from,
       rotate: false,
     };
+    // A committed record sealed after instance records of the same run sees them too.
+    const sealed = run.indexed!;
+    const confirmed = (uid: string): number | null => sealed.get(uid) ?? this.index.get(uid);
     for (; run.end < batch.length; run.end++) {
       const p = batch[run.end]!;
       let body: UnsealedRecord;
@@ -396,7 +476,7 @@ export class LedgerWriter implements LedgerSink {
       let hash: string;
       let length: number;
       try {
-        if (typeof p.body === 'function') body = p.body(run.seq + 1, run.hash);
+        if (typeof p.body === 'function') body = p.body(run.seq + 1, run.hash, confirmed);
         else {
           body = p.body;
           body.seq = run.seq + 1;
@@ -430,6 +510,11 @@ export class LedgerWriter implements LedgerSink {
       run.entries.push(p);
       lines += 1;
       size += length;
+      const entry = this.index.capacity > 0 ? indexEntry(body) : null;
+      if (entry) {
+        sealed.delete(entry[0]); // the latest record of a UID goes last
+        sealed.set(entry[0], entry[1]);
+      }
     }
     return run;
   }
@@ -470,7 +555,15 @@ export class LedgerWriter implements LedgerSink {
       this.headHash = last.hash;
       this.headType = last.type;
     }
-    const scan = await scanFile(dir, name, state, { isLast: true, key: null });
+    // The scan also refills the index from the records of the last file (the index stays bounded).
+    const scan = await scanFile(dir, name, state, {
+      isLast: true,
+      key: null,
+      onRecord: (record) => {
+        const entry = indexEntry(record);
+        if (entry) this.index.set(entry[0], entry[1]);
+      },
+    });
     const first = scan.errors[0];
     if (first) {
       throw new LedgerError(
@@ -697,6 +790,7 @@ export class LedgerWriter implements LedgerSink {
       checkpoint: body.type === 'checkpoint',
       uncheckpointed: body.type !== 'checkpoint' && body.type !== 'file-start',
       entries: [],
+      indexed: null,
     });
   }
 
@@ -739,6 +833,8 @@ export class LedgerWriter implements LedgerSink {
     this.headSeq = run.seq;
     this.headHash = run.hash;
     this.headType = run.type;
+    // In the chain now (even if a sync below fails, the next record chains to them).
+    if (run.indexed) for (const [uid, seq] of run.indexed) this.index.set(uid, seq);
     if (run.checkpoint) {
       this.lastCheckpointAt = performance.now();
       if (this.checkpointTimer) {
