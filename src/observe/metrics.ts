@@ -1,0 +1,884 @@
+// Prometheus metrics. A ProxyMetrics owns its own prom-client Registry (never the global one) and learns
+// everything from the core's events (see events.ts) plus a few public methods for facts that have no
+// event. Nothing here is on the per-PDU path: counters move once per association, operation or instance.
+//
+// Cardinality is bounded by construction: every label value is either taken from a fixed list in this
+// file or from the configuration snapshot (peer AE titles, routes, upstream names, certificate files);
+// anything else collapses to "unknown" / "other". A modality cannot create series by choosing its AE title.
+import { X509Certificate } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { ProxyConfig } from '../config/types.js';
+import { statusClass } from '../dimse/command.js';
+import { TLS_PROFILES } from '../tls/profiles.js';
+import type { Direction, ProxyEvents, ProxyEventMap } from './events.js';
+import type { ReadinessStatus } from './readiness.js';
+
+/** Label value for a calling AE, route or upstream the snapshot does not know. */
+export const UNKNOWN = 'unknown';
+/** Label value for anything outside a fixed list. */
+export const OTHER = 'other';
+/** Label value when there is no reason (e.g. a released association). */
+export const NONE = 'none';
+
+/** Refusals by the association's far side (the archive, or a receiver on the return path): not policy. */
+const FAR_SIDE_REFUSALS = ['rejected-by-archive', 'rejected-by-receiver'] as const;
+
+/** Association-level refusals (policy.ts AdmitRefusal and ReturnAdmitRefusal) and the far side's A-ASSOCIATE-RJ. */
+export const REFUSAL_REASONS = Object.freeze([
+  'unknown-calling-ae',
+  'address-not-allowed',
+  'unknown-called-ae',
+  'too-many-associations',
+  'too-many-peer-associations',
+  'no-client-certificate',
+  'certificate-identity-mismatch',
+  'unknown-destination',
+  ...FAR_SIDE_REFUSALS,
+] as const);
+
+/** tls/identity.ts ClientHandshakeFailure: why a TLS client of the return listener failed the handshake. */
+export const TLS_CLIENT_REJECTION_REASONS = Object.freeze([
+  'client-certificate-expired',
+  'client-certificate-untrusted',
+  'no-client-certificate',
+  'handshake-timeout',
+  'protocol-or-cipher-mismatch',
+  'handshake-failed',
+] as const);
+
+/** events.ts ListenerKind: the forward listener (modalities) or the return listener (the archive). */
+export const LISTENERS = Object.freeze(['forward', 'return'] as const);
+
+/** events.ts Direction. */
+export const DIRECTIONS = Object.freeze([
+  'modality-to-archive',
+  'archive-to-modality',
+  'archive-to-destination',
+  'destination-to-archive',
+] as const);
+
+/** tls/upstream.ts UpstreamFailureReason plus the relay's own reasons for failUpstream. */
+export const UPSTREAM_FAILURE_REASONS = Object.freeze([
+  'refused',
+  'timeout',
+  'unreachable',
+  'certificate-expired',
+  'certificate-not-yet-valid',
+  'unknown-ca',
+  'hostname-mismatch',
+  'client-certificate-rejected',
+  'handshake-failed',
+  'closed',
+  'protocol-error',
+] as const);
+
+/** Reasons other than a refusal or an upstream failure that end an association early. */
+const OTHER_END_REASONS = ['protocol-error', 'ledger-failed'] as const;
+
+export const ASSOCIATION_REASONS = Object.freeze([
+  ...new Set<string>([...REFUSAL_REASONS, ...UPSTREAM_FAILURE_REASONS, ...OTHER_END_REASONS, NONE, OTHER]),
+]);
+
+/** events.ts AssociationOutcome. */
+export const ASSOCIATION_OUTCOMES = Object.freeze([
+  'released',
+  'rejected',
+  'aborted-by-modality',
+  'aborted-by-archive',
+  'aborted-by-proxy',
+  'upstream-failed',
+  'closed',
+  'timeout',
+] as const);
+
+/** DIMSE services (command names without -RQ / -RSP). */
+export const DIMSE_COMMANDS = Object.freeze([
+  'C-ECHO',
+  'C-STORE',
+  'C-FIND',
+  'C-MOVE',
+  'C-GET',
+  'C-CANCEL',
+  'N-EVENT-REPORT',
+  'N-GET',
+  'N-SET',
+  'N-ACTION',
+  'N-CREATE',
+  'N-DELETE',
+] as const);
+
+/** PS3.7 Annex C status classes (dimse/command.ts), 'refused' for requests the proxy's policy answered. */
+export const STATUS_CLASSES = Object.freeze(['success', 'warning', 'failure', 'cancel', 'pending'] as const);
+
+/** DIMSE-level policy denials, by the status the proxy answered (PS3.7 C.5.x, PS3.4 C.4.2.1.4). */
+const DIMSE_DENIAL_REASONS: Record<number, string> = {
+  0x0124: 'service-not-allowed',
+  0xa801: 'move-destination-not-allowed',
+};
+
+export const POLICY_DENIAL_REASONS = Object.freeze([
+  ...REFUSAL_REASONS.filter((r) => !(FAR_SIDE_REFUSALS as readonly string[]).includes(r)),
+  'service-not-allowed',
+  'move-destination-not-allowed',
+  OTHER,
+]);
+
+export const PROTOCOL_ERROR_CODES = Object.freeze([
+  'UNRECOGNIZED_PDU',
+  'PDU_TOO_LARGE',
+  'INVALID_LENGTH',
+  'INVALID_VALUE',
+  'MISSING_ITEM',
+  'TRUNCATED',
+  'UNEXPECTED_PDU',
+  'MESSAGE_SEQUENCE',
+  'INVALID_COMMAND_SET',
+  'DATASET_MALFORMED',
+  'INTERNAL',
+] as const);
+
+export const TLS_PROTOCOLS = Object.freeze(['TLSv1.2', 'TLSv1.3'] as const);
+
+// IANA (RFC) names of the TLS 1.2 suites the profiles allow: Node reports cipher.standardName.
+const IANA_CIPHER_NAMES: Record<string, string> = {
+  'ECDHE-ECDSA-AES128-GCM-SHA256': 'TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256',
+  'ECDHE-RSA-AES128-GCM-SHA256': 'TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256',
+  'ECDHE-ECDSA-AES256-GCM-SHA384': 'TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384',
+  'ECDHE-RSA-AES256-GCM-SHA384': 'TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384',
+  'ECDHE-ECDSA-CHACHA20-POLY1305': 'TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256',
+  'ECDHE-RSA-CHACHA20-POLY1305': 'TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256',
+  'DHE-RSA-AES128-GCM-SHA256': 'TLS_DHE_RSA_WITH_AES_128_GCM_SHA256',
+  'DHE-RSA-AES256-GCM-SHA384': 'TLS_DHE_RSA_WITH_AES_256_GCM_SHA384',
+};
+
+/** Every cipher any profile allows, by OpenSSL and by IANA name: the `cipher` label's values. */
+export const TLS_CIPHERS: readonly string[] = Object.freeze(
+  [
+    ...new Set(
+      Object.values(TLS_PROFILES).flatMap((p) =>
+        p.ciphers.split(':').flatMap((c) => [c, ...(IANA_CIPHER_NAMES[c] ? [IANA_CIPHER_NAMES[c]] : [])]),
+      ),
+    ),
+  ].sort(),
+);
+
+const DURATION_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120];
+const CONNECT_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+
+type MetricType = 'counter' | 'gauge' | 'histogram';
+
+interface MetricDef {
+  name: string;
+  type: MetricType;
+  help: string;
+  labels: readonly string[];
+  buckets?: number[];
+}
+
+/** The proxy's own metrics: name, type, help text and labels. METRIC_NAMES is derived from this table. */
+export const PROXY_METRICS = Object.freeze({
+  associations: {
+    name: 'dimse_proxy_associations_total',
+    type: 'counter',
+    help:
+      'Associations, counted once each: at the refusal for rejected ones, otherwise when they end. ' +
+      'listener = forward (modalities) or return (the archive, toward receivers); route = called AE ' +
+      'title of a configured route (or receiving peer) else "unknown"; calling_ae = a configured peer or ' +
+      'return caller AE title else "unknown"; outcome = released, rejected, aborted-by-modality, ' +
+      'aborted-by-archive, aborted-by-proxy, upstream-failed, closed (closed without release), timeout; ' +
+      'reason = refusal code, upstream failure reason, protocol-error, ledger-failed or none.',
+    labels: ['listener', 'route', 'calling_ae', 'outcome', 'reason'],
+  },
+  associationsAccepted: {
+    name: 'dimse_proxy_associations_accepted_total',
+    type: 'counter',
+    help: 'Associations accepted by the proxy and the far side (A-ASSOCIATE-AC relayed), counted at acceptance.',
+    labels: ['listener', 'route', 'calling_ae'],
+  },
+  activeAssociations: {
+    name: 'dimse_proxy_active_associations',
+    type: 'gauge',
+    help: 'Associations accepted and not yet ended.',
+    labels: [],
+  },
+  dimseOperations: {
+    name: 'dimse_proxy_dimse_operations_total',
+    type: 'counter',
+    help:
+      'DIMSE operations completed (final response relayed), by command (C-STORE, C-FIND, ...), direction ' +
+      'of the request and status class (success, warning, failure, cancel); status_class "refused" counts ' +
+      'requests the proxy policy answered itself without forwarding.',
+    labels: ['command', 'direction', 'status_class'],
+  },
+  operationDuration: {
+    name: 'dimse_proxy_dimse_operation_duration_seconds',
+    type: 'histogram',
+    help: 'Time from a DIMSE request to its final response, as seen by the proxy.',
+    labels: ['command'],
+    buckets: DURATION_BUCKETS,
+  },
+  bytesRelayed: {
+    name: 'dimse_proxy_bytes_relayed_total',
+    type: 'counter',
+    help:
+      'Bytes received from one side and relayed toward the other (all PDUs), counted when the association ' +
+      'ends. direction = modality-to-archive, archive-to-modality (forward listener), ' +
+      'archive-to-destination, destination-to-archive (return listener).',
+    labels: ['direction'],
+  },
+  instances: {
+    name: 'dimse_proxy_instances_relayed_total',
+    type: 'counter',
+    help:
+      'SOP instances (C-STORE data sets) relayed, by direction and the status class of their C-STORE-RSP ' +
+      '("none" when the association ended without one).',
+    labels: ['direction', 'status_class'],
+  },
+  instanceBytes: {
+    name: 'dimse_proxy_instance_bytes_total',
+    type: 'counter',
+    help: 'Bytes of C-STORE data sets relayed, by direction, counted when each instance is complete.',
+    labels: ['direction'],
+  },
+  upstreamConnectDuration: {
+    name: 'dimse_proxy_upstream_connect_duration_seconds',
+    type: 'histogram',
+    help: 'TCP connect time to an upstream archive.',
+    labels: ['upstream'],
+    buckets: CONNECT_BUCKETS,
+  },
+  tlsHandshakeDuration: {
+    name: 'dimse_proxy_upstream_tls_handshake_duration_seconds',
+    type: 'histogram',
+    help: 'Mutual-TLS handshake time with an upstream archive (after the TCP connect).',
+    labels: ['upstream'],
+    buckets: CONNECT_BUCKETS,
+  },
+  upstreamFailures: {
+    name: 'dimse_proxy_upstream_failures_total',
+    type: 'counter',
+    help:
+      'Associations the proxy rejected (2/3/1) because the upstream could not be reached or did not ' +
+      'answer, by upstream and reason (refused, timeout, unreachable, certificate-expired, unknown-ca, ' +
+      'hostname-mismatch, client-certificate-rejected, handshake-failed, closed, protocol-error, ...).',
+    labels: ['upstream', 'reason'],
+  },
+  tlsSessions: {
+    name: 'dimse_proxy_tls_sessions_total',
+    type: 'counter',
+    help:
+      'TLS sessions of accepted associations (forward: the proxy to the archive; return: the archive to ' +
+      'the proxy), by negotiated protocol version and cipher suite (bounded by the TLS profiles).',
+    labels: ['listener', 'protocol', 'cipher'],
+  },
+  tlsClientRejections: {
+    name: 'dimse_proxy_tls_client_rejections_total',
+    type: 'counter',
+    help:
+      'TLS clients of the return listener that failed the handshake, by reason (no-client-certificate, ' +
+      'client-certificate-untrusted, client-certificate-expired, handshake-timeout, ...).',
+    labels: ['listener', 'reason'],
+  },
+  policyDenials: {
+    name: 'dimse_proxy_policy_denials_total',
+    type: 'counter',
+    help:
+      'Requests refused by the proxy policy: associations (unknown-calling-ae, address-not-allowed, ' +
+      'unknown-called-ae, too-many-associations, too-many-peer-associations; on the return listener also ' +
+      'no-client-certificate, certificate-identity-mismatch, unknown-destination) and DIMSE requests ' +
+      '(service-not-allowed, move-destination-not-allowed).',
+    labels: ['reason'],
+  },
+  protocolErrors: {
+    name: 'dimse_proxy_protocol_errors_total',
+    type: 'counter',
+    help: 'Protocol errors that aborted an association, by the side at fault and error code.',
+    labels: ['side', 'code'],
+  },
+  configReloads: {
+    name: 'dimse_proxy_config_reloads_total',
+    type: 'counter',
+    help: 'Configuration reloads, by result (success or failure; a failed reload keeps the previous one).',
+    labels: ['result'],
+  },
+  configLastReloadSuccess: {
+    name: 'dimse_proxy_config_last_reload_success_timestamp_seconds',
+    type: 'gauge',
+    help: 'Unix time of the last successful configuration load (the initial load or a reload).',
+    labels: [],
+  },
+  configLastReloadSuccessful: {
+    name: 'dimse_proxy_config_last_reload_successful',
+    type: 'gauge',
+    help: '1 when the last configuration reload succeeded (or none was attempted), 0 when it failed.',
+    labels: [],
+  },
+  commitmentReports: {
+    name: 'dimse_proxy_storage_commitment_reports_total',
+    type: 'counter',
+    help:
+      'Storage Commitment N-EVENT-REPORTs relayed, by result: success (all committed), failures (some ' +
+      'instances reported failed) or error (the report could not be read).',
+    labels: ['result'],
+  },
+  commitmentInstances: {
+    name: 'dimse_proxy_storage_commitment_instances_total',
+    type: 'counter',
+    help: 'Instances in relayed Storage Commitment reports, by result (committed or failed).',
+    labels: ['result'],
+  },
+  ledgerRecords: {
+    name: 'dimse_proxy_ledger_records_total',
+    type: 'counter',
+    help: 'Integrity ledger records written.',
+    labels: [],
+  },
+  ledgerWriteFailures: {
+    name: 'dimse_proxy_ledger_write_failures_total',
+    type: 'counter',
+    help: 'Integrity ledger records that could not be written (each one is an alarm).',
+    labels: [],
+  },
+  certificateNotAfter: {
+    name: 'dimse_proxy_certificate_not_after_timestamp_seconds',
+    type: 'gauge',
+    help:
+      'Unix time at which a loaded certificate or CA expires (notAfter), per file and subject; a bundle ' +
+      'gives one series per certificate (the earliest when several share a subject).',
+    labels: ['file', 'subject'],
+  },
+  auditSpoolBytes: {
+    name: 'dimse_proxy_audit_spool_bytes',
+    type: 'gauge',
+    help: 'Bytes of audit messages spooled locally, waiting to be delivered.',
+    labels: [],
+  },
+  auditAlarms: {
+    name: 'dimse_proxy_audit_alarms_total',
+    type: 'counter',
+    help: 'Audit alarms raised (audit messages that could not be delivered or spooled).',
+    labels: [],
+  },
+  upstreamReady: {
+    name: 'dimse_proxy_upstream_ready',
+    type: 'gauge',
+    help: '1 when the upstream answered a mutual-TLS C-ECHO within the readiness maxAge, else 0.',
+    labels: ['upstream'],
+  },
+  upstreamLastReadySuccess: {
+    name: 'dimse_proxy_upstream_readiness_last_success_timestamp_seconds',
+    type: 'gauge',
+    help: 'Unix time of the last successful readiness C-ECHO to the upstream (absent when none yet).',
+    labels: ['upstream'],
+  },
+} satisfies Record<string, MetricDef>);
+
+/**
+ * prom-client default metrics (collectDefaultMetrics) as registered on Linux, histograms expanded.
+ * process_virtual_memory_bytes, process_heap_bytes, process_open_fds and process_max_fds exist on Linux only.
+ */
+export const DEFAULT_METRIC_NAMES: readonly string[] = Object.freeze([
+  'process_cpu_user_seconds_total',
+  'process_cpu_system_seconds_total',
+  'process_cpu_seconds_total',
+  'process_start_time_seconds',
+  'process_resident_memory_bytes',
+  'process_virtual_memory_bytes',
+  'process_heap_bytes',
+  'process_open_fds',
+  'process_max_fds',
+  'nodejs_eventloop_lag_seconds',
+  'nodejs_eventloop_lag_min_seconds',
+  'nodejs_eventloop_lag_max_seconds',
+  'nodejs_eventloop_lag_mean_seconds',
+  'nodejs_eventloop_lag_stddev_seconds',
+  'nodejs_eventloop_lag_p50_seconds',
+  'nodejs_eventloop_lag_p90_seconds',
+  'nodejs_eventloop_lag_p99_seconds',
+  'nodejs_active_resources',
+  'nodejs_active_resources_total',
+  'nodejs_active_handles',
+  'nodejs_active_handles_total',
+  'nodejs_active_requests',
+  'nodejs_active_requests_total',
+  'nodejs_heap_size_total_bytes',
+  'nodejs_heap_size_used_bytes',
+  'nodejs_external_memory_bytes',
+  'nodejs_heap_space_size_total_bytes',
+  'nodejs_heap_space_size_used_bytes',
+  'nodejs_heap_space_size_available_bytes',
+  'nodejs_version_info',
+  'nodejs_gc_duration_seconds_bucket',
+  'nodejs_gc_duration_seconds_sum',
+  'nodejs_gc_duration_seconds_count',
+]);
+
+function exposedNames(def: MetricDef): string[] {
+  if (def.type !== 'histogram') return [def.name];
+  return [`${def.name}_bucket`, `${def.name}_sum`, `${def.name}_count`];
+}
+
+/** The proxy's own series names (histograms expanded to _bucket, _sum and _count). */
+export const PROXY_METRIC_NAMES: readonly string[] = Object.freeze(
+  Object.values(PROXY_METRICS as Record<string, MetricDef>).flatMap(exposedNames),
+);
+
+/** Every series name /metrics exposes (the proxy's and the default process metrics). */
+export const METRIC_NAMES: readonly string[] = Object.freeze([
+  ...PROXY_METRIC_NAMES,
+  ...DEFAULT_METRIC_NAMES,
+]);
+
+export interface MetricBounds {
+  /** Configured peer AE titles: the only calling_ae label values besides "unknown". */
+  knownPeers: readonly string[];
+  /** Called AE titles of the configured routes. */
+  routes: readonly string[];
+  /** Configured upstream names. */
+  upstreams: readonly string[];
+}
+
+export interface ProxyMetricsOptions extends MetricBounds {
+  /** Register prom-client's process / Node.js default metrics (default true). */
+  defaultMetrics?: boolean;
+  /** When the configuration in force was loaded (sets the last-success gauge; default now). */
+  loadedAt?: Date;
+}
+
+/**
+ * Label bounds from a configuration snapshot. Peers and return-listener callers are the known calling AEs;
+ * routes' called AE titles and receiving peers (the return listener's called AEs) are the routes;
+ * upstreams and receiving peers (the return listener's relay targets) are the upstreams.
+ */
+export function metricBoundsFromConfig(config: ProxyConfig): MetricBounds {
+  const receivers = Object.values(config.peers)
+    .filter((p) => p.receiver !== null && p.receiver !== undefined)
+    .map((p) => p.aeTitle);
+  const callers = (config.returnListener?.callers ?? []).flatMap((c) => c.aeTitles);
+  const unique = (xs: string[]): string[] => [...new Set(xs)];
+  return {
+    knownPeers: unique([...Object.values(config.peers).map((p) => p.aeTitle), ...callers]),
+    routes: unique([...config.routes.map((r) => r.calledAeTitle), ...receivers]),
+    upstreams: unique([...Object.keys(config.upstreams), ...receivers]),
+  };
+}
+
+/**
+ * The certificate files a configuration loads: every upstream's CA bundle and client certificate, and the
+ * return listener's CA bundle and server certificate.
+ */
+export function certificateFilesFromConfig(config: ProxyConfig): string[] {
+  const files = new Set<string>();
+  for (const u of Object.values(config.upstreams)) {
+    files.add(u.tls.ca);
+    files.add(u.tls.cert);
+  }
+  if (config.returnListener) {
+    files.add(config.returnListener.tls.ca);
+    files.add(config.returnListener.tls.cert);
+  }
+  return [...files];
+}
+
+export interface CertificateSource {
+  /** Path shown in the `file` label (and read when `pem` is absent). */
+  file: string;
+  pem?: string | Buffer;
+}
+
+export interface CertificateExpiry {
+  file: string;
+  subject: string;
+  notAfter: Date;
+}
+
+export interface CertificateReport {
+  certificates: CertificateExpiry[];
+  /** Files that could not be read or hold no parsable certificate. */
+  errors: Array<{ file: string; message: string }>;
+}
+
+const PEM_CERT_RE = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g;
+
+/** Every certificate in a PEM text (a bundle has many). Throws when one block does not parse. */
+export function parsePemCertificates(pem: string): X509Certificate[] {
+  return (pem.match(PEM_CERT_RE) ?? []).map((block) => new X509Certificate(block));
+}
+
+/** One-line subject: node prints one RDN per line. */
+function subjectLine(cert: X509Certificate): string {
+  return cert.subject.split('\n').filter(Boolean).join(', ');
+}
+
+function commandLabel(command: string): string {
+  const base = command.replace(/-(RQ|RSP)$/, '');
+  return (DIMSE_COMMANDS as readonly string[]).includes(base) ? base : OTHER;
+}
+
+function oneOf(value: string | null | undefined, allowed: readonly string[]): string {
+  return value !== null && value !== undefined && allowed.includes(value) ? value : OTHER;
+}
+
+/** Direction of the bytes from the caller's side, and toward it, per listener (as association.ts). */
+const BYTE_DIRECTIONS: Record<(typeof LISTENERS)[number], [Direction, Direction]> = {
+  forward: ['modality-to-archive', 'archive-to-modality'],
+  return: ['archive-to-destination', 'destination-to-archive'],
+};
+
+/** The Storage Commitment fact (events.ts 'commitment'), subscribed by name so this file does not need it typed. */
+interface CommitmentFact {
+  committed: number;
+  failed: number;
+  error: string | null;
+}
+
+/** Bounded map id -> value for facts waiting for their association's end (never grows without bound). */
+class PendingById<V> {
+  private readonly map = new Map<string, V>();
+  constructor(private readonly max = 65_536) {}
+  set(id: string, value: V): void {
+    this.map.delete(id);
+    this.map.set(id, value);
+    if (this.map.size > this.max) {
+      const oldest = this.map.keys().next();
+      if (!oldest.done) this.map.delete(oldest.value);
+    }
+  }
+  has(id: string): boolean {
+    return this.map.has(id);
+  }
+  get(id: string): V | undefined {
+    return this.map.get(id);
+  }
+  take(id: string): V | undefined {
+    const v = this.map.get(id);
+    this.map.delete(id);
+    return v;
+  }
+  get size(): number {
+    return this.map.size;
+  }
+}
+
+const READINESS_GAUGES = new Set(['upstreamReady', 'upstreamLastReadySuccess']);
+
+type Labels<T extends MetricDef> = T['labels'][number];
+
+export class ProxyMetrics {
+  readonly registry: Registry;
+
+  private peers = new Set<string>();
+  private routes = new Set<string>();
+  private upstreams = new Set<string>();
+  private readinessSource: (() => ReadinessStatus | null) | null = null;
+
+  // Associations waiting for their end: refused ones (already counted), accepted ones (active), reasons.
+  private readonly counted = new PendingById<true>();
+  /** Accepted and not yet ended, with their listener. */
+  private readonly active = new PendingById<string>();
+  private readonly endReasons = new PendingById<string>();
+
+  private readonly m: {
+    [K in keyof typeof PROXY_METRICS]: (typeof PROXY_METRICS)[K]['type'] extends 'counter'
+      ? Counter<Labels<(typeof PROXY_METRICS)[K]>>
+      : (typeof PROXY_METRICS)[K]['type'] extends 'gauge'
+        ? Gauge<Labels<(typeof PROXY_METRICS)[K]>>
+        : Histogram<Labels<(typeof PROXY_METRICS)[K]>>;
+  };
+
+  constructor(opts: ProxyMetricsOptions) {
+    this.registry = new Registry();
+    this.setBounds(opts);
+    // Readiness is read when scraped, so the gauges never lag behind /readyz.
+    const collectReadiness = (): void => this.collectReadiness();
+    const make = (key: string, def: MetricDef): Counter<string> | Gauge<string> | Histogram<string> => {
+      const common = {
+        name: def.name,
+        help: def.help,
+        labelNames: [...def.labels],
+        registers: [this.registry],
+      };
+      if (def.type === 'counter') return new Counter(common);
+      if (def.type === 'gauge')
+        return new Gauge(READINESS_GAUGES.has(key) ? { ...common, collect: collectReadiness } : common);
+      return new Histogram({ ...common, buckets: def.buckets ?? DURATION_BUCKETS });
+    };
+    const metrics: Record<string, unknown> = {};
+    for (const [key, def] of Object.entries(PROXY_METRICS as Record<string, MetricDef>)) {
+      metrics[key] = make(key, def);
+    }
+    this.m = metrics as typeof this.m;
+
+    this.m.configLastReloadSuccess.set((opts.loadedAt ?? new Date()).getTime() / 1000);
+    this.m.configLastReloadSuccessful.set(1);
+    this.m.activeAssociations.set(0);
+    if (opts.defaultMetrics ?? true) collectDefaultMetrics({ register: this.registry });
+  }
+
+  /** Refresh both readiness gauges from the source (each one's collect refreshes both: cheap). */
+  private collectReadiness(): void {
+    const ready = this.m.upstreamReady;
+    const lastSuccess = this.m.upstreamLastReadySuccess;
+    ready.reset();
+    lastSuccess.reset();
+    const status = this.readinessSource?.() ?? null;
+    if (!status) return;
+    for (const [name, entry] of Object.entries(status.upstreams)) {
+      const upstream = this.upstreamLabel(name);
+      ready.set({ upstream }, entry.ok ? 1 : 0);
+      if (entry.lastSuccess !== null) lastSuccess.set({ upstream }, Date.parse(entry.lastSuccess) / 1000);
+    }
+  }
+
+  /** Replace the label bounds after a configuration reload (series already exported stay). */
+  setBounds(bounds: MetricBounds): void {
+    this.peers = new Set(bounds.knownPeers);
+    this.routes = new Set(bounds.routes);
+    this.upstreams = new Set(bounds.upstreams);
+  }
+
+  /** The text exposition (Prometheus format). */
+  metrics(): Promise<string> {
+    return this.registry.metrics();
+  }
+
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+
+  // ------------------------------------------------------------------------------------------- events
+
+  /** Map the core's events to metrics. Returns a function that unsubscribes. */
+  subscribe(events: ProxyEvents): () => void {
+    const handlers: { [K in keyof ProxyEventMap]?: (e: ProxyEventMap[K][0]) => void } = {
+      'association-refused': (e) => this.onRefused(e),
+      'association-accepted': (e) => this.onAccepted(e),
+      'association-closed': (e) => this.onClosed(e),
+      'upstream-failed': (e) => this.onUpstreamFailed(e),
+      'dimse-refused': (e) => this.onDimseRefused(e),
+      'dimse-completed': (e) => this.onDimseCompleted(e),
+      instance: (e) => this.onInstance(e),
+      'ledger-failed': (e) => this.onLedgerFailed(e),
+      'protocol-error': (e) => this.onProtocolError(e),
+      'tls-client-rejected': (e) => this.onTlsClientRejected(e),
+    };
+    const all: Record<string, (e: never) => void> = {
+      ...handlers,
+      commitment: (e: CommitmentFact) => this.onCommitment(e),
+    };
+    const off: Array<() => void> = [];
+    for (const [name, fn] of Object.entries(all)) {
+      events.on(name as never, fn as never);
+      off.push(() => events.off(name as never, fn as never));
+    }
+    return () => off.forEach((f) => f());
+  }
+
+  private callingLabel(ae: string | null | undefined): string {
+    return ae && this.peers.has(ae) ? ae : UNKNOWN;
+  }
+
+  private routeLabel(calledAe: string | null | undefined): string {
+    return calledAe && this.routes.has(calledAe) ? calledAe : UNKNOWN;
+  }
+
+  private upstreamLabel(name: string | null | undefined): string {
+    return name && this.upstreams.has(name) ? name : UNKNOWN;
+  }
+
+  private onRefused(e: ProxyEventMap['association-refused'][0]): void {
+    const reason = oneOf(e.refusal, REFUSAL_REASONS);
+    this.m.associations.inc({
+      listener: oneOf(e.listener, LISTENERS),
+      route: this.routeLabel(e.calledAeTitle),
+      calling_ae: this.callingLabel(e.callingAeTitle),
+      outcome: 'rejected',
+      reason,
+    });
+    if (!(FAR_SIDE_REFUSALS as readonly string[]).includes(e.refusal)) this.m.policyDenials.inc({ reason });
+    this.counted.set(e.id, true);
+  }
+
+  private onAccepted(e: ProxyEventMap['association-accepted'][0]): void {
+    const listener = oneOf(e.listener, LISTENERS);
+    this.m.associationsAccepted.inc({
+      listener,
+      route: this.routeLabel(e.calledAeTitle),
+      calling_ae: this.callingLabel(e.callingAeTitle),
+    });
+    if (!this.active.has(e.id)) {
+      this.active.set(e.id, listener);
+      this.m.activeAssociations.inc();
+    }
+    if (e.tls) {
+      this.m.tlsSessions.inc({
+        listener,
+        protocol: oneOf(e.tls.protocol, TLS_PROTOCOLS),
+        cipher: oneOf(e.tls.cipher, TLS_CIPHERS),
+      });
+    }
+  }
+
+  private onTlsClientRejected(e: ProxyEventMap['tls-client-rejected'][0]): void {
+    this.m.tlsClientRejections.inc({
+      listener: oneOf(e.listener, LISTENERS),
+      reason: oneOf(e.reason, TLS_CLIENT_REJECTION_REASONS),
+    });
+  }
+
+  private onCommitment(e: CommitmentFact): void {
+    const result = e.error !== null ? 'error' : e.failed > 0 ? 'failures' : 'success';
+    this.m.commitmentReports.inc({ result });
+    if (e.committed > 0) this.m.commitmentInstances.inc({ result: 'committed' }, e.committed);
+    if (e.failed > 0) this.m.commitmentInstances.inc({ result: 'failed' }, e.failed);
+  }
+
+  private onUpstreamFailed(e: ProxyEventMap['upstream-failed'][0]): void {
+    const reason = oneOf(e.reason, UPSTREAM_FAILURE_REASONS);
+    this.m.upstreamFailures.inc({ upstream: this.upstreamLabel(e.upstream), reason });
+    this.endReasons.set(e.id, reason);
+  }
+
+  private onProtocolError(e: ProxyEventMap['protocol-error'][0]): void {
+    this.m.protocolErrors.inc({
+      side: e.side === 'archive' ? 'archive' : 'modality',
+      code: oneOf(e.code, PROTOCOL_ERROR_CODES),
+    });
+    if (!this.endReasons.has(e.id)) this.endReasons.set(e.id, 'protocol-error');
+  }
+
+  private onLedgerFailed(e: ProxyEventMap['ledger-failed'][0]): void {
+    this.m.ledgerWriteFailures.inc();
+    // A record may fail after its association ended: only a live association takes it as its end reason.
+    if (this.active.has(e.id) && !this.endReasons.has(e.id)) this.endReasons.set(e.id, 'ledger-failed');
+  }
+
+  private onDimseRefused(e: ProxyEventMap['dimse-refused'][0]): void {
+    this.m.policyDenials.inc({ reason: DIMSE_DENIAL_REASONS[e.status] ?? OTHER });
+    // The refused request came from the caller's side of its association.
+    const listener = this.active.get(e.id) === 'return' ? 'return' : 'forward';
+    this.m.dimseOperations.inc({
+      command: commandLabel(e.command),
+      direction: BYTE_DIRECTIONS[listener][0],
+      status_class: 'refused',
+    });
+  }
+
+  private onDimseCompleted(e: ProxyEventMap['dimse-completed'][0]): void {
+    const command = commandLabel(e.command);
+    this.m.dimseOperations.inc({
+      command,
+      direction: oneOf(e.direction, DIRECTIONS),
+      status_class: oneOf(e.statusClass, STATUS_CLASSES),
+    });
+    if (Number.isFinite(e.durationMs) && e.durationMs >= 0)
+      this.m.operationDuration.observe({ command }, e.durationMs / 1000);
+  }
+
+  private onInstance(e: ProxyEventMap['instance'][0]): void {
+    const direction = oneOf(e.direction, DIRECTIONS);
+    const cls = e.status === null ? NONE : statusClass(e.status);
+    this.m.instances.inc({ direction, status_class: cls });
+    if (e.bytes > 0) this.m.instanceBytes.inc({ direction }, e.bytes);
+  }
+
+  private onClosed(e: ProxyEventMap['association-closed'][0]): void {
+    const reason = this.endReasons.take(e.id);
+    if (this.active.take(e.id) !== undefined) this.m.activeAssociations.dec();
+    const listener = oneOf(e.listener, LISTENERS);
+    // bytesFromModality: from the caller's side (the archive on the return listener); bytesFromArchive: toward it.
+    const [fromCaller, toCaller] = BYTE_DIRECTIONS[listener === 'return' ? 'return' : 'forward'];
+    if (e.bytesFromModality > 0) this.m.bytesRelayed.inc({ direction: fromCaller }, e.bytesFromModality);
+    if (e.bytesFromArchive > 0) this.m.bytesRelayed.inc({ direction: toCaller }, e.bytesFromArchive);
+    if (this.counted.take(e.id)) return; // a rejection, counted at its refusal
+    this.m.associations.inc({
+      listener,
+      route: this.routeLabel(e.calledAeTitle),
+      calling_ae: this.callingLabel(e.callingAeTitle),
+      outcome: oneOf(e.outcome, ASSOCIATION_OUTCOMES),
+      reason: e.outcome === 'released' ? NONE : oneOf(reason ?? NONE, ASSOCIATION_REASONS),
+    });
+  }
+
+  // ---------------------------------------------------------------------------- facts without events
+
+  /** A configuration reload finished (`ok` false: rejected, the previous configuration stays). */
+  reloadResult(ok: boolean, at: Date = new Date()): void {
+    this.m.configReloads.inc({ result: ok ? 'success' : 'failure' });
+    this.m.configLastReloadSuccessful.set(ok ? 1 : 0);
+    if (ok) this.m.configLastReloadSuccess.set(at.getTime() / 1000);
+  }
+
+  /** An upstream connection was established: TCP connect and TLS handshake times in milliseconds. */
+  upstreamConnected(upstream: string, connectMs: number, handshakeMs: number): void {
+    const labels = { upstream: this.upstreamLabel(upstream) };
+    if (Number.isFinite(connectMs) && connectMs >= 0)
+      this.m.upstreamConnectDuration.observe(labels, connectMs / 1000);
+    if (Number.isFinite(handshakeMs) && handshakeMs >= 0)
+      this.m.tlsHandshakeDuration.observe(labels, handshakeMs / 1000);
+  }
+
+  /** One integrity ledger record was written. */
+  ledgerRecord(count = 1): void {
+    this.m.ledgerRecords.inc(count);
+  }
+
+  /** Current size of the local audit spool. */
+  setAuditSpoolBytes(bytes: number): void {
+    this.m.auditSpoolBytes.set(Math.max(0, bytes));
+  }
+
+  /** An audit alarm was raised. */
+  auditAlarm(): void {
+    this.m.auditAlarms.inc();
+  }
+
+  /** Where the upstream readiness gauges come from (read at each scrape); null stops exporting them. */
+  observeReadiness(source: (() => ReadinessStatus | null) | null): void {
+    this.readinessSource = source;
+  }
+
+  /**
+   * Replace the certificate expiry gauges with the certificates in `list` (paths, or paths with their PEM
+   * text). Every certificate of a bundle is reported; a file that cannot be read or parsed is listed in
+   * `errors` and exports nothing.
+   */
+  setCertificates(list: ReadonlyArray<string | CertificateSource>): CertificateReport {
+    const report: CertificateReport = { certificates: [], errors: [] };
+    const earliest = new Map<string, CertificateExpiry>();
+    for (const item of list) {
+      const source: CertificateSource = typeof item === 'string' ? { file: item } : item;
+      let certs: X509Certificate[];
+      try {
+        const pem = source.pem ?? readFileSync(source.file);
+        certs = parsePemCertificates(typeof pem === 'string' ? pem : pem.toString('latin1'));
+        if (certs.length === 0) throw new Error('no PEM certificate found');
+      } catch (err) {
+        report.errors.push({ file: source.file, message: (err as Error).message });
+        continue;
+      }
+      for (const cert of certs) {
+        const entry: CertificateExpiry = {
+          file: source.file,
+          subject: subjectLine(cert),
+          notAfter: new Date(cert.validTo),
+        };
+        report.certificates.push(entry);
+        const key = `${entry.file}\u0000${entry.subject}`;
+        const seen = earliest.get(key);
+        if (!seen || entry.notAfter < seen.notAfter) earliest.set(key, entry);
+      }
+    }
+    this.m.certificateNotAfter.reset();
+    for (const c of earliest.values()) {
+      this.m.certificateNotAfter.set({ file: c.file, subject: c.subject }, c.notAfter.getTime() / 1000);
+    }
+    return report;
+  }
+
+  /** Associations currently counted as active (for tests and status). */
+  get activeAssociations(): number {
+    return this.active.size;
+  }
+}
