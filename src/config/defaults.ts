@@ -47,6 +47,11 @@ export const DEFAULTS = deepFreeze({
     associationRequestTimeout: '10s',
     idleTimeout: '5m',
     maxPduLength: 1_048_576,
+    drainTimeout: '30s',
+  },
+  reload: {
+    watch: true,
+    pollInterval: '2s',
   },
   logging: {
     level: 'info',

@@ -403,6 +403,7 @@ function buildSnapshot(validated: ValidatedRoot, sourcePath: string | null, base
       l.associationRequestTimeout ?? defaultDurationMs(DEFAULTS.limits.associationRequestTimeout),
     idleTimeoutMs: l.idleTimeout ?? defaultDurationMs(DEFAULTS.limits.idleTimeout),
     maxPduLength: l.maxPduLength ?? DEFAULTS.limits.maxPduLength,
+    drainTimeoutMs: l.drainTimeout ?? defaultDurationMs(DEFAULTS.limits.drainTimeout),
   };
 
   const g = root.logging ?? {};
@@ -440,6 +441,10 @@ function buildSnapshot(validated: ValidatedRoot, sourcePath: string | null, base
     logging,
     ledger,
     returnListener,
+    reload: {
+      watch: root.reload?.watch ?? DEFAULTS.reload.watch,
+      pollIntervalMs: root.reload?.pollInterval ?? defaultDurationMs(DEFAULTS.reload.pollInterval),
+    },
   };
 }
 

@@ -154,6 +154,12 @@ export const limitsSchema = z.strictObject({
   associationRequestTimeout: optionalDuration,
   idleTimeout: optionalDuration,
   maxPduLength: z.int().min(4096).max(16_777_216).optional(),
+  drainTimeout: optionalDuration,
+});
+
+export const reloadSchema = z.strictObject({
+  watch: z.boolean().optional(),
+  pollInterval: optionalDuration,
 });
 
 export const loggingSchema = z.strictObject({
@@ -200,6 +206,7 @@ export const rootSchema = z.strictObject({
   logging: loggingSchema.nullable().optional(),
   ledger: ledgerSchema.nullable().optional(),
   returnListener: returnListenerSchema.nullable().optional(),
+  reload: reloadSchema.nullable().optional(),
 });
 
 export type RawUpstream = z.output<typeof upstreamSchema>;

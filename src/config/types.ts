@@ -128,6 +128,15 @@ export interface LimitsConfig {
   associationRequestTimeoutMs: number;
   idleTimeoutMs: number;
   maxPduLength: number;
+  /** On SIGTERM: how long live associations may take to finish before they are aborted. */
+  drainTimeoutMs: number;
+}
+
+export interface ReloadConfig {
+  /** Reload when the config file or a file it names changes (SIGHUP always reloads). */
+  watch: boolean;
+  /** Fallback poll of those files (fs events are not reliable on every filesystem); 0 = no polling. */
+  pollIntervalMs: number;
 }
 
 export interface LoggingConfig {
@@ -177,4 +186,5 @@ export interface ProxyConfig {
   ledger: LedgerConfig;
   /** null = no return path (C-MOVE destinations and storage commitment reports behind the proxy). */
   returnListener: ReturnListenerConfig | null;
+  reload: ReloadConfig;
 }

@@ -16,6 +16,7 @@ import {
   loggingSchema,
   peerSchema,
   receiverSchema,
+  reloadSchema,
   returnCallerSchema,
   returnListenerSchema,
   routeSchema,
@@ -115,6 +116,7 @@ describe('config/example.yaml', () => {
       returnListenerSchema,
       serverTlsSchema,
       returnCallerSchema,
+      reloadSchema,
     ];
     const keys = new Set([
       'listen',
@@ -165,6 +167,7 @@ describe('parseConfig: defaults and normalisation', () => {
       associationRequestTimeoutMs: 10_000,
       idleTimeoutMs: 300_000,
       maxPduLength: 1_048_576,
+      drainTimeoutMs: 30_000,
     });
     assert.deepEqual(config.logging, { level: 'info', file: null });
     const archive = config.upstreams['archive'];
