@@ -10,7 +10,7 @@ import { z } from 'zod';
 import { parseDuration } from './duration.js';
 import { ConfigError, type ConfigIssue } from './errors.js';
 import { deepFreeze } from './defaults.js';
-import { errorMap } from './schema.js';
+import { errorMap } from './messages.js';
 
 /** Defaults, in the units of the YAML surface (durations as written in the file). */
 export const ADMIN_DEFAULTS = deepFreeze({

@@ -16,6 +16,7 @@ import {
 } from './schema.js';
 import { aeTitleError, trimAeTitle } from './syntax.js';
 import { parseAddressRange } from './address.js';
+import { applyAdminDefaults } from './admin.js';
 import type {
   CertificateIdentityKind,
   LedgerConfig,
@@ -441,6 +442,7 @@ function buildSnapshot(validated: ValidatedRoot, sourcePath: string | null, base
     logging,
     ledger,
     returnListener,
+    admin: applyAdminDefaults(root.admin, sourcePath),
     reload: {
       watch: root.reload?.watch ?? DEFAULTS.reload.watch,
       pollIntervalMs: root.reload?.pollInterval ?? defaultDurationMs(DEFAULTS.reload.pollInterval),

@@ -1,5 +1,7 @@
 import { z } from 'zod';
+import { describeValue } from './messages.js';
 import { parseAddressRange } from './address.js';
+import { adminSchema } from './admin.js';
 import { parseDuration } from './duration.js';
 import { aeTitleError, trimAeTitle, uidError } from './syntax.js';
 import { LEDGER_FAILURE_MODES, LEDGER_FSYNC_MODES, SERVICE_NAMES, TLS_PROFILE_NAMES } from './types.js';
@@ -207,49 +209,11 @@ export const rootSchema = z.strictObject({
   ledger: ledgerSchema.nullable().optional(),
   returnListener: returnListenerSchema.nullable().optional(),
   reload: reloadSchema.nullable().optional(),
+  admin: adminSchema.nullable().optional(),
 });
 
 export type RawUpstream = z.output<typeof upstreamSchema>;
 export type RawPeer = z.output<typeof peerSchema>;
 export type RawRoot = z.output<typeof rootSchema>;
 
-/** Describes a YAML value the way a reader of the file would name it. */
-export function describeValue(value: unknown): string {
-  if (value === undefined) return 'nothing';
-  if (value === null) return 'null';
-  if (Array.isArray(value)) return 'a list';
-  if (typeof value === 'object') return 'a mapping';
-  if (typeof value === 'string') return `the string ${JSON.stringify(value)}`;
-  return `${typeof value} ${String(value)}`;
-}
-
-const EXPECTED_NAMES: Record<string, string> = {
-  object: 'a mapping',
-  array: 'a list',
-  string: 'a string',
-  number: 'a number',
-  int: 'an integer',
-  boolean: 'true or false',
-  null: 'null',
-};
-
-/** Zod error map giving messages in the vocabulary of the YAML file. */
-export const errorMap: z.core.$ZodErrorMap = (issue) => {
-  switch (issue.code) {
-    case 'invalid_type':
-      if (issue.input === undefined) return 'is required';
-      return `expected ${EXPECTED_NAMES[issue.expected] ?? issue.expected}, got ${describeValue(issue.input)}`;
-    case 'too_small':
-      if (issue.origin === 'array') return `must list at least ${String(issue.minimum)} item(s)`;
-      if (issue.origin === 'string') return 'must not be empty';
-      return `must be at least ${String(issue.minimum)}, got ${describeValue(issue.input)}`;
-    case 'too_big':
-      if (issue.origin === 'array') return `must list at most ${String(issue.maximum)} item(s)`;
-      if (issue.origin === 'string') return `must be at most ${String(issue.maximum)} characters`;
-      return `must be at most ${String(issue.maximum)}, got ${describeValue(issue.input)}`;
-    case 'invalid_value':
-      return `must be one of ${issue.values.map((v) => String(v)).join(', ')}; got ${describeValue(issue.input)}`;
-    default:
-      return undefined;
-  }
-};
+export { describeValue, errorMap } from './messages.js';

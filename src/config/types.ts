@@ -1,3 +1,5 @@
+import type { AdminConfig } from './admin.js';
+
 /**
  * The validated, immutable configuration snapshot produced by `parseConfig` / `loadConfig`.
  * Every object in a snapshot is deep-frozen; durations are milliseconds and file paths are absolute.
@@ -187,4 +189,6 @@ export interface ProxyConfig {
   /** null = no return path (C-MOVE destinations and storage commitment reports behind the proxy). */
   returnListener: ReturnListenerConfig | null;
   reload: ReloadConfig;
+  /** The admin HTTP endpoint (metrics, health, readiness); null = disabled. */
+  admin: AdminConfig | null;
 }

@@ -1,6 +1,7 @@
 // The admin endpoint (node:http): GET /metrics (Prometheus text), GET /healthz (liveness: is the event
 // loop turning?), GET /readyz (readiness: listeners bound and every upstream answering a mutual-TLS
-// C-ECHO). Only GET and HEAD; anything else is 404 (unknown path) or 405 (other method).
+// C-ECHO). Only GET and HEAD; anything else is 404 (unknown path) or 405 (other method). When the
+// daemon passes a reload hook, POST /-/reload (?dryRun=1) reloads the configuration like SIGHUP.
 // Bind it to loopback unless a scraper elsewhere needs it: the bodies name peers, upstreams and errors.
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -28,6 +29,11 @@ export interface AdminServerOptions {
   lagSampleIntervalMs?: number;
   /** How far back the worst lag counts (default 5000 ms). */
   lagWindowMs?: number;
+  /**
+   * POST /-/reload (?dryRun=1): reload the configuration (like SIGHUP) or only report what would change.
+   * Resolves with the HTTP status and a JSON-serialisable body. Absent: the route is 404.
+   */
+  reload?: (dryRun: boolean) => Promise<{ code: number; body: unknown }>;
 }
 
 export interface HealthBody {
@@ -177,10 +183,28 @@ export class AdminServer {
 
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     let path: string;
+    let dryRun = false;
     try {
-      path = new URL(req.url ?? '/', 'http://admin').pathname;
+      const url = new URL(req.url ?? '/', 'http://admin');
+      path = url.pathname;
+      dryRun = ['1', 'true'].includes(url.searchParams.get('dryRun') ?? '');
     } catch {
       path = '';
+    }
+    const reload = this.opts.reload;
+    if (path === '/-/reload' && reload) {
+      if (req.method !== 'POST') {
+        res.setHeader('Allow', 'POST');
+        send(res, req, 405, JSON_TYPE, JSON.stringify({ error: 'method not allowed' }));
+        return;
+      }
+      try {
+        const { code, body } = await reload(dryRun);
+        send(res, req, code, JSON_TYPE, JSON.stringify(body));
+      } catch (err) {
+        send(res, req, 500, JSON_TYPE, JSON.stringify({ error: (err as Error).message }));
+      }
+      return;
     }
     const known = path === '/metrics' || path === '/healthz' || path === '/readyz';
     if (!known) {
