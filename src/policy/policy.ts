@@ -17,6 +17,7 @@ import type {
 import { identityMatches, type CertificateIdentities } from './identity.js';
 import type { PresentationContextRq } from '../pdu/types.js';
 import {
+  CALLER_SERVICE_REQUESTS,
   SERVICE_REQUESTS,
   isResponseCommand,
   isStorageSopClass,
@@ -151,13 +152,16 @@ class CompiledPeer implements PeerPolicy {
   readonly #moveDestinations: ReadonlySet<string>;
   readonly #sopClasses: ReadonlySet<string>;
   readonly #anyAddress: boolean;
+  readonly #requests: Readonly<Record<ServiceName, ReadonlySet<number>>>;
 
   constructor(
     peer: Pick<PeerConfig, 'aeTitle' | 'services' | 'maxAssociations' | 'moveDestinations' | 'sopClasses'> & {
       addresses: string[] | null;
     },
     defaultMaxAssociations: number,
+    requests: Readonly<Record<ServiceName, ReadonlySet<number>>> = SERVICE_REQUESTS,
   ) {
+    this.#requests = requests;
     this.aeTitle = stripWirePadding(peer.aeTitle);
     this.services = new Set(peer.services);
     this.maxAssociations = peer.maxAssociations ?? defaultMaxAssociations;
@@ -202,7 +206,7 @@ class CompiledPeer implements PeerPolicy {
     if (this.#sopClasses.has(uid)) return true;
     if (isResponseCommand(commandField)) return this.#contextAllowed(uid, true);
     return servicesForAbstractSyntax(uid).some(
-      (service) => this.services.has(service) && SERVICE_REQUESTS[service].has(commandField),
+      (service) => this.services.has(service) && this.#requests[service].has(commandField),
     );
   }
 
@@ -257,6 +261,7 @@ export function compilePolicy(config: ProxyConfig): Policy {
           addresses: caller.addresses,
         },
         config.limits.maxAssociationsPerPeer,
+        CALLER_SERVICE_REQUESTS,
       );
       callers.set(policy.aeTitle, { policy, identity: caller.identity });
     }

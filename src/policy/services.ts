@@ -165,6 +165,16 @@ export const SERVICE_REQUESTS: Readonly<Record<ServiceName, ReadonlySet<number>>
   commitment: new Set([DimseRequest.NAction]),
 };
 
+/**
+ * The same services seen from the archive calling back through the return listener: there the archive is
+ * the requestor of what it sends back. Storage commitment comes back as N-EVENT-REPORT (PS3.4 J.3.3),
+ * never N-ACTION; C-STOREs are C-MOVE sub-operations.
+ */
+export const CALLER_SERVICE_REQUESTS: Readonly<Record<ServiceName, ReadonlySet<number>>> = {
+  ...SERVICE_REQUESTS,
+  commitment: new Set([DimseRequest.NEventReport]),
+};
+
 /** Services whose SOP classes include `uid` (wire padding allowed); [] for unknown or private classes. */
 export function servicesForAbstractSyntax(uid: string): ServiceName[] {
   const bare = stripWirePadding(uid);

@@ -177,4 +177,18 @@ describe('policy.admitReturn', () => {
     assert.ok(!busy.accepted && busy.refusal === 'too-many-peer-associations');
     assert.ok(!busy.accepted && busy.reject.result === 2 && busy.reject.reason === 2);
   });
+
+  it('storage commitment by role: callers may send N-EVENT-REPORT, not N-ACTION; forward peers the reverse', () => {
+    const COMMITMENT = '1.2.840.10008.1.20.1';
+    const d = policy.admitReturn(req());
+    assert.ok(d.accepted);
+    assert.equal(d.caller.mayInvoke(COMMITMENT, 0x0100), true, 'caller N-EVENT-REPORT');
+    assert.equal(d.caller.mayInvoke(COMMITMENT, 0x0130), false, 'caller N-ACTION');
+    const fwd = compilePolicy(
+      parseConfig(yaml({ 6: '  CT1: { addresses: [10.0.0.6], services: [store, commitment] }' }), null),
+    ).peer('CT1');
+    assert.ok(fwd);
+    assert.equal(fwd.mayInvoke(COMMITMENT, 0x0130), true, 'modality N-ACTION');
+    assert.equal(fwd.mayInvoke(COMMITMENT, 0x0100), false, 'modality N-EVENT-REPORT');
+  });
 });
