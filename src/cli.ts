@@ -6,15 +6,13 @@ import { resolve } from 'node:path';
 import { loadConfig } from './config/load.js';
 import { ConfigError } from './config/errors.js';
 import { buildSnapshot } from './relay/snapshot.js';
-import { ProxyServer } from './relay/server.js';
-import { createLogger, logEvents } from './observe/log.js';
+import { runStart } from './cli/start.js';
+import { fetchStatus } from './observe/status.js';
+import { diffConfigs, formatChanges } from './config/diff.js';
 import { TlsMaterialError } from './tls/upstream.js';
 import { writeDemoPki } from './tls/pki.js';
 import { writeSigningKey } from './integrity/keys.js';
-import { LedgerWriter } from './integrity/writer.js';
-import { InlineHasher } from './integrity/hasher.js';
 import { registerLedgerCommands } from './cli/ledger.js';
-import type { LedgerBinding } from './relay/association.js';
 
 const program = new Command();
 program
@@ -42,103 +40,89 @@ function explain(err: unknown): string {
 
 program
   .command('start')
-  .description('run the proxy')
+  .description('run the proxy (SIGHUP reloads the policy and certificates; SIGTERM drains and exits 0)')
   .requiredOption('-c, --config <file>', 'YAML policy file')
   .action(async (opts: { config: string }) => {
-    let snapshot;
-    try {
-      snapshot = buildSnapshot(await loadConfig(resolve(opts.config)));
-    } catch (err) {
-      process.stderr.write(`dimse-tls-proxy: cannot start: ${explain(err)}\n`);
-      process.exit(1);
-    }
-    const { config } = snapshot;
-    const log = createLogger({ level: config.logging.level, file: config.logging.file });
-    // The integrity ledger lives as long as the process: one chain, one writer.
-    let ledger: LedgerWriter | null = null;
-    if (config.ledger.path) {
-      try {
-        ledger = await LedgerWriter.open({
-          dir: config.ledger.path,
-          fsync: config.ledger.fsync,
-          fsyncIntervalMs: config.ledger.fsyncIntervalMs,
-          rotateMaxBytes: config.ledger.rotateMaxBytes,
-          rotateDaily: config.ledger.rotateDaily,
-          checkpointIntervalMs: config.ledger.checkpointIntervalMs,
-          signingKeyPem: snapshot.ledgerSigningKeyPem,
-        });
-      } catch (err) {
-        log.error('cannot open the integrity ledger', {
-          event: 'ledger-open-failed',
-          path: config.ledger.path,
-          message: (err as Error).message,
-        });
+    await runStart(resolve(opts.config), {
+      explain,
+      fail: (message) => {
+        process.stderr.write(`dimse-tls-proxy: ${message}\n`);
         process.exit(1);
-      }
-      if (ledger.recovery) {
-        log.warn('ledger torn tail recovered', { event: 'ledger-recovered', ...ledger.recovery });
-      }
-      log.info('ledger open', { event: 'ledger-open', path: config.ledger.path, head: ledger.head });
-    }
-    const hasher = ledger ? new InlineHasher() : null;
-    const binding: LedgerBinding | null =
-      ledger && hasher ? { sink: ledger, onFailure: config.ledger.onLedgerFailure, hasher } : null;
-    const server = new ProxyServer(snapshot, { ledger: binding });
-    logEvents(server.events, log);
+      },
+    });
+  });
+
+/** The admin endpoint to talk to: --admin, else the config's admin section, else the default. */
+async function adminAddress(opts: { admin?: string; config?: string }): Promise<string> {
+  if (opts.admin) return opts.admin;
+  if (opts.config) {
     try {
-      const addr = await server.listen();
-      log.info('listening', {
-        event: 'listening',
-        host: addr.address,
-        port: addr.port,
-        routes: config.routes.map((r) => `${r.calledAeTitle} -> ${r.upstream}`),
-        peers: Object.keys(config.peers).length,
-      });
-      const ret = await server.listenReturn();
-      if (ret) {
-        log.info('return listener', {
-          event: 'listening-return',
-          host: ret.address,
-          port: ret.port,
-          receivers: Object.values(config.peers)
-            .filter((p) => p.receiver)
-            .map((p) => `${p.aeTitle} -> ${p.receiver?.host ?? ''}:${p.receiver?.port ?? 0}`),
-        });
-      }
+      const c = await loadConfig(resolve(opts.config));
+      if (c.admin)
+        return `${c.admin.host.includes(':') ? `[${c.admin.host}]` : c.admin.host}:${c.admin.port}`;
+      process.stderr.write(`${opts.config}: admin is disabled (admin: null)\n`);
+      process.exit(2);
     } catch (err) {
-      log.error('cannot listen', { event: 'listen-failed', message: (err as Error).message });
-      process.exit(1);
+      process.stderr.write(`${explain(err)}\n`);
+      process.exit(2);
     }
-    let stopping = false;
-    const stop = (signal: string): void => {
-      if (stopping) return;
-      stopping = true;
-      log.info('stopping', { event: 'stopping', signal, liveAssociations: server.liveAssociations });
-      void server
-        .close(10000)
-        .then(() => ledger?.close())
-        .then(() => hasher?.close())
-        .catch((err: unknown) =>
-          log.error('ledger close failed', { event: 'ledger-failed', message: String(err) }),
-        )
-        .then(() => {
-          log.info('stopped', { event: 'stopped' });
-          log.on('finish', () => process.exit(0));
-          log.end();
-          setTimeout(() => process.exit(0), 1000).unref();
-        });
-    };
-    process.on('SIGTERM', () => stop('SIGTERM'));
-    process.on('SIGINT', () => stop('SIGINT'));
+  }
+  return '127.0.0.1:9464';
+}
+
+program
+  .command('status')
+  .description(
+    'readiness and health of a running proxy, from its admin endpoint (exit 0 ready, 1 not ready, 2 unreachable)',
+  )
+  .option('--admin <host:port>', 'admin endpoint (default: from --config, else 127.0.0.1:9464)')
+  .option('-c, --config <file>', 'read the admin address from this policy file')
+  .action(async (opts: { admin?: string; config?: string }) => {
+    const report = await fetchStatus(await adminAddress(opts));
+    process.stdout.write(report.text.endsWith('\n') ? report.text : `${report.text}\n`);
+    process.exit(report.exitCode);
+  });
+
+program
+  .command('reload')
+  .description(
+    "reload a running proxy's policy and certificates (like SIGHUP), or with --dry-run show what would change",
+  )
+  .option('--dry-run', 'validate and list the changes without applying them')
+  .option('--admin <host:port>', 'admin endpoint (default: from --config, else 127.0.0.1:9464)')
+  .option('-c, --config <file>', 'read the admin address from this policy file')
+  .action(async (opts: { admin?: string; config?: string; dryRun?: boolean }) => {
+    const base = await adminAddress(opts);
+    const url = `${/^https?:\/\//.test(base) ? base : `http://${base}`}/-/reload${opts.dryRun ? '?dryRun=1' : ''}`;
+    try {
+      const res = await fetch(url, { method: 'POST', signal: AbortSignal.timeout(30_000) });
+      const body = (await res.json()) as { ok?: boolean; text?: string; message?: string };
+      if (body.ok) {
+        process.stdout.write(`${opts.dryRun ? 'would apply' : 'applied'}: ${body.text ?? ''}\n`);
+        process.exit(0);
+      }
+      process.stderr.write(
+        `reload failed, the running configuration stays in force:\n${body.message ?? JSON.stringify(body)}\n`,
+      );
+      process.exit(1);
+    } catch (err) {
+      process.stderr.write(`cannot reach the admin endpoint ${url}: ${(err as Error).message}\n`);
+      process.exit(2);
+    }
   });
 
 program
   .command('check-config')
   .description('validate a policy file (schema, references, certificates) and exit 0 if it is usable')
   .requiredOption('-c, --config <file>', 'YAML policy file')
-  .action(async (opts: { config: string }) => {
+  .option('--against <file>', 'also list what changes compared with this (e.g. the running) policy file')
+  .action(async (opts: { config: string; against?: string }) => {
     try {
       const snapshot = buildSnapshot(await loadConfig(resolve(opts.config)));
+      if (opts.against) {
+        const before = await loadConfig(resolve(opts.against));
+        process.stdout.write(`${formatChanges(diffConfigs(before, snapshot.config))}\n`);
+      }
       const c = snapshot.config;
       process.stdout.write(
         `OK ${opts.config}: listen ${c.listen.host}:${c.listen.port}, ${Object.keys(c.upstreams).length} upstream(s), ` +

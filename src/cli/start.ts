@@ -1,0 +1,258 @@
+// `dimse-tls-proxy start`: the daemon. Wires the relay to the ledger, logs, metrics, readiness, the admin
+// endpoint and live reload, and owns the signals: SIGHUP reloads, SIGTERM/SIGINT drain and exit 0.
+import { loadConfig } from '../config/load.js';
+import { formatChanges, referencedFiles } from '../config/diff.js';
+import { Reloader, type ReloadResult } from '../config/reload.js';
+import { ConfigWatcher } from '../config/watch.js';
+import type { ProxyConfig } from '../config/types.js';
+import { buildSnapshot, type RuntimeSnapshot } from '../relay/snapshot.js';
+import { ProxyServer } from '../relay/server.js';
+import type { LedgerBinding } from '../relay/association.js';
+import { createLogger, logEvents } from '../observe/log.js';
+import { ProxyMetrics, certificateFilesFromConfig, metricBoundsFromConfig } from '../observe/metrics.js';
+import { UpstreamReadiness } from '../observe/readiness.js';
+import { AdminServer } from '../observe/admin.js';
+import { LedgerWriter } from '../integrity/writer.js';
+import { InlineHasher } from '../integrity/hasher.js';
+import type { CommitmentEvidence, InstanceEvidence, LedgerSink } from '../integrity/types.js';
+
+export interface StartHooks {
+  /** Print a load failure (file:line key: message) and exit 1. */
+  fail(message: string): never;
+  explain(err: unknown): string;
+}
+
+/** The ledger as the relay sees it, counting written records for the metrics. */
+function countingSink(writer: LedgerWriter, onWritten: () => void): LedgerSink {
+  return {
+    get healthy() {
+      return writer.healthy;
+    },
+    append: (e: InstanceEvidence) => writer.append(e).then(onWritten),
+    appendCommitted: (e: CommitmentEvidence) => writer.appendCommitted(e).then(onWritten),
+  };
+}
+
+/** A short, loggable form of a reload result. */
+export function describeReload(r: ReloadResult): Record<string, unknown> {
+  if (!r.ok) return { ok: false, stage: r.stage, message: r.message };
+  return {
+    ok: true,
+    dryRun: r.dryRun,
+    changes: r.changes.map((c) => c.summary),
+    changedFiles: r.changedFiles,
+    restartRequired: r.changes.filter((c) => c.restartRequired).map((c) => c.path),
+    text: formatChanges(r.changes, r.changedFiles),
+  };
+}
+
+export async function runStart(configPath: string, hooks: StartHooks): Promise<void> {
+  let snapshot: RuntimeSnapshot;
+  try {
+    snapshot = buildSnapshot(await loadConfig(configPath));
+  } catch (err) {
+    hooks.fail(`cannot start: ${hooks.explain(err)}`);
+  }
+  const { config } = snapshot;
+  const log = createLogger({ level: config.logging.level, file: config.logging.file });
+
+  // The integrity ledger lives as long as the process: one chain, one writer.
+  let ledger: LedgerWriter | null = null;
+  if (config.ledger.path) {
+    try {
+      ledger = await LedgerWriter.open({
+        dir: config.ledger.path,
+        fsync: config.ledger.fsync,
+        fsyncIntervalMs: config.ledger.fsyncIntervalMs,
+        rotateMaxBytes: config.ledger.rotateMaxBytes,
+        rotateDaily: config.ledger.rotateDaily,
+        checkpointIntervalMs: config.ledger.checkpointIntervalMs,
+        signingKeyPem: snapshot.ledgerSigningKeyPem,
+      });
+    } catch (err) {
+      log.error('cannot open the integrity ledger', {
+        event: 'ledger-open-failed',
+        path: config.ledger.path,
+        message: (err as Error).message,
+      });
+      process.exit(1);
+    }
+    if (ledger.recovery)
+      log.warn('ledger torn tail recovered', { event: 'ledger-recovered', ...ledger.recovery });
+    log.info('ledger open', { event: 'ledger-open', path: config.ledger.path, head: ledger.head });
+  }
+
+  const metrics = new ProxyMetrics({ ...metricBoundsFromConfig(config), loadedAt: snapshot.loadedAt });
+  const hasher = ledger ? new InlineHasher() : null;
+  const binding: LedgerBinding | null =
+    ledger && hasher
+      ? {
+          sink: countingSink(ledger, () => metrics.ledgerRecord()),
+          onFailure: config.ledger.onLedgerFailure,
+          hasher,
+        }
+      : null;
+  const server = new ProxyServer(snapshot, { ledger: binding });
+  let unsubscribeLog = logEvents(server.events, log);
+  metrics.subscribe(server.events);
+  reportCertificates(metrics, config, log);
+
+  try {
+    const addr = await server.listen();
+    log.info('listening', {
+      event: 'listening',
+      host: addr.address,
+      port: addr.port,
+      routes: config.routes.map((r) => `${r.calledAeTitle} -> ${r.upstream}`),
+      peers: Object.keys(config.peers).length,
+    });
+    const ret = await server.listenReturn();
+    if (ret) {
+      log.info('return listener', {
+        event: 'listening-return',
+        host: ret.address,
+        port: ret.port,
+        receivers: Object.values(config.peers)
+          .filter((p) => p.receiver)
+          .map((p) => `${p.aeTitle} -> ${p.receiver?.host ?? ''}:${p.receiver?.port ?? 0}`),
+      });
+    }
+  } catch (err) {
+    log.error('cannot listen', { event: 'listen-failed', message: (err as Error).message });
+    process.exit(1);
+  }
+
+  // Live reload: build everything, swap, keep the old snapshot on any error (config/reload.ts).
+  const readiness = config.admin?.readiness ? new UpstreamReadiness(snapshot, config.admin.readiness) : null;
+  if (readiness) metrics.observeReadiness(() => readiness.status());
+  const reloader = new Reloader({
+    configPath,
+    initial: snapshot,
+    apply: async (s) => {
+      const { rebound } = await server.setSnapshot(s);
+      for (const what of rebound) log.info('listener moved', { event: 'listener-rebound', listener: what });
+    },
+  });
+  let watcher: ConfigWatcher | null = null;
+  reloader.on('reloaded', (r) => {
+    const next = r.snapshot.config;
+    metrics.reloadResult(true, r.snapshot.loadedAt);
+    metrics.setBounds(metricBoundsFromConfig(next));
+    reportCertificates(metrics, next, log);
+    readiness?.setSnapshot(r.snapshot);
+    log.level = next.logging.level;
+    unsubscribeLog();
+    unsubscribeLog = logEvents(server.events, log);
+    log.info('configuration reloaded', { event: 'config-reloaded', ...describeReload(r), text: undefined });
+    const restart = r.changes.filter((c) => c.restartRequired);
+    if (restart.length > 0) {
+      log.warn('some changes take effect only after a restart', {
+        event: 'config-restart-required',
+        keys: restart.map((c) => c.path),
+      });
+    }
+    void watcher?.refresh();
+  });
+  reloader.on('reload-failed', (r) => {
+    metrics.reloadResult(false);
+    log.error('configuration reload failed; the running policy and certificates stay in force', {
+      event: 'config-reload-failed',
+      stage: r.stage,
+      message: r.message,
+    });
+  });
+  const reload = (trigger: string): void => {
+    log.info('reloading configuration', { event: 'config-reload', trigger });
+    void reloader.reload();
+  };
+  process.on('SIGHUP', () => reload('SIGHUP'));
+  if (config.reload.watch) {
+    watcher = new ConfigWatcher({
+      configPath,
+      files: () => referencedFiles(reloader.current.config),
+      pollIntervalMs: config.reload.pollIntervalMs,
+      persistent: false,
+    });
+    watcher.on('change', (paths) => reload(`file change: ${paths.join(', ')}`));
+    watcher.start();
+  }
+
+  // The admin endpoint (bound once; moving it needs a restart).
+  let admin: AdminServer | null = null;
+  if (config.admin) {
+    admin = new AdminServer({
+      host: config.admin.host,
+      port: config.admin.port,
+      metrics,
+      readiness,
+      listenersBound: () => server.listenersBound(),
+      reload: async (dryRun) => {
+        const r = dryRun ? await reloader.dryRun() : await reloader.reload();
+        return { code: r.ok ? 200 : 422, body: describeReload(r) };
+      },
+    });
+    try {
+      const addr = await admin.listen();
+      log.info('admin endpoint', { event: 'listening-admin', host: addr.address, port: addr.port });
+    } catch (err) {
+      log.error('cannot listen (admin endpoint)', {
+        event: 'listen-failed',
+        message: (err as Error).message,
+      });
+      process.exit(1);
+    }
+    readiness?.start();
+  }
+
+  // Graceful drain: stop accepting, let live associations finish up to limits.drainTimeout, then
+  // A-ABORT the rest (both sides), write the last ledger records and checkpoint, exit 0.
+  let stopping = false;
+  const stop = (signal: string): void => {
+    if (stopping) return;
+    stopping = true;
+    const drainMs = reloader.current.config.limits.drainTimeoutMs;
+    log.info('stopping', {
+      event: 'stopping',
+      signal,
+      liveAssociations: server.liveAssociations,
+      drainTimeoutMs: drainMs,
+    });
+    watcher?.stop();
+    void server
+      .close(drainMs)
+      .then(async () => {
+        await readiness?.stop();
+        await admin?.close();
+        await ledger?.close();
+        await hasher?.close();
+      })
+      .catch((err: unknown) =>
+        log.error('shutdown step failed', { event: 'shutdown-failed', message: String(err) }),
+      )
+      .then(() => {
+        log.info('stopped', { event: 'stopped' });
+        log.on('finish', () => process.exit(0));
+        log.end();
+        setTimeout(() => process.exit(0), 1000).unref();
+      });
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+}
+
+/** Certificate not-after gauges for every certificate and CA the config names; unreadable ones are logged. */
+function reportCertificates(
+  metrics: ProxyMetrics,
+  config: ProxyConfig,
+  log: ReturnType<typeof createLogger>,
+): void {
+  const { certificates, errors } = metrics.setCertificates(certificateFilesFromConfig(config));
+  const soon = Date.now() + 30 * 86_400_000;
+  for (const c of certificates) {
+    if (c.notAfter.getTime() < soon) {
+      log.warn('certificate expires within 30 days', { event: 'certificate-expiring', ...c });
+    }
+  }
+  for (const e of errors)
+    log.warn('certificate not readable for metrics', { event: 'certificate-unreadable', ...e });
+}
