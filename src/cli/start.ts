@@ -95,6 +95,9 @@ export async function runStart(configPath: string, hooks: StartHooks): Promise<v
   const server = new ProxyServer(snapshot, { ledger: binding });
   let unsubscribeLog = logEvents(server.events, log);
   metrics.subscribe(server.events);
+  server.events.on('upstream-connected', (e) => {
+    if (e.tls) metrics.upstreamConnected(e.upstream, e.connectMs, e.handshakeMs);
+  });
   reportCertificates(metrics, config, log);
 
   try {

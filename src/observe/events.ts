@@ -84,6 +84,17 @@ export interface ProxyEventMap {
     },
   ];
   'upstream-failed': [{ id: string; upstream: string; reason: string; message: string }];
+  /** The upstream (archive, or a receiver on the return path) connection is up: TCP and TLS timings. */
+  'upstream-connected': [
+    {
+      id: string;
+      upstream: string;
+      listener: ListenerKind;
+      tls: boolean;
+      connectMs: number;
+      handshakeMs: number;
+    },
+  ];
   'dimse-refused': [
     {
       id: string;

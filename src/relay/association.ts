@@ -52,6 +52,7 @@ import type { RouteConfig } from '../config/types.js';
 import { PDataScanner, UnexpectedPduError, type ScannerSink } from './scanner.js';
 import {
   connectPlain,
+  connectTimings,
   connectUpstream,
   peerCertificateSummary,
   UpstreamConnectError,
@@ -525,6 +526,16 @@ export class Association {
       return;
     }
     this.upstreamSocket = socket;
+    const t = connectTimings(socket);
+    if (t) {
+      this.host.events.emit('upstream-connected', {
+        id: this.id,
+        upstream: upstream.name,
+        listener: this.listener,
+        tls: upstream.tls !== null,
+        ...t,
+      });
+    }
     if (upstream.tls) {
       const tlsSocket = socket as TLSSocket;
       const peerCert = peerCertificateSummary(tlsSocket);

@@ -162,10 +162,25 @@ export class UpstreamConnectError extends Error {
  * Open a mutual-TLS connection to the archive. Resolves once the handshake is complete and the server
  * certificate (chain, validity and, unless disabled, host name) is verified.
  */
+/** How long the TCP connect and the TLS handshake of an upstream connection took (for metrics). */
+export interface ConnectTimings {
+  connectMs: number;
+  handshakeMs: number;
+}
+
+const timings = new WeakMap<object, ConnectTimings>();
+
+/** The timings of a socket made by connectUpstream / connectPlain, if known. */
+export function connectTimings(socket: object): ConnectTimings | undefined {
+  return timings.get(socket);
+}
+
 export function connectUpstream(opts: UpstreamConnectOptions): Promise<tls.TLSSocket> {
   const { settings, secureContext } = opts.tls;
   return new Promise((resolve, reject) => {
     let settled = false;
+    const started = performance.now();
+    let tcpMs = -1;
     const socket = tls.connect({
       host: opts.host,
       port: opts.port,
@@ -177,6 +192,7 @@ export function connectUpstream(opts: UpstreamConnectOptions): Promise<tls.TLSSo
         : () => undefined,
     });
     socket.setNoDelay(true); // applied as soon as the TCP connection exists (DESIGN: Nagle costs ~50 ms a message)
+    socket.once('connect', () => (tcpMs = performance.now() - started));
     const fail = (err: unknown): void => {
       if (settled) return;
       settled = true;
@@ -211,6 +227,8 @@ export function connectUpstream(opts: UpstreamConnectOptions): Promise<tls.TLSSo
       socket.removeListener('error', fail);
       socket.removeAllListeners('close');
       socket.setNoDelay(true);
+      const total = performance.now() - started;
+      timings.set(socket, { connectMs: Math.max(tcpMs, 0), handshakeMs: total - Math.max(tcpMs, 0) });
       resolve(socket);
     });
   });
@@ -237,6 +255,7 @@ export function peerCertificateSummary(
 export function connectPlain(opts: { host: string; port: number; timeoutMs: number }): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
     let settled = false;
+    const started = performance.now();
     const socket = net.connect({ host: opts.host, port: opts.port, noDelay: true });
     const fail = (err: unknown): void => {
       if (settled) return;
@@ -262,6 +281,7 @@ export function connectPlain(opts: { host: string; port: number; timeoutMs: numb
       settled = true;
       clearTimeout(timer);
       socket.removeListener('error', fail);
+      timings.set(socket, { connectMs: performance.now() - started, handshakeMs: 0 });
       resolve(socket);
     });
   });
