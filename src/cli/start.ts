@@ -12,6 +12,7 @@ import { createLogger, logEvents } from '../observe/log.js';
 import { ProxyMetrics, certificateFilesFromConfig, metricBoundsFromConfig } from '../observe/metrics.js';
 import { UpstreamReadiness } from '../observe/readiness.js';
 import { AdminServer } from '../observe/admin.js';
+import { openAuditTrail, type AuditTrail } from '../observe/audit/index.js';
 import { LedgerWriter } from '../integrity/writer.js';
 import { InlineHasher } from '../integrity/hasher.js';
 import type { CommitmentEvidence, InstanceEvidence, LedgerSink } from '../integrity/types.js';
@@ -125,10 +126,51 @@ export async function runStart(configPath: string, hooks: StartHooks): Promise<v
     process.exit(1);
   }
 
+  // The DICOM audit trail (PS3.15 A.5): file and/or syslog over TLS with a durable spool.
+  let audit: AuditTrail | null = null;
+  let unsubscribeAudit: (() => void) | null = null;
+  let spoolTimer: NodeJS.Timeout | null = null;
+  if (config.audit) {
+    try {
+      audit = await openAuditTrail(config.audit, {
+        aeTitles: config.routes.map((r) => r.calledAeTitle),
+        target: (name, listener) => {
+          const c = reloader?.current.config ?? config;
+          if (listener === 'forward') {
+            const u = c.upstreams[name];
+            return u ? { address: u.host, aeTitle: u.aeTitle } : null;
+          }
+          const r = c.peers[name]?.receiver;
+          return r ? { address: r.host, aeTitle: r.aeTitle } : null;
+        },
+      });
+    } catch (err) {
+      log.error('cannot open the audit trail', {
+        event: 'audit-open-failed',
+        message: (err as Error).message,
+      });
+      process.exit(1);
+    }
+    const trail = audit;
+    trail.on('alarm', (a) => {
+      metrics.auditAlarm();
+      log.error('audit alarm', { event: 'audit-alarm', ...(a as object) });
+    });
+    unsubscribeAudit = trail.subscribe(server.events);
+    trail.applicationStart();
+    spoolTimer = setInterval(() => {
+      const stats = trail.syslogSender?.stats();
+      if (stats) metrics.setAuditSpoolBytes(stats.spoolBytes);
+    }, 5000);
+    spoolTimer.unref();
+  }
+
   // Live reload: build everything, swap, keep the old snapshot on any error (config/reload.ts).
   const readiness = config.admin?.readiness ? new UpstreamReadiness(snapshot, config.admin.readiness) : null;
   if (readiness) metrics.observeReadiness(() => readiness.status());
-  const reloader = new Reloader({
+  // eslint-disable-next-line prefer-const -- assigned once; read by the audit target lookup above
+  let reloader: Reloader;
+  reloader = new Reloader({
     configPath,
     initial: snapshot,
     apply: async (s) => {
@@ -152,6 +194,13 @@ export async function runStart(configPath: string, hooks: StartHooks): Promise<v
       log.warn('some changes take effect only after a restart', {
         event: 'config-restart-required',
         keys: restart.map((c) => c.path),
+      });
+    }
+    if (r.changes.length > 0 || r.changedFiles.length > 0) {
+      audit?.configurationChanged({
+        description: formatChanges(r.changes, r.changedFiles),
+        kind: 'security',
+        file: configPath,
       });
     }
     void watcher?.refresh();
@@ -226,6 +275,10 @@ export async function runStart(configPath: string, hooks: StartHooks): Promise<v
       .then(async () => {
         await readiness?.stop();
         await admin?.close();
+        if (spoolTimer) clearInterval(spoolTimer);
+        unsubscribeAudit?.();
+        audit?.applicationStop();
+        await audit?.close();
         await ledger?.close();
         await hasher?.close();
       })

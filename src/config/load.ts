@@ -17,6 +17,7 @@ import {
 import { aeTitleError, trimAeTitle } from './syntax.js';
 import { parseAddressRange } from './address.js';
 import { applyAdminDefaults } from './admin.js';
+import { auditCrossIssues, resolveAuditConfig } from './audit.js';
 import type {
   CertificateIdentityKind,
   LedgerConfig,
@@ -149,6 +150,11 @@ function validate(raw: unknown, pending: PendingIssue[]): ValidatedRoot | null {
 
   checkRoutes(rawRoot, pending);
   checkReturnListener(rawRoot, pending);
+  if (rootResult.success && rootResult.data.audit) {
+    for (const issue of auditCrossIssues(resolveAuditConfig(rootResult.data.audit, '/'))) {
+      pending.push({ path: ['audit', ...issue.path], message: issue.message });
+    }
+  }
 
   if (!rootResult.success || upstreams === null || peers === null) return null;
   return { root: rootResult.data, upstreams, peers };
@@ -443,6 +449,7 @@ function buildSnapshot(validated: ValidatedRoot, sourcePath: string | null, base
     ledger,
     returnListener,
     admin: applyAdminDefaults(root.admin, sourcePath),
+    audit: root.audit ? resolveAuditConfig(root.audit, baseDir) : null,
     reload: {
       watch: root.reload?.watch ?? DEFAULTS.reload.watch,
       pollIntervalMs: root.reload?.pollInterval ?? defaultDurationMs(DEFAULTS.reload.pollInterval),

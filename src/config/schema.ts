@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { describeValue } from './messages.js';
 import { parseAddressRange } from './address.js';
 import { adminSchema } from './admin.js';
+import { auditSchema } from './audit.js';
 import { parseDuration } from './duration.js';
 import { aeTitleError, trimAeTitle, uidError } from './syntax.js';
 import { LEDGER_FAILURE_MODES, LEDGER_FSYNC_MODES, SERVICE_NAMES, TLS_PROFILE_NAMES } from './types.js';
@@ -210,6 +211,7 @@ export const rootSchema = z.strictObject({
   returnListener: returnListenerSchema.nullable().optional(),
   reload: reloadSchema.nullable().optional(),
   admin: adminSchema.nullable().optional(),
+  audit: auditSchema.nullable().optional(),
 });
 
 export type RawUpstream = z.output<typeof upstreamSchema>;

@@ -1,4 +1,5 @@
 import type { AdminConfig } from './admin.js';
+import type { AuditConfig } from './audit.js';
 
 /**
  * The validated, immutable configuration snapshot produced by `parseConfig` / `loadConfig`.
@@ -191,4 +192,6 @@ export interface ProxyConfig {
   reload: ReloadConfig;
   /** The admin HTTP endpoint (metrics, health, readiness); null = disabled. */
   admin: AdminConfig | null;
+  /** The DICOM audit trail (PS3.15 A.5); null = no audit messages. */
+  audit: AuditConfig | null;
 }

@@ -110,6 +110,8 @@ export interface ProxyEventMap {
       id: string;
       direction: Direction;
       command: string;
+      /** The request's Affected SOP Class UID (for a C-FIND: the information model). */
+      sopClassUid: string | null;
       status: number;
       statusClass: string;
       durationMs: number;

@@ -1091,6 +1091,7 @@ export class Association {
         id: this.id,
         direction,
         command: commandName(req.command.commandField),
+        sopClassUid: req.command.affectedSopClassUid ?? null,
         status,
         statusClass: cls,
         durationMs: performance.now() - req.startedAt,

@@ -6,6 +6,8 @@ import { describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { readFileSync } from 'node:fs';
 import { ConfigError, DEFAULTS, loadConfig, parseConfig, type ConfigIssue } from '../../src/config/index.js';
+import { adminReadinessSchema, adminSchema } from '../../src/config/admin.js';
+import { auditSchema, auditSyslogSchema, auditSyslogTlsSchema } from '../../src/config/audit.js';
 import { MAX_DURATION_MS, parseDuration } from '../../src/config/duration.js';
 import {
   identitySchema,
@@ -117,6 +119,11 @@ describe('config/example.yaml', () => {
       serverTlsSchema,
       returnCallerSchema,
       reloadSchema,
+      adminSchema,
+      adminReadinessSchema,
+      auditSchema,
+      auditSyslogSchema,
+      auditSyslogTlsSchema,
     ];
     const keys = new Set([
       'listen',

@@ -286,6 +286,7 @@ test('DIMSE, instance, ledger and protocol events', async () => {
       id: 'a1',
       direction: 'modality-to-archive',
       command,
+      sopClassUid: null,
       status: 0,
       statusClass,
       durationMs,

@@ -1,0 +1,721 @@
+/**
+ * The DICOM audit trail (IHE ATNA): turns the core's events (src/observe/events.ts) and a few facts the
+ * lead reports directly into PS3.15 A.5 audit messages (messages.ts) and hands them to the sinks — a local
+ * file (file.ts) and/or a syslog-over-TLS collector with a durable spool (syslog.ts).
+ *
+ * Event mapping:
+ *  - 'association-refused'  -> Security Alert (A.5.3.11): Node Authentication (110126) for refusals of the
+ *                              node itself (unknown calling AE, address, certificate), Use of Restricted
+ *                              Function (110132) for the others; the A-ASSOCIATE-RJ result/source/reason
+ *                              and refusal are in the Alert Description. A return-listener refusal for
+ *                              'certificate-identity-mismatch' is the certificate / AE title mismatch alert.
+ *  - 'tls-client-rejected'  -> Security Alert 110126 (TLS node authentication failure).
+ *  - 'upstream-failed'      -> Security Alert 110126 when the archive's TLS authentication failed.
+ *  - 'dimse-refused'        -> Security Alert 110132 naming the command and the move destination.
+ *  - 'dimse-completed' C-FIND -> Query (A.5.3.10).
+ *  - 'instance' + 'association-closed' -> DICOM Instances Transferred (A.5.3.7), EventActionCode R, one
+ *    message per association, direction and outcome (A.5.2: successes and failures are never mixed in one
+ *    message), participant objects per SOP Class with NumberOfInstances and the SOP Instance UIDs.
+ *    Memory is bounded: a message is emitted early once it lists maxInstancesPerMessage instances, and
+ *    at most maxTrackedAssociations associations are followed (the oldest is emitted when exceeded).
+ *    'instance' events may trail 'association-closed' (ledger digests complete asynchronously): the
+ *    message is emitted closeGraceMs after the close; later stragglers get a message of their own.
+ */
+import { EventEmitter } from 'node:events';
+import { hostname as osHostname, userInfo } from 'node:os';
+import type { AuditConfig } from '../../config/audit.js';
+import { statusClass } from '../../dimse/command.js';
+import type {
+  AssociationSummary,
+  Direction,
+  ListenerKind,
+  ProxyEvents,
+  ProxyEventMap,
+  TlsSessionInfo,
+} from '../events.js';
+import { FileAuditSink } from './file.js';
+import {
+  applicationActivityMessage,
+  associationRejectedMessage,
+  auditRecordingGapMessage,
+  beginTransferringMessage,
+  certificateAeMismatchMessage,
+  configurationChangeMessage,
+  dimseRefusedMessage,
+  instancesTransferredMessage,
+  queryMessage,
+  tlsAuthenticationFailureMessage,
+  type CertificateIdentity,
+  type ConfigurationChangeKind,
+  type EventOutcome,
+  type MessageContext,
+  type NodeParticipant,
+  type ProxyIdentity,
+  type SopClassEntry,
+} from './messages.js';
+import { SyslogTlsSender } from './syslog.js';
+
+export * from './messages.js';
+export { FileAuditSink, type FileSinkAlarm } from './file.js';
+export {
+  SyslogTlsSender,
+  formatSyslogMessage,
+  frameOctetCounting,
+  severityForOutcome,
+  type SpoolAlarm,
+  type SyslogSenderStats,
+  type SyslogTlsSenderOptions,
+} from './syslog.js';
+
+/** One audit message as handed to the sinks. */
+export interface AuditRecord {
+  xml: string;
+  outcome: EventOutcome;
+  time: Date;
+  /** EventID csd-code, e.g. "110104". */
+  eventId: string;
+}
+
+/** Where audit messages go. write() returns false when the sink refused the message (it raised an alarm). */
+export interface AuditSink {
+  readonly name: string;
+  write(record: AuditRecord): boolean;
+  close(deadlineMs?: number): Promise<unknown>;
+}
+
+export interface AuditAlarm {
+  sink: string;
+  code: string;
+  message: string;
+  /** Audit messages (XML) that could not be recorded by that sink. */
+  refused: string[];
+}
+
+export interface AuditTrailEvents {
+  /** A sink refused or lost messages, or repaired its spool: log it, count it, page someone. */
+  alarm: [AuditAlarm];
+  /** Every message produced (before the sinks). */
+  record: [AuditRecord];
+}
+
+export interface AuditTrailOptions {
+  /** AE titles the proxy answers to (the routes' called AE titles), for its AlternativeUserID. */
+  aeTitles?: readonly string[];
+  /** Host name or address identifying the proxy node (A.5.2.4); default os.hostname(). */
+  hostname?: string;
+  /** A.5.2.1 UserID of the proxy process; default the process ID. */
+  processId?: string;
+  /** A.5.2.3 UserName of the proxy process; default "dimse-tls-proxy". */
+  processName?: string;
+  /**
+   * Address (host) and AE title of a relay target by name: an upstream (forward listener) or a destination
+   * (return listener), for that participant's NetworkAccessPointID and UserID.
+   */
+  target?: (
+    name: string,
+    listener: ListenerKind,
+  ) => { address: string | null; aeTitle: string | null } | null;
+  /** Who launched the application, for Application Activity (default the OS user, if known). */
+  launchedBy?: string | null;
+  /** Wait after 'association-closed' for trailing 'instance' events (default 2000 ms). */
+  closeGraceMs?: number;
+  /** Associations followed at once for transfer aggregation (default 10000). */
+  maxTrackedAssociations?: number;
+  now?: () => Date;
+}
+
+/** 'upstream-failed' reasons that are a failed TLS node authentication (src/tls/upstream.ts). */
+const TLS_AUTH_FAILURES = new Set([
+  'certificate-expired',
+  'certificate-not-yet-valid',
+  'unknown-ca',
+  'hostname-mismatch',
+  'client-certificate-rejected',
+  'handshake-failed',
+]);
+
+/** Distinct SOP classes in one Transferred message (a bound, like maxInstancesPerMessage). */
+const MAX_SOP_CLASSES_PER_MESSAGE = 64;
+/** Contexts of recently closed associations kept for stragglers. */
+const RECENTLY_CLOSED = 1024;
+
+/**
+ * What is known of an association: the caller opened it (a modality on the forward listener, the archive on
+ * the return listener), the target is where the proxy relays it (the archive, or a C-MOVE destination).
+ * The TLS session is the archive's in both cases (upstream leg forward, downstream leg on return).
+ */
+interface AssociationContext {
+  listener: ListenerKind;
+  remoteAddress: string;
+  callingAeTitle: string | null;
+  calledAeTitle: string | null;
+  target: string | null;
+  targetAeTitle: string | null;
+  tls: TlsSessionInfo | null;
+}
+
+/** Directions in which the caller sends (the first of each listener's pair in src/relay/association.ts). */
+const CALLER_SENDS: ReadonlySet<Direction> = new Set<Direction>([
+  'modality-to-archive',
+  'archive-to-destination',
+]);
+
+interface TransferGroup {
+  direction: Direction;
+  failed: boolean;
+  sopClasses: Map<string, { count: number; uids: string[] }>;
+  listed: number;
+  lastAt: Date;
+  statuses: Set<string>;
+}
+
+interface AssociationState {
+  id: string;
+  context: AssociationContext | null;
+  groups: Map<string, TransferGroup>;
+  seen: number;
+  closedInstances: number | null;
+  timer: NodeJS.Timeout | null;
+}
+
+type Listener = (...args: never[]) => void;
+
+export class AuditTrail extends EventEmitter<AuditTrailEvents> {
+  private readonly proxy: ProxyIdentity;
+  private readonly source: { sourceId: string; enterpriseSiteId: string | null };
+  private readonly now: () => Date;
+  private readonly closeGraceMs: number;
+  private readonly maxTracked: number;
+  private readonly maxInstances: number;
+  private readonly closeTimeoutMs: number;
+  private readonly contexts = new Map<string, AssociationContext>();
+  private readonly recentlyClosed = new Map<string, AssociationContext>();
+  private readonly states = new Map<string, AssociationState>();
+  private closed = false;
+
+  constructor(
+    config: AuditConfig,
+    private readonly sinks: readonly AuditSink[],
+    private readonly options: AuditTrailOptions = {},
+  ) {
+    super();
+    this.source = { sourceId: config.sourceId, enterpriseSiteId: config.enterpriseSiteId };
+    this.maxInstances = config.maxInstancesPerMessage;
+    this.closeTimeoutMs = config.syslog?.closeTimeoutMs ?? 5_000;
+    this.proxy = {
+      processId: options.processId ?? String(process.pid),
+      name: options.processName ?? 'dimse-tls-proxy',
+      host: options.hostname ?? osHostname(),
+      aeTitles: options.aeTitles ?? [],
+    };
+    this.now = options.now ?? (() => new Date());
+    this.closeGraceMs = options.closeGraceMs ?? 2_000;
+    this.maxTracked = options.maxTrackedAssociations ?? 10_000;
+    for (const sink of sinks) this.watchSink(sink);
+  }
+
+  /** The syslog sender among the sinks, if any: its stats() feed metrics (spool bytes, refused, connected). */
+  get syslogSender(): SyslogTlsSender | null {
+    return (this.sinks.find((s) => s instanceof SyslogTlsSender) as SyslogTlsSender | undefined) ?? null;
+  }
+
+  // ------------------------------------------------------------------------------ facts from the lead
+
+  /** PS3.15 A.5.3.1 Application Activity, Application Start (110120). */
+  applicationStart(): void {
+    this.record(
+      applicationActivityMessage({ ...this.context(), kind: 'start', launchers: this.launchers() }),
+      0,
+    );
+  }
+
+  /** PS3.15 A.5.3.1 Application Activity, Application Stop (110121). */
+  applicationStop(): void {
+    this.record(
+      applicationActivityMessage({ ...this.context(), kind: 'stop', launchers: this.launchers() }),
+      0,
+    );
+  }
+
+  /** Security Alert 110129 Security Configuration (or 110128 network / 110131 software), informative. */
+  configurationChanged(
+    detail:
+      | string
+      | {
+          description: string;
+          kind?: ConfigurationChangeKind;
+          file?: string | null;
+          changedBy?: string | null;
+        },
+  ): void {
+    const d = typeof detail === 'string' ? { description: detail } : detail;
+    this.record(configurationChangeMessage({ ...this.context(), ...d }), 0);
+  }
+
+  /**
+   * Security Alert 110126: a TLS handshake with a peer failed. The return listener's failures already come
+   * as 'tls-client-rejected' events (subscribe()): call this only for endpoints without such an event.
+   */
+  tlsAuthenticationFailure(e: { remoteAddress: string; reason: string; listener: string }): void {
+    this.record(tlsAuthenticationFailureMessage({ ...this.context(), ...e }), 8);
+  }
+
+  /**
+   * Security Alert 110126: the calling AE title is not bound to the certificate the peer presented. The
+   * return listener's refusals ('association-refused', refusal 'certificate-identity-mismatch') are mapped
+   * to this by subscribe(): call it only for other endpoints.
+   */
+  certificateAeMismatch(e: {
+    remoteAddress: string;
+    callingAeTitle: string;
+    certificateIdentity: CertificateIdentity;
+  }): void {
+    this.record(certificateAeMismatchMessage({ ...this.context(), ...e }), 8);
+  }
+
+  /** PS3.15 A.5.3.3 Begin Transferring DICOM Instances (e.g. when a C-MOVE or C-GET is relayed). */
+  beginTransferring(e: {
+    source: NodeParticipant;
+    destination: NodeParticipant;
+    sopClasses?: readonly SopClassEntry[];
+    proxyAeTitles?: readonly string[];
+    outcome?: EventOutcome;
+    description?: string | null;
+  }): void {
+    const outcome = e.outcome ?? 0;
+    this.record(
+      beginTransferringMessage({
+        ...this.context(),
+        sender: e.source,
+        receiver: e.destination,
+        sopClasses: e.sopClasses ?? [],
+        ...(e.proxyAeTitles ? { proxyAeTitles: e.proxyAeTitles } : {}),
+        outcome,
+        outcomeDescription: e.description ?? null,
+      }),
+      outcome,
+    );
+  }
+
+  /** PS3.15 A.5.3.10 Query, for callers that know more than the 'dimse-completed' event carries. */
+  query(e: {
+    requestor: NodeParticipant;
+    responder: NodeParticipant;
+    sopClassUid: string;
+    queryDataset?: Uint8Array | null;
+    transferSyntaxUid?: string | null;
+    proxyAeTitles?: readonly string[];
+    outcome?: EventOutcome;
+    description?: string | null;
+  }): void {
+    const outcome = e.outcome ?? 0;
+    this.record(
+      queryMessage({ ...this.context(), ...e, outcome, outcomeDescription: e.description ?? null }),
+      outcome,
+    );
+  }
+
+  // ----------------------------------------------------------------------------------- core events
+
+  /** Maps the core's events to audit messages. Returns a function that unsubscribes. */
+  subscribe(events: ProxyEvents): () => void {
+    const handlers: { [K in keyof ProxyEventMap]?: (...args: ProxyEventMap[K]) => void } = {
+      'association-accepted': (e) => {
+        this.contexts.set(e.id, {
+          listener: e.listener,
+          remoteAddress: e.remoteAddress,
+          callingAeTitle: e.callingAeTitle,
+          calledAeTitle: e.calledAeTitle,
+          target: e.upstream || null,
+          targetAeTitle: null,
+          tls: e.tls,
+        });
+        this.boundContexts();
+      },
+      'association-refused': (e) => {
+        if (e.refusal === 'certificate-identity-mismatch') {
+          this.certificateAeMismatch({
+            remoteAddress: e.remoteAddress,
+            callingAeTitle: e.callingAeTitle,
+            certificateIdentity: { subject: e.certificateSubject ?? null },
+          });
+          return;
+        }
+        this.record(associationRejectedMessage({ ...this.context(), ...e }), 4);
+      },
+      'tls-client-rejected': (e) => {
+        this.tlsAuthenticationFailure({
+          remoteAddress: e.remoteAddress,
+          reason: `${e.reason}: ${e.message}`,
+          listener: `${e.listener} listener`,
+        });
+      },
+      'upstream-failed': (e) => {
+        if (!TLS_AUTH_FAILURES.has(e.reason)) return;
+        this.record(
+          tlsAuthenticationFailureMessage({
+            ...this.context(),
+            remoteAddress: this.options.target?.(e.upstream, 'forward')?.address ?? e.upstream,
+            reason: `${e.reason}: ${e.message}`,
+            listener: `upstream ${e.upstream}`,
+            outbound: true,
+          }),
+          8,
+        );
+      },
+      'dimse-refused': (e) => {
+        const ctx = this.contexts.get(e.id) ?? this.recentlyClosed.get(e.id) ?? null;
+        this.record(
+          dimseRefusedMessage({
+            ...this.context(),
+            remoteAddress: ctx?.remoteAddress ?? null,
+            callingAeTitle: e.callingAeTitle,
+            calledAeTitle: ctx?.calledAeTitle ?? null,
+            command: e.command,
+            reason: e.reason,
+            status: e.status,
+            moveDestination: e.moveDestination ?? null,
+          }),
+          4,
+        );
+      },
+      'dimse-completed': (e) => {
+        if (!/^C-FIND/.test(e.command)) return;
+        this.onFindCompleted(e);
+      },
+      instance: (e) => this.onInstance(e),
+      'association-closed': (e) => this.onClosed(e),
+    };
+    const off: (() => void)[] = [];
+    for (const [name, fn] of Object.entries(handlers)) {
+      events.on(name as never, fn as Listener as never);
+      off.push(() => events.off(name as never, fn as Listener as never));
+    }
+    return () => off.forEach((f) => f());
+  }
+
+  /** Emits what is still aggregated, then closes every sink (each within deadlineMs). */
+  async close(deadlineMs = this.closeTimeoutMs): Promise<void> {
+    if (this.closed) return;
+    for (const state of [...this.states.values()]) this.emitState(state);
+    this.closed = true;
+    await Promise.all(this.sinks.map((s) => s.close(deadlineMs).catch(() => undefined)));
+  }
+
+  /** Builds a record for an XML message and hands it to every sink. */
+  record(xml: string, outcome: EventOutcome, eventId = /csd-code="(\d+)"/.exec(xml)?.[1] ?? ''): void {
+    const record: AuditRecord = { xml, outcome, time: this.now(), eventId };
+    this.emit('record', record);
+    for (const sink of this.sinks) {
+      try {
+        sink.write(record);
+      } catch (err) {
+        this.alarm({ sink: sink.name, code: 'sink-failed', message: (err as Error).message, refused: [xml] });
+      }
+    }
+  }
+
+  // --------------------------------------------------------------------------------------- internals
+
+  /**
+   * Alarms are never dropped: with no 'alarm' listener they go to stderr as a JSON line, refused messages
+   * included, so that what the trail could not record is still somewhere.
+   */
+  private alarm(a: AuditAlarm): void {
+    if (this.listenerCount('alarm') > 0) {
+      this.emit('alarm', a);
+      return;
+    }
+    process.stderr.write(
+      JSON.stringify({ event: 'audit-alarm', time: this.now().toISOString(), ...a }) + '\n',
+    );
+  }
+
+  private context(): MessageContext {
+    return { time: this.now(), source: this.source, proxy: this.proxy };
+  }
+
+  private launchers(): { userId: string; requestor: boolean }[] {
+    let user = this.options.launchedBy;
+    if (user === undefined) {
+      try {
+        user = userInfo().username;
+      } catch {
+        user = null;
+      }
+    }
+    return user ? [{ userId: user, requestor: true }] : [];
+  }
+
+  private watchSink(sink: AuditSink): void {
+    const emitter = sink as unknown as Partial<EventEmitter>;
+    if (typeof emitter.on !== 'function') return;
+    emitter.on('alarm', (a: { code: string; message: string; refused?: string | string[] }) => {
+      const refused = a.refused === undefined ? [] : Array.isArray(a.refused) ? a.refused : [a.refused];
+      this.alarm({ sink: sink.name, code: a.code, message: a.message, refused });
+    });
+    if (sink instanceof SyslogTlsSender) {
+      sink.on('alarm-cleared', (c) => {
+        // The hole in the trail goes on record as soon as the spool accepts messages again.
+        this.record(
+          auditRecordingGapMessage({
+            ...this.context(),
+            refused: c.refused,
+            since: c.since,
+            until: c.until,
+            reason: 'audit spool full (syslog repository unreachable)',
+          }),
+          8,
+        );
+      });
+    }
+  }
+
+  private boundContexts(): void {
+    while (this.contexts.size > this.maxTracked) {
+      const oldest = this.contexts.keys().next().value as string;
+      this.contexts.delete(oldest);
+    }
+  }
+
+  private contextOf(id: string): AssociationContext | null {
+    return this.contexts.get(id) ?? this.recentlyClosed.get(id) ?? null;
+  }
+
+  private onFindCompleted(e: ProxyEventMap['dimse-completed'][0]): void {
+    const ctx = this.contextOf(e.id);
+    // The Affected SOP Class UID, when the event carries it (forward-compatible); else "unknown".
+    const extra = e as { sopClassUid?: unknown; affectedSopClassUid?: unknown };
+    const sopClassUid =
+      typeof extra.sopClassUid === 'string'
+        ? extra.sopClassUid
+        : typeof extra.affectedSopClassUid === 'string'
+          ? extra.affectedSopClassUid
+          : 'unknown';
+    const parties = this.parties(ctx, e.direction);
+    const cls = statusClass(e.status);
+    const outcome: EventOutcome = cls === 'failure' ? 4 : 0;
+    const status = `0x${e.status.toString(16).toUpperCase().padStart(4, '0')}`;
+    this.record(
+      queryMessage({
+        ...this.context(),
+        requestor: { ...parties.sender, requestor: true },
+        responder: { ...parties.receiver, requestor: false },
+        proxyAeTitles: parties.proxyAeTitles,
+        sopClassUid,
+        outcome,
+        outcomeDescription: outcome === 0 ? null : `${e.command} completed with status ${status} (${cls})`,
+      }),
+      outcome,
+    );
+  }
+
+  /**
+   * Sender and receiver of what travelled in `direction` (for a request: who issued it, who answers). The
+   * caller opened the association: it is the requestor whichever way the data went.
+   */
+  private parties(
+    ctx: AssociationContext | null,
+    direction: Direction,
+  ): { sender: NodeParticipant; receiver: NodeParticipant; proxyAeTitles: (string | null)[] } {
+    const listener: ListenerKind =
+      ctx?.listener ??
+      (direction === 'archive-to-destination' || direction === 'destination-to-archive'
+        ? 'return'
+        : 'forward');
+    const info = ctx?.target ? (this.options.target?.(ctx.target, listener) ?? null) : null;
+    const tls = ctx?.tls ?? null;
+    const certificate =
+      tls && (tls.peerSubject || tls.peerFingerprint256)
+        ? { subject: tls.peerSubject, fingerprint256: tls.peerFingerprint256 }
+        : null;
+    // The archive's certificate belongs to the target forward, to the caller on the return listener.
+    const caller: NodeParticipant = {
+      aeTitle: ctx?.callingAeTitle ?? null,
+      address: ctx?.remoteAddress ?? null,
+      requestor: true,
+      certificate: listener === 'return' ? certificate : null,
+    };
+    const target: NodeParticipant = {
+      aeTitle: ctx?.targetAeTitle ?? info?.aeTitle ?? null,
+      address: info?.address ?? ctx?.target ?? null,
+      requestor: false,
+      certificate: listener === 'forward' ? certificate : null,
+    };
+    const proxyAeTitles = [ctx?.calledAeTitle ?? null];
+    return CALLER_SENDS.has(direction)
+      ? { sender: caller, receiver: target, proxyAeTitles }
+      : { sender: target, receiver: caller, proxyAeTitles };
+  }
+
+  private stateOf(id: string): AssociationState {
+    let state = this.states.get(id);
+    if (state === undefined) {
+      state = {
+        id,
+        context: this.contextOf(id),
+        groups: new Map(),
+        seen: 0,
+        closedInstances: null,
+        timer: null,
+      };
+      this.states.set(id, state);
+      if (this.states.size > this.maxTracked) {
+        const oldest = this.states.values().next().value as AssociationState;
+        this.emitState(oldest);
+      }
+    }
+    return state;
+  }
+
+  private onInstance(e: ProxyEventMap['instance'][0]): void {
+    const state = this.stateOf(e.id);
+    const failed = e.status === null || statusClass(e.status) === 'failure';
+    const key = `${e.direction}:${failed ? 'failed' : 'ok'}`;
+    let group = state.groups.get(key);
+    if (group === undefined) {
+      group = {
+        direction: e.direction,
+        failed,
+        sopClasses: new Map(),
+        listed: 0,
+        lastAt: this.now(),
+        statuses: new Set(),
+      };
+      state.groups.set(key, group);
+    }
+    let entry = group.sopClasses.get(e.sopClassUid);
+    if (entry === undefined) {
+      entry = { count: 0, uids: [] };
+      group.sopClasses.set(e.sopClassUid, entry);
+    }
+    entry.count++;
+    entry.uids.push(e.sopInstanceUid);
+    group.listed++;
+    group.lastAt = this.now();
+    if (failed) {
+      group.statuses.add(
+        e.status === null ? 'no response' : `0x${e.status.toString(16).toUpperCase().padStart(4, '0')}`,
+      );
+    }
+    state.seen++;
+    if (group.listed >= this.maxInstances || group.sopClasses.size >= MAX_SOP_CLASSES_PER_MESSAGE) {
+      state.groups.delete(key);
+      this.emitGroup(state, group);
+    }
+    // A straggler after the association closed: emitted after the grace period.
+    if (state.closedInstances !== null && state.timer === null) this.armState(state);
+  }
+
+  private onClosed(summary: AssociationSummary): void {
+    const ctx: AssociationContext = {
+      listener: summary.listener,
+      remoteAddress: summary.remoteAddress,
+      callingAeTitle: summary.callingAeTitle,
+      calledAeTitle: summary.calledAeTitle,
+      target: summary.upstream,
+      targetAeTitle: summary.upstreamAeTitle,
+      tls: summary.tls,
+    };
+    this.contexts.delete(summary.id);
+    this.recentlyClosed.set(summary.id, ctx);
+    while (this.recentlyClosed.size > RECENTLY_CLOSED) {
+      this.recentlyClosed.delete(this.recentlyClosed.keys().next().value as string);
+    }
+    const state = this.states.get(summary.id);
+    if (state === undefined && summary.instances === 0) return;
+    const s = state ?? this.stateOf(summary.id);
+    s.context = ctx;
+    s.closedInstances = summary.instances;
+    this.armState(s);
+  }
+
+  private armState(state: AssociationState): void {
+    if (state.timer !== null) return;
+    if (this.closed) {
+      this.emitState(state);
+      return;
+    }
+    state.timer = setTimeout(() => {
+      state.timer = null;
+      this.emitState(state);
+    }, this.closeGraceMs);
+    state.timer.unref();
+  }
+
+  /** Emits every group of an association and forgets it. */
+  private emitState(state: AssociationState): void {
+    if (state.timer !== null) clearTimeout(state.timer);
+    state.timer = null;
+    this.states.delete(state.id);
+    state.context = state.context ?? this.contextOf(state.id);
+    for (const group of state.groups.values()) this.emitGroup(state, group);
+    state.groups.clear();
+    if (state.seen === 0 && (state.closedInstances ?? 0) > 0) {
+      // Instances were relayed but none was reported with its SOP class: still on record.
+      this.record(
+        instancesTransferredMessage({
+          ...this.context(),
+          ...this.parties(
+            state.context,
+            state.context?.listener === 'return' ? 'archive-to-destination' : 'modality-to-archive',
+          ),
+          sopClasses: [],
+          outcome: 0,
+          outcomeDescription: `${state.closedInstances} instance(s) relayed; SOP classes not reported`,
+        }),
+        0,
+      );
+    }
+  }
+
+  private emitGroup(state: AssociationState, group: TransferGroup): void {
+    const sopClasses: SopClassEntry[] = [...group.sopClasses].map(([uid, e]) => ({
+      uid,
+      numberOfInstances: e.count,
+      instanceUids: e.uids,
+    }));
+    const outcome: EventOutcome = group.failed ? 4 : 0;
+    const description = group.failed
+      ? `${group.listed} instance(s) not stored (status ${[...group.statuses].join(', ')})`
+      : null;
+    this.record(
+      instancesTransferredMessage({
+        ...this.context(),
+        time: group.lastAt,
+        ...this.parties(state.context ?? this.contextOf(state.id), group.direction),
+        sopClasses,
+        outcome,
+        outcomeDescription: description,
+      }),
+      outcome,
+    );
+  }
+}
+
+/**
+ * Builds the sinks the configuration asks for (file, syslog), starts them and returns the trail. Does not
+ * subscribe to events nor send Application Start: the caller does (trail.subscribe(events);
+ * trail.applicationStart()).
+ */
+export async function openAuditTrail(
+  config: AuditConfig,
+  options: AuditTrailOptions = {},
+): Promise<AuditTrail> {
+  const file = config.file !== null ? new FileAuditSink(config.file) : null;
+  const syslog =
+    config.syslog !== null
+      ? SyslogTlsSender.fromConfig(config.syslog, { procId: options.processId ?? String(process.pid) })
+      : null;
+  const sinks = [file, syslog].filter((s): s is FileAuditSink | SyslogTlsSender => s !== null);
+  // The trail exists before the sinks start, so alarms raised while starting (spool repair) reach it.
+  const trail = new AuditTrail(config, sinks, options);
+  try {
+    await file?.start();
+    await syslog?.start();
+  } catch (err) {
+    await Promise.all(sinks.map((s) => s.close(0).catch(() => undefined)));
+    throw err;
+  }
+  return trail;
+}
