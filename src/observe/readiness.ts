@@ -2,9 +2,8 @@
 // (the proxy's client certificate, the upstream's CA bundle, its called AE title), so "ready" means an
 // association through the same TLS material the relay uses would be accepted right now, not merely that
 // a port is open. The proxy is ready when every upstream answered within maxAge.
-import { readFile } from 'node:fs/promises';
 import type { ProxyConfig, UpstreamConfig } from '../config/types.js';
-import { echo as dcmjsEcho, type EchoOptions, type EchoResult } from '../dicom/dcmjs.js';
+import { echoUpstream } from '../relay/probe.js';
 
 /** Calling AE title of the probe when the upstream does not set callingAeTitle. */
 export const PROBE_CALLING_AE_TITLE = 'DIMSE_PROXY';
@@ -45,8 +44,14 @@ export interface ReadinessOptions {
   timeoutMs: number;
   /** Called after every probe (e.g. for logs). */
   onCheck?: (upstream: string, check: UpstreamCheck) => void;
-  /** The C-ECHO implementation (tests may replace it). */
-  echo?: (opts: EchoOptions) => Promise<EchoResult>;
+  /**
+   * The C-ECHO implementation (tests may replace it). Default: echoUpstream, over exactly the relay's TLS
+   * path (profile, client certificate, server name and hostname check), reading the files afresh.
+   */
+  probe?: (
+    upstream: UpstreamConfig,
+    timeoutMs: number,
+  ) => Promise<{ ok: boolean; status: number | null; error: string | null }>;
 }
 
 interface State {
@@ -193,19 +198,7 @@ export class UpstreamReadiness {
     const started = performance.now();
     let result: { ok: boolean; error: string | null };
     try {
-      const [ca, cert, key_] = await Promise.all([
-        readMaterial(upstream.tls.ca, 'CA bundle'),
-        readMaterial(upstream.tls.cert, 'client certificate'),
-        readMaterial(upstream.tls.key, 'client key'),
-      ]);
-      const r = await (this.options.echo ?? dcmjsEcho)({
-        host: upstream.host,
-        port: upstream.port,
-        callingAeTitle: upstream.callingAeTitle ?? PROBE_CALLING_AE_TITLE,
-        calledAeTitle: upstream.aeTitle,
-        tls: { ca, cert, key: key_ },
-        timeoutMs: this.options.timeoutMs,
-      });
+      const r = await (this.options.probe ?? echoUpstream)(upstream, this.options.timeoutMs);
       result = {
         ok: r.ok,
         error: r.ok
@@ -237,10 +230,3 @@ export class UpstreamReadiness {
   }
 }
 
-async function readMaterial(file: string, what: string): Promise<Buffer> {
-  try {
-    return await readFile(file);
-  } catch (err) {
-    throw new Error(`cannot read ${what} ${file}: ${(err as Error).message}`, { cause: err });
-  }
-}

@@ -267,6 +267,44 @@ test('/readyz follows real mutual-TLS C-ECHOs: archive up, down, back on the sam
   }
 });
 
+test('the probe checks the archive the way the relay does: a wrong server name is not ready, verifyHostname: false is', async () => {
+  const pki = await standardPki();
+  const archive = await startTestArchive({ ca: pki.ca, archive: pki.archive });
+  try {
+    const yaml = (extra: string) =>
+      parseConfig(
+        [
+          'upstreams:',
+          upstreamYaml('archive', archive.archive.port, pki).replace(
+            'serverName: archive.local',
+            'serverName: other.local',
+          ),
+          extra,
+          'routes: [{ calledAeTitle: R, upstream: archive }]',
+          'peers: { SCU: { addresses: [127.0.0.1], services: [echo] } }',
+          '',
+        ].join('\n'),
+        null,
+      );
+    const wrong = new UpstreamReadiness(
+      { config: yaml('') },
+      { intervalMs: 60_000, maxAgeMs: 5000, timeoutMs: 3000 },
+    );
+    const refused = await wrong.checkNow();
+    assert.equal(refused.ready, false);
+    assert.match(refused.upstreams.archive?.lastCheck?.error ?? '', /hostname-mismatch/);
+    const lenient = new UpstreamReadiness(
+      { config: yaml('      verifyHostname: false') },
+      { intervalMs: 60_000, maxAgeMs: 5000, timeoutMs: 3000 },
+    );
+    const accepted = await lenient.checkNow();
+    assert.equal(accepted.ready, true, JSON.stringify(accepted));
+  } finally {
+    await archive.close();
+    await removePki(pki);
+  }
+});
+
 test('start() probes at once and then periodically; stop() ends it', async () => {
   const pki = await standardPki();
   const archive = await startTestArchive({ ca: pki.ca, archive: pki.archive });
