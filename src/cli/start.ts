@@ -74,7 +74,7 @@ export async function runStart(configPath: string, hooks: StartHooks): Promise<v
       log.error('cannot open the integrity ledger', {
         event: 'ledger-open-failed',
         path: config.ledger.path,
-        message: (err as Error).message,
+        error: (err as Error).message,
       });
       process.exit(1);
     }
@@ -122,7 +122,7 @@ export async function runStart(configPath: string, hooks: StartHooks): Promise<v
       });
     }
   } catch (err) {
-    log.error('cannot listen', { event: 'listen-failed', message: (err as Error).message });
+    log.error('cannot listen', { event: 'listen-failed', error: (err as Error).message });
     process.exit(1);
   }
 
@@ -147,7 +147,7 @@ export async function runStart(configPath: string, hooks: StartHooks): Promise<v
     } catch (err) {
       log.error('cannot open the audit trail', {
         event: 'audit-open-failed',
-        message: (err as Error).message,
+        error: (err as Error).message,
       });
       process.exit(1);
     }
@@ -210,7 +210,7 @@ export async function runStart(configPath: string, hooks: StartHooks): Promise<v
     log.error('configuration reload failed; the running policy and certificates stay in force', {
       event: 'config-reload-failed',
       stage: r.stage,
-      message: r.message,
+      error: r.message,
     });
   });
   const reload = (trigger: string): void => {
@@ -249,7 +249,7 @@ export async function runStart(configPath: string, hooks: StartHooks): Promise<v
     } catch (err) {
       log.error('cannot listen (admin endpoint)', {
         event: 'listen-failed',
-        message: (err as Error).message,
+        error: (err as Error).message,
       });
       process.exit(1);
     }
@@ -283,7 +283,7 @@ export async function runStart(configPath: string, hooks: StartHooks): Promise<v
         await hasher?.close();
       })
       .catch((err: unknown) =>
-        log.error('shutdown step failed', { event: 'shutdown-failed', message: String(err) }),
+        log.error('shutdown step failed', { event: 'shutdown-failed', error: String(err) }),
       )
       .then(() => {
         log.info('stopped', { event: 'stopped' });

@@ -127,7 +127,10 @@ export function store(opts: StoreOptions): Promise<StoreResult> {
     );
     client.on('associationAborted', () => finish('association aborted'));
     client.on('networkError', (e: Error) => finish(`network error: ${e.message}`));
-    client.on('closed', () => finish(null));
+    client.on('closed', () => {
+      const missing = statuses.filter((st) => st === null).length;
+      finish(missing > 0 ? `connection closed with ${missing} C-STORE response(s) missing` : null);
+    });
     client.send(opts.host, opts.port, opts.callingAeTitle, opts.calledAeTitle, {
       connectTimeout: timeoutMs,
       associationTimeout: timeoutMs,

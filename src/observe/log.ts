@@ -29,12 +29,21 @@ export function createLogger(opts: LoggerOptions): winston.Logger {
   });
 }
 
+/**
+ * An event's fields as log metadata. winston appends a metadata `message` to the line's own message, so an
+ * event's `message` (its human-readable detail) is logged as `detail`.
+ */
+function meta(e: object): Record<string, unknown> {
+  const { message, ...rest } = e as { message?: unknown };
+  return message === undefined ? rest : { ...rest, detail: message };
+}
+
 /** Wire the core's events to log lines. Returns a function that unsubscribes. */
 export function logEvents(events: ProxyEvents, log: winston.Logger): () => void {
   const off: Array<() => void> = [];
   const handlers = {
     'association-refused': (e: object) =>
-      log.warn('association rejected', { event: 'association-rejected', ...e }),
+      log.warn('association rejected', { event: 'association-rejected', ...meta(e) }),
     'association-accepted': (e: {
       id: string;
       callingAeTitle: string;
@@ -42,22 +51,22 @@ export function logEvents(events: ProxyEvents, log: winston.Logger): () => void 
       upstream: string;
       acceptedContexts: number;
       refusedContexts: number;
-    }) => log.debug('association accepted', { event: 'association-accepted', ...e }),
+    }) => log.debug('association accepted', { event: 'association-accepted', ...meta(e) }),
     'upstream-failed': (e: { id: string; upstream: string; reason: string; message: string }) =>
-      log.error('archive unreachable, association rejected 2/3/1', { event: 'upstream-failed', ...e }),
+      log.error('archive unreachable, association rejected 2/3/1', { event: 'upstream-failed', ...meta(e) }),
     'dimse-refused': (e: object) =>
-      log.warn('DIMSE request refused by policy', { event: 'dimse-refused', ...e }),
+      log.warn('DIMSE request refused by policy', { event: 'dimse-refused', ...meta(e) }),
     'protocol-error': (e: object) =>
-      log.warn('protocol error, association aborted', { event: 'protocol-error', ...e }),
-    instance: (e: object) => log.debug('instance', { event: 'instance', ...e }),
+      log.warn('protocol error, association aborted', { event: 'protocol-error', ...meta(e) }),
+    instance: (e: object) => log.debug('instance', { event: 'instance', ...meta(e) }),
     'association-closed': (e: { outcome: string }) => {
       const level = e.outcome === 'released' || e.outcome === 'rejected' ? 'info' : 'warn';
-      log.log(level, 'association', { event: 'association', ...e });
+      log.log(level, 'association', { event: 'association', ...meta(e) });
     },
     'tls-client-rejected': (e: object) =>
-      log.warn('TLS client rejected by the return listener', { event: 'tls-client-rejected', ...e }),
+      log.warn('TLS client rejected by the return listener', { event: 'tls-client-rejected', ...meta(e) }),
     'listener-error': (e: { message: string }) =>
-      log.error('listener error', { event: 'listener-error', ...e }),
+      log.error('listener error', { event: 'listener-error', ...meta(e) }),
   } as const;
   // winston formats a message before its transports filter by level: per-instance debug lines would cost
   // a JSON serialisation each even when debug is off, so they are only subscribed when enabled.
