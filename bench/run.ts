@@ -28,6 +28,8 @@ import {
 } from '../test/helpers/peers.js';
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
+/** As the package bin and the container run the daemon (see README, Performance). */
+const V8_HEAP_FLAG = '--initial-old-space-size=64';
 const SETS = (process.env.BENCH_SETS ?? 'small,large').split(',');
 const SMALL_COUNT = Number(process.env.BENCH_SMALL_COUNT ?? 200);
 const LARGE_COUNT = Number(process.env.BENCH_LARGE_COUNT ?? 3);
@@ -135,12 +137,15 @@ async function main(): Promise<void> {
             '  STORESCU: { addresses: [127.0.0.1], services: [echo, store] }',
             ...(ledgerDir ? [`ledger: { path: ${ledgerDir}, fsync: batch, signingKey: ${signingKey} }`] : []),
             'logging: { level: warn }',
+            // No admin endpoint: two proxies run side by side, and readiness C-ECHOs would add associations.
+            'admin: null',
+            'reload: { watch: false }',
             '',
           ].join('\n'),
         );
         const child = spawn(
           process.execPath,
-          [join(import.meta.dirname, '..', 'dist', 'cli.js'), 'start', '-c', cfg],
+          [V8_HEAP_FLAG, join(import.meta.dirname, '..', 'dist', 'cli.js'), 'start', '-c', cfg],
           {
             stdio: ['ignore', 'ignore', 'inherit'],
           },

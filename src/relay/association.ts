@@ -314,6 +314,7 @@ export class Association {
     if (this.state === 'Sta13') return; // closing: nothing more is relayed
     const down = this.down;
     down.write(bytes);
+    if (this.hashQueue.length > 0) this.drainHashes();
     if (down.writableLength > QUEUE_LIMIT && !this.downBlocked) {
       this.downBlocked = true;
       this.upstreamSocket?.pause();
@@ -324,10 +325,33 @@ export class Association {
     const up = this.upstreamSocket;
     if (!up || this.state === 'Sta13') return; // closing: nothing more is relayed
     up.write(bytes);
+    if (this.hashQueue.length > 0) this.drainHashes();
     if (up.writableLength > QUEUE_LIMIT && !this.upBlocked) {
       this.upBlocked = true;
       this.down.pause();
     }
+  }
+
+  // ---------------------------------------------------------------- hashing off the critical path
+  //
+  // Data bytes are hashed right *after* the write that relays them, not before: the bytes reach the
+  // kernel (and the other process, on another core) first, and the hash runs while they travel; on
+  // latency-bound small instances the C-STORE-RSP round trip overlaps with it. The queue holds flat
+  // (hash, buffer, start, end) entries (no allocation per chunk); it is drained after every write, before
+  // every digest and at the end of every read, so it never outlives the event-loop turn that filled it.
+
+  private readonly hashQueue: Array<HashStream | Buffer | number> = [];
+
+  private hashLater(hash: HashStream, buf: Buffer, start: number, end: number): void {
+    this.hashQueue.push(hash, buf, start, end);
+  }
+
+  private drainHashes(): void {
+    const q = this.hashQueue;
+    for (let i = 0; i < q.length; i += 4) {
+      (q[i] as HashStream).update(q[i + 1] as Buffer, q[i + 2] as number, q[i + 3] as number);
+    }
+    q.length = 0;
   }
 
   // ---------------------------------------------------------------- Sta2: awaiting A-ASSOCIATE-RQ
@@ -339,6 +363,7 @@ export class Association {
       if (this.state === 'Sta13') return; // rejected, aborted or released: nothing more is relayed
       if (this.downScanner) {
         this.downScanner.feed(chunk);
+        if (this.hashQueue.length > 0) this.drainHashes();
         return;
       }
       if (this.state !== 'Sta2') {
@@ -615,6 +640,7 @@ export class Association {
       if (this.state === 'Sta13') return;
       if (this.upScanner) {
         this.upScanner.feed(chunk);
+        if (this.hashQueue.length > 0) this.drainHashes();
         return;
       }
       if (this.state !== 'Sta5' || !this.upFramer) return;
@@ -760,7 +786,7 @@ export class Association {
         const t = this.currentTransfer[dir];
         if (t) {
           t.bytes += end - start;
-          t.hash?.update(buf, start, end);
+          if (t.hash) this.hashLater(t.hash, buf, start, end);
         } else if (this.commitCapture[dir]) this.capture(dir, buf, start, end);
       },
       dataEnd: () => this.dataEnd(dir),
@@ -800,6 +826,7 @@ export class Association {
       this.currentTransfer[dir] = null;
       this.instances++;
       if (t.hash) {
+        this.drainHashes();
         t.digest = t.hash.digest();
         t.hash = null;
       }
@@ -854,7 +881,7 @@ export class Association {
       const t = this.currentTransfer[0];
       if (t) {
         t.bytes += pdv.value.length;
-        t.hash?.update(pdv.value, 0, pdv.value.length);
+        if (t.hash) this.hashLater(t.hash, pdv.value, 0, pdv.value.length);
       } else if (this.commitCapture[0]) this.capture(0, pdv.value, 0, pdv.value.length);
       kept.push(pdv);
       if (pdv.last) this.dataSetComplete(0);
@@ -986,7 +1013,7 @@ export class Association {
       const t = this.currentTransfer[1];
       if (t) {
         t.bytes += pdv.value.length;
-        t.hash?.update(pdv.value, 0, pdv.value.length);
+        if (t.hash) this.hashLater(t.hash, pdv.value, 0, pdv.value.length);
       } else if (this.commitCapture[1]) this.capture(1, pdv.value, 0, pdv.value.length);
       if (pdv.last) this.dataSetComplete(1);
     }
@@ -1115,6 +1142,7 @@ export class Association {
       return;
     }
     // A data set cut short still gets the digest of what passed: the ledger is the truth of what happened.
+    this.drainHashes();
     const digest = t.digest ?? (t.hash ? t.hash.digest() : ledger.hasher.begin().digest());
     t.hash = null;
     const rq = this.rq as AssociatePdu;
