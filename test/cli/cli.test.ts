@@ -123,6 +123,30 @@ describe('dimse-tls-proxy command line', { timeout: 80_000 }, () => {
   });
 
   describe('check-config', () => {
+    it('--against lists what changes compared with another policy (peers added / removed, services)', async () => {
+      const before = join(dir, 'against-before.yaml');
+      const after = join(dir, 'against-after.yaml');
+      await writeFile(before, configYaml({ listenPort: 11112, archivePort: 2762, certDir: 'pki' }));
+      await writeFile(
+        after,
+        configYaml({
+          listenPort: 11112,
+          archivePort: 2762,
+          certDir: 'pki',
+          peers: [
+            '  SCU: { addresses: [127.0.0.1], services: [echo] }',
+            '  CT_NEW: { addresses: [127.0.0.1], services: [echo, store] }',
+          ],
+        }),
+      );
+      const r = await cli(['check-config', '-c', after, '--against', before]);
+      assert.equal(r.code, 0, describeRun(r));
+      assert.match(r.stdout, /2 changes/, describeRun(r));
+      assert.match(r.stdout, /\+ peer CT_NEW added/, describeRun(r));
+      assert.match(r.stdout, /peer SCU: services -store/, describeRun(r));
+      assert.match(r.stdout, /^OK /m);
+    });
+
     it('a valid policy whose certificate files exist: exit 0, prints OK', async () => {
       const file = join(dir, 'valid.yaml');
       await writeFile(file, configYaml({ listenPort: 11112, archivePort: 2762, certDir: 'pki' }));
