@@ -158,10 +158,6 @@ export class UpstreamConnectError extends Error {
   }
 }
 
-/**
- * Open a mutual-TLS connection to the archive. Resolves once the handshake is complete and the server
- * certificate (chain, validity and, unless disabled, host name) is verified.
- */
 /** How long the TCP connect and the TLS handshake of an upstream connection took (for metrics). */
 export interface ConnectTimings {
   connectMs: number;
@@ -175,6 +171,10 @@ export function connectTimings(socket: object): ConnectTimings | undefined {
   return timings.get(socket);
 }
 
+/**
+ * Open a mutual-TLS connection to the archive. Resolves once the handshake is complete and the server
+ * certificate (chain, validity and, unless disabled, host name) is verified.
+ */
 export function connectUpstream(opts: UpstreamConnectOptions): Promise<tls.TLSSocket> {
   const { settings, secureContext } = opts.tls;
   return new Promise((resolve, reject) => {

@@ -31,15 +31,7 @@ import { removePki, standardPki, startProxy, type ProxyUnderTest } from '../help
 import { issueCertificate } from '../../src/tls/pki.js';
 import { datasetOffset } from '../../src/dicom/part10.js';
 import { InlineHasher } from '../../src/integrity/hasher.js';
-import type { InstanceEvidence, LedgerSink } from '../../src/integrity/types.js';
-
-class MemorySink implements LedgerSink {
-  records: InstanceEvidence[] = [];
-  healthy = true;
-  async append(e: InstanceEvidence): Promise<void> {
-    this.records.push(e);
-  }
-}
+import { MemorySink } from '../helpers/memory-sink.js';
 
 type Pki = Awaited<ReturnType<typeof standardPki>>;
 

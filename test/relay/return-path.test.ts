@@ -12,20 +12,12 @@ import * as tls from 'node:tls';
 import { echo, startArchive, store, type ArchiveHandle } from '../../src/dicom/dcmjs.js';
 import { datasetOffset } from '../../src/dicom/part10.js';
 import { InlineHasher } from '../../src/integrity/hasher.js';
-import type { InstanceEvidence, LedgerSink } from '../../src/integrity/types.js';
+import { MemorySink } from '../helpers/memory-sink.js';
 import { createCa, issueCertificate, type PemPair } from '../../src/tls/pki.js';
 import { testInstance } from '../helpers/instances.js';
 import { removePki, standardPki, startProxy, type ProxyUnderTest } from '../helpers/proxy.js';
 
 type Pki = Awaited<ReturnType<typeof standardPki>>;
-
-class MemorySink implements LedgerSink {
-  records: InstanceEvidence[] = [];
-  healthy = true;
-  async append(e: InstanceEvidence): Promise<void> {
-    this.records.push(e);
-  }
-}
 
 describe('return listener (archive → proxy → receiver)', { timeout: 60_000 }, () => {
   const hasher = new InlineHasher();
