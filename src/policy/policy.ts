@@ -271,12 +271,45 @@ export function compilePolicy(config: ProxyConfig): Policy {
     if (peer.receiver) receivers.set(stripWirePadding(peer.aeTitle), peer.receiver);
   }
 
-  const refuse = (
-    refusal: AdmitRefusal,
+  type Refused<R extends string> = {
+    accepted: false;
+    refusal: R;
+    reject: RejectSpec;
+    message: string;
+    peerAeTitle: string | null;
+  };
+  const refuse = <R extends string>(
+    refusal: R,
     reject: RejectSpec,
     message: string,
     peerAeTitle: string | null,
-  ): AdmitDecision => ({ accepted: false, refusal, reject, message, peerAeTitle });
+  ): Refused<R> => ({ accepted: false, refusal, reject, message, peerAeTitle });
+
+  /** The association limits, the same on both listeners (PS3.8 9.3.4: 2/3/2 local limit exceeded). */
+  const overLimit = (
+    req: AdmitRequest,
+    calling: string,
+    peerLimit: number,
+  ): Refused<'too-many-associations' | 'too-many-peer-associations'> | null => {
+    if (req.activeTotal >= maxAssociations) {
+      return refuse(
+        'too-many-associations',
+        REJECTS.localLimitExceeded,
+        `${req.activeTotal} associations active; limits.maxAssociations is ${maxAssociations}`,
+        calling,
+      );
+    }
+    const active = req.activeForPeer(calling);
+    if (active >= peerLimit) {
+      return refuse(
+        'too-many-peer-associations',
+        REJECTS.localLimitExceeded,
+        `${active} associations active for ${JSON.stringify(calling)}; its limit is ${peerLimit}`,
+        calling,
+      );
+    }
+    return null;
+  };
 
   return Object.freeze({
     config,
@@ -312,37 +345,16 @@ export function compilePolicy(config: ProxyConfig): Policy {
           calling,
         );
       }
-      if (req.activeTotal >= maxAssociations) {
-        return refuse(
-          'too-many-associations',
-          REJECTS.localLimitExceeded,
-          `${req.activeTotal} associations active; limits.maxAssociations is ${maxAssociations}`,
-          calling,
-        );
-      }
-      const activeForPeer = req.activeForPeer(calling);
-      if (activeForPeer >= peer.maxAssociations) {
-        return refuse(
-          'too-many-peer-associations',
-          REJECTS.localLimitExceeded,
-          `${activeForPeer} associations active for ${JSON.stringify(calling)}; its limit is ${peer.maxAssociations}`,
-          calling,
-        );
-      }
+      const limited = overLimit(req, calling, peer.maxAssociations);
+      if (limited) return limited;
       return { accepted: true, peer, route: target.route, upstream: target.upstream };
     },
     admitReturn(req: ReturnAdmitRequest): ReturnAdmitDecision {
       const calling = stripWirePadding(req.callingAeTitle);
       const called = stripWirePadding(req.calledAeTitle);
-      const refuseReturn = (
-        refusal: ReturnAdmitRefusal,
-        reject: RejectSpec,
-        message: string,
-        peerAeTitle: string | null,
-      ): ReturnAdmitDecision => ({ accepted: false, refusal, reject, message, peerAeTitle });
       const caller = callers.get(calling);
       if (caller === undefined) {
-        return refuseReturn(
+        return refuse(
           'unknown-calling-ae',
           REJECTS.callingAeNotRecognized,
           `calling AE title ${JSON.stringify(calling)} is not a returnListener caller`,
@@ -352,7 +364,7 @@ export function compilePolicy(config: ProxyConfig): Policy {
       // The TLS layer already refused callers without a certificate from the configured CA; this is the
       // binding of the AE title (which anyone can type) to the identity the CA vouched for.
       if (req.identities === null) {
-        return refuseReturn(
+        return refuse(
           'no-client-certificate',
           REJECTS.callingAeNotRecognized,
           `calling AE title ${JSON.stringify(calling)} presented no certificate`,
@@ -360,7 +372,7 @@ export function compilePolicy(config: ProxyConfig): Policy {
         );
       }
       if (!identityMatches(req.identities, caller.identity)) {
-        return refuseReturn(
+        return refuse(
           'certificate-identity-mismatch',
           REJECTS.callingAeNotRecognized,
           `calling AE title ${JSON.stringify(calling)} requires a certificate with ${caller.identity.kind} ${JSON.stringify(caller.identity.value)}; the caller's certificate (${req.identities.subject}) does not carry it`,
@@ -368,7 +380,7 @@ export function compilePolicy(config: ProxyConfig): Policy {
         );
       }
       if (!caller.policy.allowsAddress(req.remoteAddress)) {
-        return refuseReturn(
+        return refuse(
           'address-not-allowed',
           REJECTS.callingAeNotRecognized,
           `calling AE title ${JSON.stringify(calling)} is not allowed from address ${JSON.stringify(req.remoteAddress)}`,
@@ -377,30 +389,15 @@ export function compilePolicy(config: ProxyConfig): Policy {
       }
       const receiver = receivers.get(called);
       if (receiver === undefined) {
-        return refuseReturn(
+        return refuse(
           'unknown-destination',
           REJECTS.calledAeNotRecognized,
           `called AE title ${JSON.stringify(called)} is not a peer with a receiver`,
           calling,
         );
       }
-      if (req.activeTotal >= maxAssociations) {
-        return refuseReturn(
-          'too-many-associations',
-          REJECTS.localLimitExceeded,
-          `${req.activeTotal} associations active; limits.maxAssociations is ${maxAssociations}`,
-          calling,
-        );
-      }
-      const active = req.activeForPeer(calling);
-      if (active >= caller.policy.maxAssociations) {
-        return refuseReturn(
-          'too-many-peer-associations',
-          REJECTS.localLimitExceeded,
-          `${active} associations active for ${JSON.stringify(calling)}; its limit is ${caller.policy.maxAssociations}`,
-          calling,
-        );
-      }
+      const limited = overLimit(req, calling, caller.policy.maxAssociations);
+      if (limited) return limited;
       return { accepted: true, caller: caller.policy, destination: called, receiver };
     },
   });
