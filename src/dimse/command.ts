@@ -148,15 +148,43 @@ function text(buf: Buffer, start: number, end: number): string {
   return buf.toString('latin1', s, e);
 }
 
-/** Decode a whole command set (all command fragments joined). Throws CommandError naming the element. */
+/** A US element's value; its length must be 2. */
+function us(buf: Buffer, element: number, v: number, length: number): number {
+  if (length !== 2) throw new CommandError(`element (0000,${hex4(element)}) US length ${length}, expected 2`);
+  return buf.readUInt16LE(v);
+}
+
+/**
+ * Decode a whole command set (all command fragments joined). Throws CommandError naming the element.
+ * Runs twice per relayed message (request and response): it reads into locals, with no closure per
+ * element, and builds the result once in a fixed property order, so messages of one kind share one
+ * object shape (absent elements are simply not set).
+ */
 export function decodeCommand(buf: Buffer): CommandSet {
-  let commandField: number | undefined;
-  let dataSetType: number | undefined;
-  const out: Partial<CommandSet> = {};
+  let commandField = -1;
+  let dataSetType = -1;
+  let messageId: number | undefined;
+  let messageIdBeingRespondedTo: number | undefined;
+  let affectedSopClassUid: string | undefined;
+  let requestedSopClassUid: string | undefined;
+  let affectedSopInstanceUid: string | undefined;
+  let requestedSopInstanceUid: string | undefined;
+  let moveDestination: string | undefined;
+  let priority: number | undefined;
+  let status: number | undefined;
+  let errorComment: string | undefined;
+  let eventTypeId: number | undefined;
+  let actionTypeId: number | undefined;
+  let remaining: number | undefined;
+  let completed: number | undefined;
+  let failed: number | undefined;
+  let warning: number | undefined;
+  let moveOriginatorAeTitle: string | undefined;
+  let moveOriginatorMessageId: number | undefined;
+  const n = buf.length;
   let pos = 0;
-  while (pos < buf.length) {
-    if (pos + 8 > buf.length)
-      throw new CommandError(`command set truncated in an element header at offset ${pos}`);
+  while (pos < n) {
+    if (pos + 8 > n) throw new CommandError(`command set truncated in an element header at offset ${pos}`);
     const group = buf.readUInt16LE(pos);
     const element = buf.readUInt16LE(pos + 2);
     const length = buf.readUInt32LE(pos + 4);
@@ -166,86 +194,99 @@ export function decodeCommand(buf: Buffer): CommandSet {
         `element (${hex4(group)},${hex4(element)}) at offset ${pos} is not in group 0000`,
       );
     }
-    if (length > buf.length - v) {
+    if (length > n - v) {
       throw new CommandError(
-        `element (0000,${hex4(element)}) length ${length} exceeds the ${buf.length - v} bytes left in the command set`,
+        `element (0000,${hex4(element)}) length ${length} exceeds the ${n - v} bytes left in the command set`,
       );
     }
-    const us = (): number => {
-      if (length !== 2)
-        throw new CommandError(`element (0000,${hex4(element)}) US length ${length}, expected 2`);
-      return buf.readUInt16LE(v);
-    };
     switch (element) {
       case T.AffectedSopClassUid:
-        out.affectedSopClassUid = text(buf, v, v + length);
+        affectedSopClassUid = text(buf, v, v + length);
         break;
       case T.RequestedSopClassUid:
-        out.requestedSopClassUid = text(buf, v, v + length);
+        requestedSopClassUid = text(buf, v, v + length);
         break;
       case T.CommandField:
-        commandField = us();
+        commandField = us(buf, element, v, length);
         break;
       case T.MessageId:
-        out.messageId = us();
+        messageId = us(buf, element, v, length);
         break;
       case T.MessageIdBeingRespondedTo:
-        out.messageIdBeingRespondedTo = us();
+        messageIdBeingRespondedTo = us(buf, element, v, length);
         break;
       case T.MoveDestination:
-        out.moveDestination = text(buf, v, v + length);
+        moveDestination = text(buf, v, v + length);
         break;
       case T.Priority:
-        out.priority = us();
+        priority = us(buf, element, v, length);
         break;
       case T.CommandDataSetType:
-        dataSetType = us();
+        dataSetType = us(buf, element, v, length);
         break;
       case T.Status:
-        out.status = us();
+        status = us(buf, element, v, length);
         break;
       case T.ErrorComment:
-        out.errorComment = text(buf, v, v + length);
+        errorComment = text(buf, v, v + length);
         break;
       case T.AffectedSopInstanceUid:
-        out.affectedSopInstanceUid = text(buf, v, v + length);
+        affectedSopInstanceUid = text(buf, v, v + length);
         break;
       case T.RequestedSopInstanceUid:
-        out.requestedSopInstanceUid = text(buf, v, v + length);
+        requestedSopInstanceUid = text(buf, v, v + length);
         break;
       case T.EventTypeId:
-        out.eventTypeId = us();
+        eventTypeId = us(buf, element, v, length);
         break;
       case T.ActionTypeId:
-        out.actionTypeId = us();
+        actionTypeId = us(buf, element, v, length);
         break;
       case T.RemainingSubOperations:
-        out.remaining = us();
+        remaining = us(buf, element, v, length);
         break;
       case T.CompletedSubOperations:
-        out.completed = us();
+        completed = us(buf, element, v, length);
         break;
       case T.FailedSubOperations:
-        out.failed = us();
+        failed = us(buf, element, v, length);
         break;
       case T.WarningSubOperations:
-        out.warning = us();
+        warning = us(buf, element, v, length);
         break;
       case T.MoveOriginatorAeTitle:
-        out.moveOriginatorAeTitle = text(buf, v, v + length);
+        moveOriginatorAeTitle = text(buf, v, v + length);
         break;
       case T.MoveOriginatorMessageId:
-        out.moveOriginatorMessageId = us();
+        moveOriginatorMessageId = us(buf, element, v, length);
         break;
       default:
         break; // group length and elements the proxy does not need are skipped, never rewritten
     }
     pos = v + length;
   }
-  if (commandField === undefined) throw new CommandError('command set has no Command Field (0000,0100)');
-  if (dataSetType === undefined)
-    throw new CommandError('command set has no Command Data Set Type (0000,0800)');
-  return { ...out, commandField, commandDataSetType: dataSetType };
+  if (commandField < 0) throw new CommandError('command set has no Command Field (0000,0100)');
+  if (dataSetType < 0) throw new CommandError('command set has no Command Data Set Type (0000,0800)');
+  const out: CommandSet = { commandField, commandDataSetType: dataSetType };
+  if (messageId !== undefined) out.messageId = messageId;
+  if (messageIdBeingRespondedTo !== undefined) out.messageIdBeingRespondedTo = messageIdBeingRespondedTo;
+  if (affectedSopClassUid !== undefined) out.affectedSopClassUid = affectedSopClassUid;
+  if (requestedSopClassUid !== undefined) out.requestedSopClassUid = requestedSopClassUid;
+  if (affectedSopInstanceUid !== undefined) out.affectedSopInstanceUid = affectedSopInstanceUid;
+  if (requestedSopInstanceUid !== undefined) out.requestedSopInstanceUid = requestedSopInstanceUid;
+  if (moveDestination !== undefined) out.moveDestination = moveDestination;
+  if (priority !== undefined) out.priority = priority;
+  if (status !== undefined) out.status = status;
+  if (errorComment !== undefined) out.errorComment = errorComment;
+  if (eventTypeId !== undefined) out.eventTypeId = eventTypeId;
+  if (actionTypeId !== undefined) out.actionTypeId = actionTypeId;
+  if (remaining !== undefined) out.remaining = remaining;
+  if (completed !== undefined) out.completed = completed;
+  if (failed !== undefined) out.failed = failed;
+  if (warning !== undefined) out.warning = warning;
+  if (moveOriginatorAeTitle !== undefined) out.moveOriginatorAeTitle = moveOriginatorAeTitle;
+  if (moveOriginatorMessageId !== undefined) out.moveOriginatorMessageId = moveOriginatorMessageId;
+  return out;
 }
 
 export function hasDataSet(cmd: CommandSet): boolean {

@@ -179,6 +179,11 @@ const PDV_HEADER = 6;
 /** Bytes queued toward one side before the other side is paused (see writeUp). */
 export const QUEUE_LIMIT = 256 * 1024;
 
+/** Map key of a request: Message IDs are US (PS3.7 E.1), unique per direction while outstanding. */
+function messageKey(dir: 0 | 1, messageId: number): number {
+  return dir * 0x10000 + messageId;
+}
+
 function pdataPdu(contextId: number, command: Buffer): Buffer {
   // PS3.8 9.3.5 / Annex E: one command PDV, last fragment (control header bits 0 and 1 set).
   return encodePdu({
@@ -204,9 +209,10 @@ export class Association {
   private upScanner: PDataScanner | null = null; // bytes from archive -> modality
   private readonly downAsm = new MessageAssembler();
   private readonly upAsm = new MessageAssembler();
-  private readonly pending = new Map<string, PendingRequest>();
+  /** Requests awaiting their final response, by messageKey(direction of the request, Message ID). */
+  private readonly pending = new Map<number, PendingRequest>();
   private readonly invokeCache = new Map<number, boolean>();
-  private readonly transfers = new Map<string, Transfer>();
+  private readonly transfers = new Map<number, Transfer>();
   private currentTransfer: [Transfer | null, Transfer | null] = [null, null]; // [down, up]
   private commitCapture: [CommitmentCapture | null, CommitmentCapture | null] = [null, null];
   private drop: DropState | null = null;
@@ -1021,7 +1027,7 @@ export class Association {
 
   private onRequest(dir: 0 | 1, cmd: CommandSet, ctx: AcceptedContext): void {
     const direction: Direction = this.directions[dir];
-    const key = `${dir}:${cmd.messageId ?? 0}`;
+    const key = messageKey(dir, cmd.messageId ?? 0);
     this.pending.set(key, { command: cmd, startedAt: performance.now() });
     if (cmd.commandField === CommandField.CStoreRq) {
       const t: Transfer = {
@@ -1106,7 +1112,7 @@ export class Association {
   /** A response travelling in direction dir answers a request that travelled the other way. */
   private onResponse(dir: 0 | 1, cmd: CommandSet): void {
     const reqDir = dir === 0 ? 1 : 0;
-    const key = `${reqDir}:${cmd.messageIdBeingRespondedTo ?? 0}`;
+    const key = messageKey(reqDir, cmd.messageIdBeingRespondedTo ?? 0);
     const status = cmd.status ?? 0xffff;
     const cls = statusClass(status);
     if (cls === 'pending') return;
