@@ -9,7 +9,7 @@
 // alike. The table reports the median MB/s, the proxy/stunnel and proxy/direct ratios, and the proxy's
 // peak RSS (VmHWM of a proxy process started fresh for each set).
 //
-// Environment: BENCH_RUNS (measured runs per mode; default 9 on the small set, 5 on the large one),
+// Environment: BENCH_RUNS (measured runs per mode; default 15 on the small set, 7 on the large one),
 // BENCH_WARMUP (unmeasured transfers per mode; default 10 small, 1 large), BENCH_SETS (comma list of
 // small,large; default both), BENCH_SMALL_COUNT (200), BENCH_LARGE_MB (200), BENCH_LARGE_COUNT (3).
 import { readFileSync, writeFileSync } from 'node:fs';
@@ -57,7 +57,7 @@ const ALL_SETS: SetSpec[] = [
     label: `${SMALL_COUNT} × 512 KB`,
     count: SMALL_COUNT,
     pixelBytes: 512 * 1024,
-    runs: envCount('BENCH_RUNS', 9),
+    runs: envCount('BENCH_RUNS', 15),
     warmup: envCount('BENCH_WARMUP', 10),
   },
   {
@@ -65,7 +65,7 @@ const ALL_SETS: SetSpec[] = [
     label: `${LARGE_COUNT} × ${LARGE_MB} MB`,
     count: LARGE_COUNT,
     pixelBytes: LARGE_MB * 1024 * 1024,
-    runs: envCount('BENCH_RUNS', 5),
+    runs: envCount('BENCH_RUNS', 7),
     warmup: envCount('BENCH_WARMUP', 1),
   },
 ];

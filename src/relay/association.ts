@@ -113,7 +113,7 @@ const DIRECTIONS: Record<ListenerKind, [Direction, Direction]> = {
 export interface LedgerBinding {
   sink: LedgerSink;
   onFailure: 'abort' | 'continue';
-  /** Computes the data-set digests (a worker thread in the daemon). */
+  /** Computes the data-set digests (on the relay thread: see integrity/hasher.ts). */
   hasher: StreamHasher;
 }
 
@@ -149,8 +149,6 @@ interface Transfer {
   bytes: number;
   /** SHA-256 over the data PDV values as they pass (only when a ledger is configured). */
   hash: HashStream | null;
-  /** The digest, once the data set is complete (computed off the relay thread). */
-  digest: Promise<string> | null;
   moveOriginatorAeTitle: string | null;
   moveOriginatorMessageId: number | null;
 }
@@ -830,12 +828,9 @@ export class Association {
     const t = this.currentTransfer[dir];
     if (t) {
       this.currentTransfer[dir] = null;
+      // Its digest is taken when it is recorded: the bytes of this last chunk are relayed before they are
+      // hashed, like every other chunk's.
       this.instances++;
-      if (t.hash) {
-        this.drainHashes();
-        t.digest = t.hash.digest();
-        t.hash = null;
-      }
     }
   }
 
@@ -1038,7 +1033,6 @@ export class Association {
         transferSyntaxUid: ctx.transferSyntax,
         bytes: 0,
         hash: this.host.ledger ? this.host.ledger.hasher.begin() : null,
-        digest: null,
         moveOriginatorAeTitle: cmd.moveOriginatorAeTitle ?? null,
         moveOriginatorMessageId: cmd.moveOriginatorMessageId ?? null,
       };
@@ -1149,7 +1143,7 @@ export class Association {
     }
     // A data set cut short still gets the digest of what passed: the ledger is the truth of what happened.
     this.drainHashes();
-    const digest = t.digest ?? (t.hash ? t.hash.digest() : ledger.hasher.begin().digest());
+    const digest = (t.hash ?? ledger.hasher.begin()).digest();
     t.hash = null;
     const rq = this.rq as AssociatePdu;
     const upstream = this.upstream;
