@@ -48,6 +48,7 @@ export const DEFAULTS = deepFreeze({
     idleTimeout: '5m',
     maxPduLength: 1_048_576,
     drainTimeout: '30s',
+    relayBuffer: 1_048_576,
   },
   reload: {
     watch: true,

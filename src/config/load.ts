@@ -411,6 +411,7 @@ function buildSnapshot(validated: ValidatedRoot, sourcePath: string | null, base
     idleTimeoutMs: l.idleTimeout ?? defaultDurationMs(DEFAULTS.limits.idleTimeout),
     maxPduLength: l.maxPduLength ?? DEFAULTS.limits.maxPduLength,
     drainTimeoutMs: l.drainTimeout ?? defaultDurationMs(DEFAULTS.limits.drainTimeout),
+    relayBuffer: l.relayBuffer ?? DEFAULTS.limits.relayBuffer,
   };
 
   const g = root.logging ?? {};

@@ -158,6 +158,7 @@ export const limitsSchema = z.strictObject({
   idleTimeout: optionalDuration,
   maxPduLength: z.int().min(4096).max(16_777_216).optional(),
   drainTimeout: optionalDuration,
+  relayBuffer: z.int().min(65_536).max(67_108_864).optional(),
 });
 
 export const reloadSchema = z.strictObject({

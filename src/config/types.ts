@@ -133,6 +133,11 @@ export interface LimitsConfig {
   maxPduLength: number;
   /** On SIGTERM: how long live associations may take to finish before they are aborted. */
   drainTimeoutMs: number;
+  /**
+   * Bytes one association may queue toward a side that reads slower than the other side sends, before
+   * the proxy stops reading from the sender (per direction; new associations take a reloaded value).
+   */
+  relayBuffer: number;
 }
 
 export interface ReloadConfig {

@@ -153,6 +153,7 @@ describe('config/example.yaml', () => {
     assert.equal(config.limits.maxAssociations, DEFAULTS.limits.maxAssociations);
     assert.equal(config.limits.maxAssociationsPerPeer, DEFAULTS.limits.maxAssociationsPerPeer);
     assert.equal(config.limits.maxPduLength, DEFAULTS.limits.maxPduLength);
+    assert.equal(config.limits.relayBuffer, DEFAULTS.limits.relayBuffer);
     assert.equal(config.logging.level, DEFAULTS.logging.level);
     assert.equal(config.listen.port, DEFAULTS.listen.port);
     assert.equal(config.ledger.fsync, DEFAULTS.ledger.fsync);
@@ -175,6 +176,7 @@ describe('parseConfig: defaults and normalisation', () => {
       idleTimeoutMs: 300_000,
       maxPduLength: 1_048_576,
       drainTimeoutMs: 30_000,
+      relayBuffer: 1_048_576,
     });
     assert.deepEqual(config.logging, { level: 'info', file: null });
     const archive = config.upstreams['archive'];
@@ -512,6 +514,17 @@ describe('parseConfig: errors name the key path and line', () => {
       /at least 4096/,
     );
     assertSingleIssue(yaml({}, ['limits: { maxPduLength: 16777217 }']), 'limits.maxPduLength', 11);
+  });
+
+  it('checks relayBuffer bounds 65536..67108864', () => {
+    assert.equal(parseConfig(yaml({}, ['limits: { relayBuffer: 65536 }']), null).limits.relayBuffer, 65_536);
+    assertSingleIssue(
+      yaml({}, ['limits: { relayBuffer: 65535 }']),
+      'limits.relayBuffer',
+      11,
+      /at least 65536/,
+    );
+    assertSingleIssue(yaml({}, ['limits: { relayBuffer: 67108865 }']), 'limits.relayBuffer', 11);
   });
 
   it('requires positive limits; a peer limit may be null', () => {

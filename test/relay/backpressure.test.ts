@@ -12,6 +12,8 @@ import { acceptAll } from '../helpers/scripted-archive.js';
 
 const PDU_VALUE = 16 * 1024;
 const TARGET = 256 * 1024 * 1024; // what the modality tries to send while the archive is stalled
+const RELAY_BUFFER = 65_536; // limits.relayBuffer: the proxy's own queue toward the archive
+const READ_CHUNK = 65_536; // one socket read, relayed whole before the modality is paused
 
 test('a stalled archive stalls the modality; the proxy holds a bounded amount; all bytes arrive after', async () => {
   const pki = await standardPki();
@@ -46,7 +48,11 @@ test('a stalled archive stalls the modality; the proxy holds a bounded amount; a
   );
   await new Promise<void>((r) => archive.listen(0, '127.0.0.1', r));
   const archivePort = (archive.address() as { port: number }).port;
-  const proxy = await startProxy({ archivePort, pki, limits: '{ maxPduLength: 65536, idleTimeout: 1m }' });
+  const proxy = await startProxy({
+    archivePort,
+    pki,
+    limits: `{ maxPduLength: 65536, idleTimeout: 1m, relayBuffer: ${RELAY_BUFFER} }`,
+  });
   const scu = await RawScu.connect(proxy.port);
   try {
     scu.send(associateRq('SCU', 'DICOM_PROXY', [{ id: 1, abstractSyntax: CT_IMAGE }]));
@@ -85,6 +91,13 @@ test('a stalled archive stalls the modality; the proxy holds a bounded amount; a
     const live = proxy.server.associations()[0];
     assert.ok(live);
     const held = live.stats().bytesFromModality;
+    // The proxy's own queue toward the archive is what paused the modality: it holds bytes, at most
+    // limits.relayBuffer plus the read that crossed it (the rest sits in kernel buffers).
+    const queued = (live as unknown as { upstreamSocket: tls.TLSSocket }).upstreamSocket.writableLength;
+    assert.ok(
+      queued > 0 && queued <= RELAY_BUFFER + READ_CHUNK + 1024,
+      `queued toward the archive: ${queued} bytes with relayBuffer ${RELAY_BUFFER}`,
+    );
     // Kernel socket buffers on three hops plus the proxy's bounded write queue; far below what was sent.
     assert.ok(
       held < 48 * 1024 * 1024,
