@@ -174,6 +174,9 @@ interface DropState {
 
 const PDV_HEADER = 6;
 
+/** Relayed data bytes that may wait for the check phase to be hashed (see scheduleHashes). */
+const HASH_BACKLOG = 1024 * 1024;
+
 /** Map key of a request: Message IDs are US (PS3.7 E.1), unique per direction while outstanding. */
 function messageKey(dir: 0 | 1, messageId: number): number {
   return dir * 0x10000 + messageId;
@@ -319,7 +322,7 @@ export class Association {
     if (this.state === 'Sta13') return; // closing: nothing more is relayed
     const down = this.down;
     down.write(bytes);
-    if (this.hashQueue.length > 0) this.drainHashes();
+    if (this.hashQueue.length > 0) this.scheduleHashes();
     if (down.writableLength > this.relayBuffer && !this.downBlocked) {
       this.downBlocked = true;
       this.upstreamSocket?.pause();
@@ -330,7 +333,7 @@ export class Association {
     const up = this.upstreamSocket;
     if (!up || this.state === 'Sta13') return; // closing: nothing more is relayed
     up.write(bytes);
-    if (this.hashQueue.length > 0) this.drainHashes();
+    if (this.hashQueue.length > 0) this.scheduleHashes();
     if (up.writableLength > this.relayBuffer && !this.upBlocked) {
       this.upBlocked = true;
       this.down.pause();
@@ -339,16 +342,34 @@ export class Association {
 
   // ---------------------------------------------------------------- hashing off the critical path
   //
-  // Data bytes are hashed right *after* the write that relays them, not before: the bytes reach the
-  // kernel (and the other process, on another core) first, and the hash runs while they travel; on
-  // latency-bound small instances the C-STORE-RSP round trip overlaps with it. The queue holds flat
-  // (hash, buffer, start, end) entries (no allocation per chunk); it is drained after every write, before
-  // every digest and at the end of every read, so it never outlives the event-loop turn that filled it.
+  // With a ledger every data byte is hashed, but only once the write that relays it has reached the
+  // kernel. A socket write is not always sent at once: while the previous write to a TLS socket is
+  // completing (Node completes TLS writes in an immediate), further writes wait in the stream's buffer.
+  // So scanning queues flat (hash, buffer, start, end) entries (no allocation per chunk; read buffers
+  // are never reused, so the bytes cannot change) and a setImmediate hashes them — after the reads of
+  // this loop turn have been forwarded and the waiting writes flushed. The queue is bounded: beyond
+  // HASH_BACKLOG bytes it is hashed at once. A digest hashes what is queued first (recordInstance).
 
   private readonly hashQueue: Array<HashStream | Buffer | number> = [];
+  private hashBacklog = 0;
+  private hashScheduled = false;
+  private readonly hashTick = (): void => {
+    this.hashScheduled = false;
+    this.drainHashes();
+  };
 
   private hashLater(hash: HashStream, buf: Buffer, start: number, end: number): void {
     this.hashQueue.push(hash, buf, start, end);
+    this.hashBacklog += end - start;
+  }
+
+  /** After writes and reads: hash the queue in this loop turn's check phase, or now if it is too long. */
+  private scheduleHashes(): void {
+    if (this.hashBacklog > HASH_BACKLOG) this.drainHashes();
+    else if (!this.hashScheduled) {
+      this.hashScheduled = true;
+      setImmediate(this.hashTick);
+    }
   }
 
   private drainHashes(): void {
@@ -357,6 +378,7 @@ export class Association {
       (q[i] as HashStream).update(q[i + 1] as Buffer, q[i + 2] as number, q[i + 3] as number);
     }
     q.length = 0;
+    this.hashBacklog = 0;
   }
 
   // ---------------------------------------------------------------- Sta2: awaiting A-ASSOCIATE-RQ
@@ -368,7 +390,7 @@ export class Association {
       if (this.state === 'Sta13') return; // rejected, aborted or released: nothing more is relayed
       if (this.downScanner) {
         this.downScanner.feed(chunk);
-        if (this.hashQueue.length > 0) this.drainHashes();
+        if (this.hashQueue.length > 0) this.scheduleHashes();
         return;
       }
       if (this.state !== 'Sta2') {
@@ -645,7 +667,7 @@ export class Association {
       if (this.state === 'Sta13') return;
       if (this.upScanner) {
         this.upScanner.feed(chunk);
-        if (this.hashQueue.length > 0) this.drainHashes();
+        if (this.hashQueue.length > 0) this.scheduleHashes();
         return;
       }
       if (this.state !== 'Sta5' || !this.upFramer) return;

@@ -57,12 +57,18 @@ describe('instance evidence for the ledger', () => {
         port: proxy.port,
         callingAeTitle: 'SCU',
         calledAeTitle: 'DICOM_PROXY',
-        instances: [testInstance(1), testInstance(2, 3_000_000), testInstance(3, 10)],
+        // 24 MB: more than the 1 MiB the relay lets wait for the check phase, so part is hashed at once.
+        instances: [
+          testInstance(1),
+          testInstance(2, 3_000_000),
+          testInstance(3, 10),
+          testInstance(4, 24_000_000),
+        ],
       });
-      assert.deepEqual(r.statuses, [0, 0, 0]);
+      assert.deepEqual(r.statuses, [0, 0, 0, 0]);
       await proxy.closed();
       const arrived = archive.received.slice(before);
-      assert.equal(sink.records.length, 3);
+      assert.equal(sink.records.length, 4);
       const fingerprint = new X509Certificate(pki.archive.cert).fingerprint256
         .replace(/:/g, '')
         .toLowerCase();
