@@ -11,6 +11,7 @@ import { parseDuration } from './duration.js';
 import { ConfigError, type ConfigIssue } from './errors.js';
 import { deepFreeze } from './defaults.js';
 import { errorMap } from './messages.js';
+import { durationSchema, hostSchema } from './primitives.js';
 
 /** Defaults, in the units of the YAML surface (durations as written in the file). */
 export const ADMIN_DEFAULTS = deepFreeze({
@@ -22,20 +23,6 @@ export const ADMIN_DEFAULTS = deepFreeze({
     timeout: '5s',
   },
 } as const);
-
-const durationSchema = z.unknown().transform((value, ctx) => {
-  const result = parseDuration(value);
-  if (!result.ok) {
-    ctx.addIssue({ code: 'custom', message: result.message });
-    return z.NEVER;
-  }
-  return result.ms;
-});
-
-const hostSchema = z
-  .string()
-  .min(1)
-  .regex(/^[^\s/]+$/, { message: 'must be a host name or IP address without spaces or slashes' });
 
 export const adminReadinessSchema = z.strictObject({
   /** How often each upstream is probed with a mutual-TLS C-ECHO. */

@@ -36,7 +36,8 @@ import { parseDuration } from './duration.js';
 import { ConfigError, type ConfigIssue } from './errors.js';
 import { formatPath } from './locate.js';
 import { errorMap } from './messages.js';
-import { TLS_PROFILE_NAMES, type TlsProfileName } from './types.js';
+import { clientTlsSchema, durationSchema, filePathSchema, hostSchema } from './primitives.js';
+import type { TlsProfileName } from './types.js';
 
 /** RFC 5425 section 4.1: the port assigned to syslog over TLS. */
 export const SYSLOG_TLS_PORT = 6514;
@@ -67,22 +68,6 @@ export const AUDIT_DEFAULTS = Object.freeze({
   }),
 });
 
-const durationSchema = z.unknown().transform((value, ctx) => {
-  const result = parseDuration(value);
-  if (!result.ok) {
-    ctx.addIssue({ code: 'custom', message: result.message });
-    return z.NEVER;
-  }
-  return result.ms;
-});
-
-const hostSchema = z
-  .string()
-  .min(1)
-  .regex(/^[^\s/]+$/, { message: 'must be a host name or IP address without spaces or slashes' });
-
-const filePathSchema = z.string().min(1);
-
 /** RFC 5424 section 6: header fields are PRINTUSASCII (%d33-126) of bounded length. */
 function printUsAscii(max: number) {
   return z
@@ -100,14 +85,7 @@ const tokenSchema = z
   // eslint-disable-next-line no-control-regex -- control characters are exactly what is rejected
   .regex(/^[^\x00-\x1f\x7f]+$/, { message: 'must not contain control characters' });
 
-export const auditSyslogTlsSchema = z.strictObject({
-  ca: filePathSchema,
-  cert: filePathSchema,
-  key: filePathSchema,
-  serverName: hostSchema.optional(),
-  verifyHostname: z.boolean().optional(),
-  profile: z.enum(TLS_PROFILE_NAMES as [string, ...string[]]).optional(),
-});
+export const auditSyslogTlsSchema = clientTlsSchema;
 
 export const auditSyslogSchema = z.strictObject({
   host: hostSchema,

@@ -4,6 +4,7 @@ import { parseAddressRange } from './address.js';
 import { adminSchema } from './admin.js';
 import { auditSchema } from './audit.js';
 import { parseDuration } from './duration.js';
+import { clientTlsSchema, durationSchema, filePathSchema, hostSchema } from './primitives.js';
 import { aeTitleError, trimAeTitle, uidError } from './syntax.js';
 import { LEDGER_FAILURE_MODES, LEDGER_FSYNC_MODES, SERVICE_NAMES, TLS_PROFILE_NAMES } from './types.js';
 
@@ -22,15 +23,6 @@ export const aeTitleSchema = z.string().transform((value, ctx) => {
     return z.NEVER;
   }
   return trimmed;
-});
-
-export const durationSchema = z.unknown().transform((value, ctx) => {
-  const result = parseDuration(value);
-  if (!result.ok) {
-    ctx.addIssue({ code: 'custom', message: result.message });
-    return z.NEVER;
-  }
-  return result.ms;
 });
 
 /** A duration (see durationSchema) no longer than `maxMs`; `maxText` is how the limit is written in the file. */
@@ -62,13 +54,6 @@ const addressSchema = z.string().superRefine((value, ctx) => {
   if (!result.ok) ctx.addIssue({ code: 'custom', message: result.message });
 });
 
-const hostSchema = z
-  .string()
-  .min(1)
-  .regex(/^[^\s/]+$/, { message: 'must be a host name or IP address without spaces or slashes' });
-
-const filePathSchema = z.string().min(1);
-
 const positiveInt = z.int().min(1);
 
 const optionalDuration = durationSchema.optional();
@@ -78,14 +63,7 @@ export const listenSchema = z.strictObject({
   port: z.int().min(0).max(65535).optional(),
 });
 
-export const upstreamTlsSchema = z.strictObject({
-  ca: filePathSchema,
-  cert: filePathSchema,
-  key: filePathSchema,
-  serverName: hostSchema.optional(),
-  verifyHostname: z.boolean().optional(),
-  profile: z.enum(TLS_PROFILE_NAMES as [string, ...string[]]).optional(),
-});
+export const upstreamTlsSchema = clientTlsSchema;
 
 export const upstreamSchema = z.strictObject({
   host: hostSchema,

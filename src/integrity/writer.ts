@@ -26,6 +26,7 @@ import {
 } from './format.js';
 import { keyIdOf, loadSigningKey } from './keys.js';
 import type { InstanceEvidence, LedgerSink } from './types.js';
+import { syncDir } from '../util/fs.js';
 
 export { LedgerError, type LedgerErrorCode } from './errors.js';
 
@@ -147,19 +148,6 @@ const SEAL_OVERHEAD = 75;
 
 function lineLength(body: UnsealedRecord): number {
   return Buffer.byteLength(JSON.stringify(body), 'utf8') + SEAL_OVERHEAD;
-}
-
-async function syncDir(dir: string): Promise<void> {
-  try {
-    const fh = await open(dir, 'r');
-    try {
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-  } catch {
-    // Not supported everywhere (e.g. Windows); the file data itself is synced regardless.
-  }
 }
 
 /** The last record of a (non-last) ledger file, read from its end. */

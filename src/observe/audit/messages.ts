@@ -437,11 +437,11 @@ export function sopClassObjects(sopClasses: readonly SopClassEntry[]): Participa
   }));
 }
 
-/** PS3.15 A.5.3.3: EventID 110102, EventActionCode E. */
-export function beginTransferringMessage(input: TransferInput): string {
+/** The two transfer messages differ only in EventID and EventActionCode. */
+function transferMessage(eventId: CodedValue, actionCode: EventActionCode, input: TransferInput): string {
   return buildAuditMessage({
-    eventId: EVENT_ID.beginTransferring,
-    actionCode: 'E',
+    eventId,
+    actionCode,
     dateTime: input.time,
     outcome: input.outcome ?? 0,
     outcomeDescription: input.outcomeDescription ?? null,
@@ -451,22 +451,18 @@ export function beginTransferringMessage(input: TransferInput): string {
   });
 }
 
+/** PS3.15 A.5.3.3: EventID 110102, EventActionCode E. */
+export function beginTransferringMessage(input: TransferInput): string {
+  return transferMessage(EVENT_ID.beginTransferring, 'E', input);
+}
+
 /**
  * PS3.15 A.5.3.7: EventID 110104. EventActionCode is "R": "If the Audit Source is either not the receiver,
  * or otherwise does not know whether or not the instances previously were held by the receiving node, then
  * use R" — the proxy relays, it is neither sender nor receiver. EventDateTime: when the transfer completed.
  */
 export function instancesTransferredMessage(input: TransferInput): string {
-  return buildAuditMessage({
-    eventId: EVENT_ID.instancesTransferred,
-    actionCode: 'R',
-    dateTime: input.time,
-    outcome: input.outcome ?? 0,
-    outcomeDescription: input.outcomeDescription ?? null,
-    participants: transferParticipants(input),
-    source: input.source,
-    objects: sopClassObjects(input.sopClasses),
-  });
+  return transferMessage(EVENT_ID.instancesTransferred, 'R', input);
 }
 
 // ------------------------------------------------------------------------------------ A.5.3.10 Query

@@ -33,6 +33,7 @@ import * as tls from 'node:tls';
 import type { AuditSyslogConfig } from '../../config/audit.js';
 import { TLS_PROFILES, type TlsProfileName } from '../../tls/profiles.js';
 import type { EventOutcome } from './messages.js';
+import { syncDir } from '../../util/fs.js';
 
 // ------------------------------------------------------------------------------------- RFC 5424 format
 
@@ -983,20 +984,6 @@ function endSocket(socket: tls.TLSSocket, waitMs: number): Promise<void> {
     });
     socket.end();
   });
-}
-
-async function syncDir(dir: string): Promise<void> {
-  // Makes a new segment's directory entry durable (best effort: not every platform can fsync a directory).
-  try {
-    const h = await open(dir, 'r');
-    try {
-      await h.sync();
-    } finally {
-      await h.close();
-    }
-  } catch {
-    // ignore
-  }
 }
 
 function processAlive(pid: number): boolean {
