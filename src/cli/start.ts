@@ -68,15 +68,11 @@ export async function runStart(configPath: string, hooks: StartHooks): Promise<v
   let ledger: LedgerWriter | null = null;
   if (config.ledger.path) {
     try {
-      ledger = await LedgerWriter.open({
-        dir: config.ledger.path,
-        fsync: config.ledger.fsync,
-        fsyncIntervalMs: config.ledger.fsyncIntervalMs,
-        rotateMaxBytes: config.ledger.rotateMaxBytes,
-        rotateDaily: config.ledger.rotateDaily,
-        checkpointIntervalMs: config.ledger.checkpointIntervalMs,
-        signingKeyPem: snapshot.ledgerSigningKeyPem,
-      });
+      ledger = await LedgerWriter.openConfigured(
+        config.ledger.path,
+        config.ledger,
+        snapshot.ledgerSigningKeyPem,
+      );
     } catch (err) {
       log.error('cannot open the integrity ledger', {
         event: 'ledger-open-failed',

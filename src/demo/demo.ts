@@ -81,15 +81,7 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
   });
   const log = createLogger({ level: config.logging.level, file: config.logging.file, stderr: true });
   const ledger = config.ledger.path
-    ? await LedgerWriter.open({
-        dir: config.ledger.path,
-        fsync: config.ledger.fsync,
-        fsyncIntervalMs: config.ledger.fsyncIntervalMs,
-        rotateMaxBytes: config.ledger.rotateMaxBytes,
-        rotateDaily: config.ledger.rotateDaily,
-        checkpointIntervalMs: config.ledger.checkpointIntervalMs,
-        signingKeyPem: snapshot.ledgerSigningKeyPem,
-      })
+    ? await LedgerWriter.openConfigured(config.ledger.path, config.ledger, snapshot.ledgerSigningKeyPem)
     : null;
   const hasher = new InlineHasher();
   const proxy = new ProxyServer(snapshot, {

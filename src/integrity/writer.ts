@@ -27,6 +27,8 @@ import {
 import { keyIdOf, loadSigningKey } from './keys.js';
 import type { InstanceEvidence, LedgerSink } from './types.js';
 import { syncDir } from '../util/fs.js';
+import { processAlive } from '../util/process.js';
+import type { LedgerConfig } from '../config/types.js';
 
 export { LedgerError, type LedgerErrorCode } from './errors.js';
 
@@ -178,15 +180,6 @@ export const LOCK_FILE = 'ledger.lock';
 /** Ledger directories this process has open (a lock file with our own PID may also be a reused PID). */
 const openHere = new Set<string>();
 
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 export class LedgerWriter implements LedgerSink {
   private readonly now: () => Date;
   private readonly signing: { key: KeyObject; keyId: string } | null;
@@ -254,6 +247,23 @@ export class LedgerWriter implements LedgerSink {
   private locked = false;
 
   /** Open (or create) the ledger in opts.dir and get it ready to append. */
+  /** Open the ledger a policy configures (`ledger:`; `dir` is its path) with the snapshot's signing key. */
+  static openConfigured(
+    dir: string,
+    config: LedgerConfig,
+    signingKeyPem: string | null,
+  ): Promise<LedgerWriter> {
+    return LedgerWriter.open({
+      dir,
+      fsync: config.fsync,
+      fsyncIntervalMs: config.fsyncIntervalMs,
+      rotateMaxBytes: config.rotateMaxBytes,
+      rotateDaily: config.rotateDaily,
+      checkpointIntervalMs: config.checkpointIntervalMs,
+      signingKeyPem,
+    });
+  }
+
   static async open(opts: LedgerOptions): Promise<LedgerWriter> {
     for (const k of ['fsyncIntervalMs', 'rotateMaxBytes', 'checkpointIntervalMs'] as const) {
       if (!(Number.isFinite(opts[k]) && opts[k] > 0)) throw new RangeError(`${k} must be a positive number`);

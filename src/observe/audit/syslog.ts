@@ -34,6 +34,7 @@ import type { AuditSyslogConfig } from '../../config/audit.js';
 import { TLS_PROFILES, type TlsProfileName } from '../../tls/profiles.js';
 import type { EventOutcome } from './messages.js';
 import { syncDir } from '../../util/fs.js';
+import { processAlive } from '../../util/process.js';
 
 // ------------------------------------------------------------------------------------- RFC 5424 format
 
@@ -984,15 +985,6 @@ function endSocket(socket: tls.TLSSocket, waitMs: number): Promise<void> {
     });
     socket.end();
   });
-}
-
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 function sleep(ms: number): Promise<void> {
