@@ -1,17 +1,26 @@
-// npm run bench — throughput of DCMTK storescu -> storescp (+tls) three ways, measured in the same run:
+// npm run bench — the proxy against the tools people use today, all measured in the same run:
 //   direct   storescu +tls ──mTLS──▶ storescp +tls
 //   stunnel  storescu ──plain──▶ stunnel (client mode, verifies the archive) ──mTLS──▶ storescp +tls
+//   bare     storescu ──plain──▶ a bare Node relay (bench/bare-relay.mjs: no DICOM at all) ──mTLS──▶ …
 //   proxy    storescu ──plain──▶ dimse-tls-proxy ──mTLS──▶ storescp +tls
-// Every mode is first warmed up with unmeasured transfers (the daemon runs for weeks: what matters is
-// its steady state, after V8 has optimised the relay's hot functions — on the 512 KB set that takes a
-// few thousand messages), then measured runs are interleaved, each round starting with the next mode
-// (direct, stunnel, proxy, … then stunnel, proxy, …, direct) so machine noise and position hit all modes
-// alike. The table reports the median MB/s, the proxy/stunnel and proxy/direct ratios, and the proxy's
-// peak RSS (VmHWM of a proxy process started fresh for each set).
+//   ledger   the same proxy with the integrity ledger on (fsync batch, signed checkpoints)
+// The proxy is started exactly as an admin would: `node dist/cli.js start -c FILE`, no flags.
 //
-// Environment: BENCH_RUNS (measured runs per mode; default 15 on the small set, 7 on the large one),
-// BENCH_WARMUP (unmeasured transfers per mode; default 10 small, 1 large), BENCH_SETS (comma list of
-// small,large; default both), BENCH_SMALL_COUNT (200), BENCH_LARGE_MB (200), BENCH_LARGE_COUNT (3).
+// Sets: `small` (200 × 512 KB) and `large` (3 × 200 MB), sent by DCMTK storescu, and `many`: 100
+// concurrent associations (bench/load.ts), each 50 × 64 KB + 3 × 2 MB, into storescp --fork, for
+// stunnel, the bare relay and the proxy; it reports throughput, relay CPU per GB, association setup
+// latency p50/p99, errors, peak RSS, and what an idle (negotiated, not backed up) association costs.
+//
+// Every mode is first warmed up with unmeasured transfers (the daemon runs for weeks: what matters is
+// its steady state, after V8 has optimised the relay's hot functions), then measured runs are
+// interleaved, each round starting with the next mode, so machine noise and position hit all modes
+// alike. Tables report medians; CPU is the relay process's user+system time (/proc/PID/stat) per run.
+// Peak RSS is VmHWM of a relay process started fresh for each set.
+//
+// Environment: BENCH_RUNS (measured runs per mode; default 15 small, 7 large, 5 many), BENCH_WARMUP
+// (unmeasured transfers per mode; default 10 small, 1 large, 1 many), BENCH_SETS (comma list of
+// small,large,many; default all), BENCH_SMALL_COUNT (200), BENCH_LARGE_MB (200), BENCH_LARGE_COUNT (3),
+// BENCH_ASSOCIATIONS (100).
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
@@ -29,16 +38,21 @@ import {
   startStunnelClient,
   waitForListen,
 } from '../test/helpers/peers.js';
+import { openIdle, percentile, prepareLoad, runLoad } from './load.js';
 
-/** As the package bin and the container run the daemon (see README, Performance). */
-const V8_HEAP_FLAG = '--initial-old-space-size=64';
-const SETS = (process.env.BENCH_SETS ?? 'small,large').split(',');
+const SETS = (process.env.BENCH_SETS ?? 'small,large,many').split(',');
 const SMALL_COUNT = Number(process.env.BENCH_SMALL_COUNT ?? 200);
 const LARGE_COUNT = Number(process.env.BENCH_LARGE_COUNT ?? 3);
 const LARGE_MB = Number(process.env.BENCH_LARGE_MB ?? 200);
+const ASSOCIATIONS = Number(process.env.BENCH_ASSOCIATIONS ?? 100);
 
-interface SetSpec {
-  key: string;
+function envCount(name: string, fallback: number): number {
+  const v = process.env[name];
+  return v === undefined || v === '' ? fallback : Number(v);
+}
+
+interface StorescuSet {
+  key: 'small' | 'large';
   label: string;
   count: number;
   pixelBytes: number;
@@ -46,12 +60,7 @@ interface SetSpec {
   warmup: number;
 }
 
-function envCount(name: string, fallback: number): number {
-  const v = process.env[name];
-  return v === undefined || v === '' ? fallback : Number(v);
-}
-
-const ALL_SETS: SetSpec[] = [
+const STORESCU_SETS: StorescuSet[] = [
   {
     key: 'small',
     label: `${SMALL_COUNT} × 512 KB`,
@@ -70,26 +79,348 @@ const ALL_SETS: SetSpec[] = [
   },
 ];
 
-type Mode = 'direct' | 'stunnel' | 'proxy' | 'ledger';
-const MODES: Mode[] = ['direct', 'stunnel', 'proxy', 'ledger'];
+type Mode = 'direct' | 'stunnel' | 'bare' | 'proxy' | 'ledger';
 const LABEL: Record<Mode, string> = {
-  direct: 'direct',
+  direct: 'direct TLS',
   stunnel: 'stunnel',
+  bare: 'bare Node relay',
   proxy: 'proxy',
   ledger: 'proxy+ledger',
 };
 
 function median(xs: number[]): number {
+  if (xs.length === 0) return NaN;
   const s = [...xs].sort((a, b) => a - b);
   const m = Math.floor(s.length / 2);
   return s.length % 2 === 1 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
 }
 
-function peakRssMb(pid: number): number {
+function procStatus(pid: number, field: 'VmHWM' | 'VmRSS'): number {
   const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-  const m = /VmHWM:\s+(\d+) kB/.exec(status);
+  const m = new RegExp(`${field}:\\s+(\\d+) kB`).exec(status);
   return m ? Number(m[1]) / 1024 : NaN;
 }
+
+/** User + system CPU time of a process (all its threads), in ms. */
+function cpuMs(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100; // USER_HZ = 100 on Linux
+}
+
+interface Relay {
+  port: number;
+  pid: number;
+  stop(): Promise<void>;
+}
+
+interface Env {
+  work: string;
+  procs: Procs;
+  pki: Awaited<ReturnType<typeof writeDemoPki>>;
+  signingKey: string;
+}
+
+/** A fresh relay process of the given mode in front of the archive on archivePort. */
+async function startRelay(
+  env: Env,
+  mode: 'bare' | 'proxy' | 'ledger',
+  name: string,
+  archivePort: number,
+): Promise<Relay> {
+  const { pki, work } = env;
+  const port = await freePort();
+  let args: string[];
+  if (mode === 'bare') {
+    args = [
+      join(import.meta.dirname, 'bare-relay.mjs'),
+      String(port),
+      '127.0.0.1',
+      String(archivePort),
+      pki.caCert,
+      pki.proxyClientCert,
+      pki.proxyClientKey,
+      'archive.local',
+    ];
+  } else {
+    const cfg = join(work, `proxy-${name}.yaml`);
+    writeFileSync(
+      cfg,
+      [
+        `listen: { host: 127.0.0.1, port: ${port} }`,
+        'upstreams:',
+        '  archive:',
+        `    host: 127.0.0.1`,
+        `    port: ${archivePort}`,
+        '    aeTitle: ARCHIVE',
+        `    tls: { ca: ${pki.caCert}, cert: ${pki.proxyClientCert}, key: ${pki.proxyClientKey}, serverName: archive.local }`,
+        'routes:',
+        '  - { calledAeTitle: DICOM_PROXY, upstream: archive }',
+        'peers:',
+        `  STORESCU: { addresses: [127.0.0.1], services: [echo, store], maxAssociations: ${ASSOCIATIONS + 8} }`,
+        `limits: { maxAssociations: ${ASSOCIATIONS + 8}, maxAssociationsPerPeer: ${ASSOCIATIONS + 8} }`,
+        ...(mode === 'ledger'
+          ? [`ledger: { path: ${join(work, `ledger-${name}`)}, fsync: batch, signingKey: ${env.signingKey} }`]
+          : []),
+        'logging: { level: warn }',
+        // No admin endpoint: relays run side by side, and readiness C-ECHOs would add associations.
+        'admin: null',
+        'reload: { watch: false }',
+        '',
+      ].join('\n'),
+    );
+    // Exactly what an admin types: no node flags.
+    args = [join(import.meta.dirname, '..', 'dist', 'cli.js'), 'start', '-c', cfg];
+  }
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'inherit'] });
+  await waitForListen(port, { timeoutMs: 15000 });
+  return {
+    port,
+    pid: child.pid as number,
+    stop: async () => {
+      if (child.exitCode !== null) return;
+      child.kill('SIGTERM');
+      await new Promise((r) => child.once('exit', r));
+    },
+  };
+}
+
+interface StorescuSummary {
+  set: string;
+  runs: number;
+  warmup: number;
+  mbps: Record<Mode, number>;
+  cpuPerGb: Partial<Record<Mode, number>>;
+  rss: Partial<Record<Mode, number>>;
+}
+
+async function storescuSet(
+  env: Env,
+  set: StorescuSet,
+  archivePort: number,
+  stunnel: { port: number; pid: number },
+): Promise<StorescuSummary> {
+  const { pki, work } = env;
+  process.stderr.write(`generating ${set.label}…\n`);
+  const files = await writeInstances(join(work, set.key), set.count, { pixelBytes: set.pixelBytes });
+  let totalBytes = 0;
+  for (const f of files) totalBytes += readFileSync(f).length;
+  const cliTls = { key: pki.proxyClientKey, cert: pki.proxyClientCert, ca: pki.caCert };
+  const relays = {
+    bare: await startRelay(env, 'bare', `${set.key}-bare`, archivePort),
+    proxy: await startRelay(env, 'proxy', `${set.key}-proxy`, archivePort),
+    ledger: await startRelay(env, 'ledger', `${set.key}-ledger`, archivePort),
+  };
+  const modes: Mode[] = ['direct', 'stunnel', 'bare', 'proxy', 'ledger'];
+  const target: Record<Mode, { port: number; pid: number | null; tls?: typeof cliTls; called: string }> = {
+    direct: { port: archivePort, pid: null, tls: cliTls, called: 'ARCHIVE' },
+    stunnel: { port: stunnel.port, pid: stunnel.pid, called: 'ARCHIVE' },
+    bare: { port: relays.bare.port, pid: relays.bare.pid, called: 'ARCHIVE' },
+    proxy: { port: relays.proxy.port, pid: relays.proxy.pid, called: 'DICOM_PROXY' },
+    ledger: { port: relays.ledger.port, pid: relays.ledger.pid, called: 'DICOM_PROXY' },
+  };
+  const mbps: Record<Mode, number[]> = { direct: [], stunnel: [], bare: [], proxy: [], ledger: [] };
+  const cpu: Record<Mode, number[]> = { direct: [], stunnel: [], bare: [], proxy: [], ledger: [] };
+  try {
+    // Warm-up rounds (run < 0), then measured ones; round r starts with mode r mod 5.
+    for (let run = -set.warmup; run < set.runs; run++) {
+      const shift = ((run % modes.length) + modes.length) % modes.length;
+      for (const mode of [...modes.slice(shift), ...modes.slice(0, shift)]) {
+        const t = target[mode];
+        const cpu0 = t.pid === null ? 0 : cpuMs(t.pid);
+        const started = performance.now();
+        const r = await runStorescu({
+          host: '127.0.0.1',
+          port: t.port,
+          callingAe: 'STORESCU',
+          calledAe: t.called,
+          files,
+          ...(t.tls ? { tls: t.tls } : {}),
+          timeoutMs: 600_000,
+        });
+        const seconds = (performance.now() - started) / 1000;
+        if (r.code !== 0 || /Failed|error/i.test(r.stderr)) {
+          throw new Error(`${mode} run ${run} failed (exit ${r.code}):\n${r.stderr.slice(-2000)}`);
+        }
+        if (run < 0) continue;
+        mbps[mode].push(totalBytes / 1e6 / seconds);
+        if (t.pid !== null) cpu[mode].push(((cpuMs(t.pid) - cpu0) * 1e9) / totalBytes);
+        process.stderr.write(
+          `  ${set.label} run ${run + 1} ${LABEL[mode].padEnd(16)} ${(totalBytes / 1e6 / seconds).toFixed(1)} MB/s\n`,
+        );
+      }
+    }
+    return {
+      set: set.label,
+      runs: set.runs,
+      warmup: set.warmup,
+      mbps: {
+        direct: median(mbps.direct),
+        stunnel: median(mbps.stunnel),
+        bare: median(mbps.bare),
+        proxy: median(mbps.proxy),
+        ledger: median(mbps.ledger),
+      },
+      cpuPerGb: {
+        stunnel: median(cpu.stunnel),
+        bare: median(cpu.bare),
+        proxy: median(cpu.proxy),
+        ledger: median(cpu.ledger),
+      },
+      rss: {
+        bare: procStatus(relays.bare.pid, 'VmHWM'),
+        proxy: procStatus(relays.proxy.pid, 'VmHWM'),
+        ledger: procStatus(relays.ledger.pid, 'VmHWM'),
+      },
+    };
+  } finally {
+    for (const r of Object.values(relays)) await r.stop();
+    await removeTempDir(join(work, set.key));
+  }
+}
+
+interface ManySummary {
+  runs: number;
+  warmup: number;
+  associations: number;
+  perAssociationMb: number;
+  rows: Array<{
+    mode: Mode;
+    mbps: number;
+    cpuPerGb: number;
+    setupP50: number;
+    setupP99: number;
+    errors: number;
+    rss: number;
+  }>;
+  idle: { count: number; before: number; after: number; failures: number };
+}
+
+async function manySet(env: Env): Promise<ManySummary> {
+  const { pki, procs, work } = env;
+  const runs = envCount('BENCH_RUNS', 5);
+  const warmup = envCount('BENCH_WARMUP', 1);
+  // The archive forks one process per association, as a PACS serves many modalities at once.
+  const scp = await startStorescp(procs, {
+    outDir: join(work, 'out-many'),
+    aeTitle: 'ARCHIVE',
+    tls: { key: pki.archiveKey, cert: pki.archiveCert, ca: pki.caCert },
+    extraArgs: ['--ignore', '--fork'],
+  });
+  const stunnel = await startStunnelClient(procs, {
+    connectHost: '127.0.0.1',
+    connectPort: scp.port,
+    ca: pki.caCert,
+    cert: pki.proxyClientCert,
+    key: pki.proxyClientKey,
+    checkHost: 'archive.local',
+    dir: join(work, 'stunnel-many'),
+  });
+  const bare = await startRelay(env, 'bare', 'many-bare', scp.port);
+  const proxy = await startRelay(env, 'proxy', 'many-proxy', scp.port);
+  // 50 × 64 KB with a 2 MB instance after every 17th, as a mixed study arrives.
+  const instances: number[] = [];
+  for (let i = 0; i < 50; i++) {
+    instances.push(64 * 1024);
+    if (i % 17 === 16) instances.push(2 * 1024 * 1024);
+  }
+  const data = prepareLoad(instances);
+  const modes: Mode[] = ['stunnel', 'bare', 'proxy'];
+  const target: Record<string, { port: number; pid: number; called: string }> = {
+    stunnel: { port: stunnel.port, pid: stunnel.pid, called: 'ARCHIVE' },
+    bare: { port: bare.port, pid: bare.pid, called: 'ARCHIVE' },
+    proxy: { port: proxy.port, pid: proxy.pid, called: 'DICOM_PROXY' },
+  };
+  const acc: Record<string, { mbps: number[]; cpu: number[]; setup: number[]; errors: number }> = {};
+  for (const m of modes) acc[m] = { mbps: [], cpu: [], setup: [], errors: 0 };
+  try {
+    // What an association that is not backed up costs: RSS with ASSOCIATIONS idle associations open.
+    const before = procStatus(proxy.pid, 'VmRSS');
+    const idleSet = await openIdle(
+      {
+        host: '127.0.0.1',
+        port: proxy.port,
+        callingAe: 'STORESCU',
+        calledAe: 'DICOM_PROXY',
+        timeoutMs: 30_000,
+      },
+      ASSOCIATIONS,
+    );
+    await new Promise((r) => setTimeout(r, 500));
+    const after = procStatus(proxy.pid, 'VmRSS');
+    idleSet.close();
+    await new Promise((r) => setTimeout(r, 500));
+    const idle = { count: ASSOCIATIONS, before, after, failures: idleSet.failures };
+
+    for (let run = -warmup; run < runs; run++) {
+      const shift = ((run % modes.length) + modes.length) % modes.length;
+      for (const mode of [...modes.slice(shift), ...modes.slice(0, shift)]) {
+        const t = target[mode] as { port: number; pid: number; called: string };
+        const cpu0 = cpuMs(t.pid);
+        const r = await runLoad(
+          {
+            host: '127.0.0.1',
+            port: t.port,
+            callingAe: 'STORESCU',
+            calledAe: t.called,
+            associations: ASSOCIATIONS,
+            instances,
+            timeoutMs: 300_000,
+          },
+          data,
+        );
+        const cpu = cpuMs(t.pid) - cpu0;
+        const a = acc[mode] as (typeof acc)[string];
+        a.errors += r.failures.length;
+        for (const f of r.failures.slice(0, 3)) process.stderr.write(`  ${mode}: ${f}\n`);
+        if (run < 0) continue;
+        a.mbps.push(r.bytes / 1e6 / r.seconds);
+        a.cpu.push((cpu * 1e9) / r.bytes);
+        a.setup.push(...r.setupMs);
+        process.stderr.write(
+          `  ${ASSOCIATIONS} associations run ${run + 1} ${LABEL[mode].padEnd(16)} ${(r.bytes / 1e6 / r.seconds).toFixed(1)} MB/s, ` +
+            `${r.failures.length} errors\n`,
+        );
+      }
+    }
+    const rssOf: Record<string, number> = {
+      stunnel: procStatus(stunnel.pid, 'VmHWM'),
+      bare: procStatus(bare.pid, 'VmHWM'),
+      proxy: procStatus(proxy.pid, 'VmHWM'),
+    };
+    return {
+      runs,
+      warmup,
+      associations: ASSOCIATIONS,
+      perAssociationMb: [...data.entries()].reduce(
+        (sum, [size, pdus]) => sum + (pdus.length * instances.filter((s) => s === size).length) / 1e6,
+        0,
+      ),
+      rows: modes.map((mode) => {
+        const a = acc[mode] as (typeof acc)[string];
+        return {
+          mode,
+          mbps: median(a.mbps),
+          cpuPerGb: median(a.cpu),
+          setupP50: percentile(a.setup, 50),
+          setupP99: percentile(a.setup, 99),
+          errors: a.errors,
+          rss: rssOf[mode] as number,
+        };
+      }),
+      idle,
+    };
+  } finally {
+    await bare.stop();
+    await proxy.stop();
+    await procs.stop(stunnel.child);
+    await procs.stop(scp.child);
+  }
+}
+
+const f1 = (x: number | undefined): string => (x === undefined || Number.isNaN(x) ? '–' : x.toFixed(1));
+const f2 = (x: number): string => (Number.isNaN(x) ? '–' : x.toFixed(2));
+const f0 = (x: number | undefined): string => (x === undefined || Number.isNaN(x) ? '–' : x.toFixed(0));
 
 async function main(): Promise<void> {
   for (const tool of ['dcmtk', 'stunnel'] as const) {
@@ -101,160 +432,84 @@ async function main(): Promise<void> {
   }
   const work = await makeTempDir('dimse-bench');
   const procs = new Procs();
-  const results: string[] = [];
-  const summary: Array<{
-    set: string;
-    mbps: Record<Mode, number>;
-    rss: number;
-    ledgerRss: number;
-    runs: number;
-    warmup: number;
-  }> = [];
+  const out: string[] = [];
   try {
     const pki = await writeDemoPki(join(work, 'pki'));
-    const scpTls = { key: pki.archiveKey, cert: pki.archiveCert, ca: pki.caCert };
-    const cliTls = { key: pki.proxyClientKey, cert: pki.proxyClientCert, ca: pki.caCert };
-    const signingKey = join(work, 'pki', 'ledger-signing.key');
     await writeSigningKey(join(work, 'pki'), { overwrite: true });
-    const scp = await startStorescp(procs, {
-      outDir: join(work, 'out'),
-      aeTitle: 'ARCHIVE',
-      tls: scpTls,
-      extraArgs: ['--ignore'],
-    });
-    const stunnel = await startStunnelClient(procs, {
-      connectHost: '127.0.0.1',
-      connectPort: scp.port,
-      ca: pki.caCert,
-      cert: pki.proxyClientCert,
-      key: pki.proxyClientKey,
-      checkHost: 'archive.local',
-      dir: join(work, 'stunnel'),
-    });
-
-    for (const set of ALL_SETS.filter((s) => SETS.includes(s.key))) {
-      process.stderr.write(`generating ${set.label}…\n`);
-      const files = await writeInstances(join(work, set.key), set.count, { pixelBytes: set.pixelBytes });
-      let totalBytes = 0;
-      for (const f of files) totalBytes += readFileSync(f).length;
-
-      // Fresh proxy processes per set, so their peak RSS belongs to this set: one without the ledger,
-      // one with it (fsync batch, signed checkpoints), to measure what the integrity ledger costs.
-      const startProxy = async (
-        name: string,
-        ledgerDir: string | null,
-      ): Promise<{ port: number; pid: number; stop(): Promise<void> }> => {
-        const port = await freePort();
-        const cfg = join(work, `proxy-${set.key}-${name}.yaml`);
-        writeFileSync(
-          cfg,
-          [
-            `listen: { host: 127.0.0.1, port: ${port} }`,
-            'upstreams:',
-            '  archive:',
-            `    host: 127.0.0.1`,
-            `    port: ${scp.port}`,
-            '    aeTitle: ARCHIVE',
-            `    tls: { ca: ${pki.caCert}, cert: ${pki.proxyClientCert}, key: ${pki.proxyClientKey}, serverName: archive.local }`,
-            'routes:',
-            '  - { calledAeTitle: DICOM_PROXY, upstream: archive }',
-            'peers:',
-            '  STORESCU: { addresses: [127.0.0.1], services: [echo, store] }',
-            ...(ledgerDir ? [`ledger: { path: ${ledgerDir}, fsync: batch, signingKey: ${signingKey} }`] : []),
-            'logging: { level: warn }',
-            // No admin endpoint: two proxies run side by side, and readiness C-ECHOs would add associations.
-            'admin: null',
-            'reload: { watch: false }',
-            '',
-          ].join('\n'),
-        );
-        const child = spawn(
-          process.execPath,
-          [V8_HEAP_FLAG, join(import.meta.dirname, '..', 'dist', 'cli.js'), 'start', '-c', cfg],
-          {
-            stdio: ['ignore', 'ignore', 'inherit'],
-          },
-        );
-        await waitForListen(port, { timeoutMs: 15000 });
-        return {
-          port,
-          pid: child.pid as number,
-          stop: async () => {
-            child.kill('SIGTERM');
-            await new Promise((r) => child.once('exit', r));
-          },
-        };
-      };
-      const plainProxy = await startProxy('plain', null);
-      const ledgerProxy = await startProxy('ledger', join(work, `ledger-${set.key}`));
-      const proxyPid = plainProxy.pid;
-      const proxyPort = plainProxy.port;
-
-      const target: Record<Mode, { port: number; tls?: typeof cliTls }> = {
-        direct: { port: scp.port, tls: cliTls },
-        stunnel: { port: stunnel.port },
-        proxy: { port: proxyPort },
-        ledger: { port: ledgerProxy.port },
-      };
-      const mbps: Record<Mode, number[]> = { direct: [], stunnel: [], proxy: [], ledger: [] };
-      // Warm-up rounds (run < 0: JIT, TLS session caches, page cache of the files), then measured ones;
-      // round r starts with mode r mod 4, so no mode always runs right after the same other one.
-      for (let run = -set.warmup; run < set.runs; run++) {
-        const shift = ((run % MODES.length) + MODES.length) % MODES.length;
-        for (const mode of [...MODES.slice(shift), ...MODES.slice(0, shift)]) {
-          const t = target[mode];
-          const started = performance.now();
-          const r = await runStorescu({
-            host: '127.0.0.1',
-            port: t.port,
-            callingAe: 'STORESCU',
-            calledAe: mode === 'proxy' || mode === 'ledger' ? 'DICOM_PROXY' : 'ARCHIVE',
-            files,
-            ...(t.tls ? { tls: t.tls } : {}),
-            timeoutMs: 600_000,
-          });
-          const seconds = (performance.now() - started) / 1000;
-          if (r.code !== 0 || /Failed|error/i.test(r.stderr)) {
-            throw new Error(`${mode} run ${run} failed (exit ${r.code}):\n${r.stderr.slice(-2000)}`);
-          }
-          if (run < 0) continue;
-          const rate = totalBytes / 1e6 / seconds;
-          mbps[mode].push(rate);
-          process.stderr.write(
-            `  ${set.label} run ${run + 1} ${LABEL[mode].padEnd(12)} ${rate.toFixed(1)} MB/s\n`,
-          );
-        }
-      }
-      const rss = peakRssMb(proxyPid);
-      const ledgerRss = peakRssMb(ledgerProxy.pid);
-      await plainProxy.stop();
-      await ledgerProxy.stop();
-      const med = {
-        direct: median(mbps.direct),
-        stunnel: median(mbps.stunnel),
-        proxy: median(mbps.proxy),
-        ledger: median(mbps.ledger),
-      };
-      summary.push({ set: set.label, mbps: med, rss, ledgerRss, runs: set.runs, warmup: set.warmup });
-      await removeTempDir(join(work, set.key));
+    const env: Env = { work, procs, pki, signingKey: join(work, 'pki', 'ledger-signing.key') };
+    const summaries: StorescuSummary[] = [];
+    const storescuSets = STORESCU_SETS.filter((s) => SETS.includes(s.key));
+    if (storescuSets.length > 0) {
+      const scp = await startStorescp(procs, {
+        outDir: join(work, 'out'),
+        aeTitle: 'ARCHIVE',
+        tls: { key: pki.archiveKey, cert: pki.archiveCert, ca: pki.caCert },
+        extraArgs: ['--ignore'],
+      });
+      const stunnel = await startStunnelClient(procs, {
+        connectHost: '127.0.0.1',
+        connectPort: scp.port,
+        ca: pki.caCert,
+        cert: pki.proxyClientCert,
+        key: pki.proxyClientKey,
+        checkHost: 'archive.local',
+        dir: join(work, 'stunnel'),
+      });
+      for (const set of storescuSets) summaries.push(await storescuSet(env, set, scp.port, stunnel));
+      await procs.stop(stunnel.child);
+      await procs.stop(scp.child);
     }
-    results.push(
-      `| set | direct TLS MB/s | stunnel MB/s | proxy MB/s | proxy / stunnel | proxy / direct | proxy peak RSS | proxy+ledger MB/s | ledger cost | proxy+ledger peak RSS |`,
-      `|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|`,
+    const many = SETS.includes('many') ? await manySet(env) : null;
+
+    out.push(
+      `node ${process.version} (V8 ${process.versions.v8}, OpenSSL ${process.versions.openssl}), TCP_NODELAY=1, ` +
+        `relays started without node flags; medians`,
+      '',
     );
-    for (const s of summary) {
-      results.push(
-        `| ${s.set} | ${s.mbps.direct.toFixed(1)} | ${s.mbps.stunnel.toFixed(1)} | ${s.mbps.proxy.toFixed(1)} | ` +
-          `${(s.mbps.proxy / s.mbps.stunnel).toFixed(2)} | ${(s.mbps.proxy / s.mbps.direct).toFixed(2)} | ${s.rss.toFixed(0)} MB | ` +
-          `${s.mbps.ledger.toFixed(1)} | ${((1 - s.mbps.ledger / s.mbps.proxy) * 100).toFixed(1)} % | ${s.ledgerRss.toFixed(0)} MB |`,
+    if (summaries.length > 0) {
+      out.push(
+        `storescu → storescp over mutual TLS; ` +
+          summaries.map((s) => `${s.set}: ${s.runs} interleaved runs after ${s.warmup} warm-up`).join('; '),
+        '',
+        '| set | direct TLS MB/s | stunnel MB/s | bare relay MB/s | proxy MB/s | proxy / stunnel | proxy / bare | proxy+ledger MB/s | ledger cost | relay CPU ms/GB: stunnel / bare / proxy / +ledger | peak RSS: bare / proxy / +ledger |',
+        '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+      );
+      for (const s of summaries) {
+        out.push(
+          `| ${s.set} | ${f1(s.mbps.direct)} | ${f1(s.mbps.stunnel)} | ${f1(s.mbps.bare)} | ${f1(s.mbps.proxy)} | ` +
+            `${f2(s.mbps.proxy / s.mbps.stunnel)} | ${f2(s.mbps.proxy / s.mbps.bare)} | ${f1(s.mbps.ledger)} | ` +
+            `${((1 - s.mbps.ledger / s.mbps.proxy) * 100).toFixed(1)} % | ` +
+            `${f0(s.cpuPerGb.stunnel)} / ${f0(s.cpuPerGb.bare)} / ${f0(s.cpuPerGb.proxy)} / ${f0(s.cpuPerGb.ledger)} | ` +
+            `${f0(s.rss.bare)} / ${f0(s.rss.proxy)} / ${f0(s.rss.ledger)} MB |`,
+        );
+      }
+      out.push('');
+    }
+    if (many) {
+      const stunnelRow = many.rows.find((r) => r.mode === 'stunnel');
+      out.push(
+        `${many.associations} concurrent associations (bench/load.ts), each 50 × 64 KB + 3 × 2 MB ` +
+          `(${many.perAssociationMb.toFixed(1)} MB), into storescp --fork over mutual TLS; ` +
+          `${many.runs} interleaved runs after ${many.warmup} warm-up`,
+        '',
+        '| relay | MB/s | × stunnel | CPU ms/GB | CPU × stunnel | setup p50 ms | setup p99 ms | errors | peak RSS |',
+        '|---|---:|---:|---:|---:|---:|---:|---:|---:|',
+      );
+      for (const r of many.rows) {
+        out.push(
+          `| ${LABEL[r.mode]} | ${f1(r.mbps)} | ${stunnelRow ? f2(r.mbps / stunnelRow.mbps) : '–'} | ${f0(r.cpuPerGb)} | ` +
+            `${stunnelRow ? f2(r.cpuPerGb / stunnelRow.cpuPerGb) : '–'} | ${f1(r.setupP50)} | ${f1(r.setupP99)} | ${r.errors} | ${f0(r.rss)} MB |`,
+        );
+      }
+      const i = many.idle;
+      out.push(
+        '',
+        `Idle associations: ${i.count} negotiated and not backed up took the proxy's RSS from ${f1(i.before)} to ` +
+          `${f1(i.after)} MB (${(((i.after - i.before) * 1024) / i.count).toFixed(0)} KB each` +
+          `${i.failures > 0 ? `, ${i.failures} failed to open` : ''}).`,
       );
     }
-    process.stdout.write(
-      `\nstorescu → storescp over mutual TLS, TCP_NODELAY=1, node ${process.version}; per set: median of ` +
-        summary.map((s) => `${s.runs} interleaved runs after ${s.warmup} warm-up (${s.set})`).join(', ') +
-        '\n\n',
-    );
-    process.stdout.write(results.join('\n') + '\n');
+    process.stdout.write(`\n${out.join('\n')}\n`);
   } finally {
     await procs.stopAll();
     await removeTempDir(work);

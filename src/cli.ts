@@ -1,4 +1,4 @@
-#!/usr/bin/env -S node --initial-old-space-size=64
+#!/usr/bin/env node
 // The command line. The one place allowed to exit the process.
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { readFileSync } from 'node:fs';
@@ -10,7 +10,6 @@ import { runStart } from './cli/start.js';
 import { fetchStatus } from './observe/status.js';
 import { diffConfigs, formatChanges } from './config/diff.js';
 import { TlsMaterialError } from './tls/upstream.js';
-import { writeDemoPki } from './tls/pki.js';
 import { writeSigningKey } from './integrity/keys.js';
 import { registerLedgerCommands } from './cli/ledger.js';
 
@@ -148,6 +147,8 @@ certs
   .option('-d, --dir <dir>', 'output folder', 'certs')
   .option('--force', 'overwrite existing files', false)
   .action(async (opts: { dir: string; force: boolean }) => {
+    // Loaded on demand: the certificate library is needed by this command only, not by the daemon.
+    const { writeDemoPki } = await import('./tls/pki.js');
     const paths = await writeDemoPki(resolve(opts.dir), { overwrite: opts.force });
     const ledgerKey = await writeSigningKey(resolve(opts.dir), { overwrite: opts.force });
     const all = { ...paths, ledgerSigningKey: ledgerKey.privateKey, ledgerPublicKey: ledgerKey.publicKey };

@@ -16,6 +16,7 @@ import { openAuditTrail, type AuditTrail } from '../observe/audit/index.js';
 import { LedgerWriter } from '../integrity/writer.js';
 import { InlineHasher } from '../integrity/hasher.js';
 import type { CommitmentEvidence, InstanceEvidence, LedgerSink } from '../integrity/types.js';
+import { tuneRuntime } from './runtime.js';
 
 export interface StartHooks {
   /** Print a load failure (file:line key: message) and exit 1. */
@@ -56,13 +57,14 @@ export async function runStart(configPath: string, hooks: StartHooks): Promise<v
   }
   const { config } = snapshot;
   const log = createLogger({ level: config.logging.level, file: config.logging.file });
-  if (!process.execArgv.some((a) => a.startsWith('--initial-old-space-size'))) {
-    // Measured: without it V8 starts with a ~4 MB old generation and runs full GCs so often under the
-    // relay's allocation pattern that small-instance throughput drops by about a third (README, Performance).
-    log.warn('node runs without --initial-old-space-size=64; throughput will be lower', {
-      event: 'v8-heap-flag-missing',
-    });
-  }
+  // V8's collector settings for a relay (src/cli/runtime.ts): applied here, so no flag is needed.
+  const tuning = tuneRuntime();
+  log.info('runtime', {
+    event: 'runtime',
+    node: process.version,
+    gcFlags: tuning.applied,
+    ...(tuning.skipped ? { gcSettings: tuning.skipped } : {}),
+  });
 
   // The integrity ledger lives as long as the process: one chain, one writer.
   let ledger: LedgerWriter | null = null;

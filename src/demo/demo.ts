@@ -7,6 +7,7 @@ import { loadConfig } from '../config/load.js';
 import { buildSnapshot } from '../relay/snapshot.js';
 import { ProxyServer } from '../relay/server.js';
 import { createLogger, logEvents } from '../observe/log.js';
+import { tuneRuntime } from '../cli/runtime.js';
 import { writeDemoPki } from '../tls/pki.js';
 import { writeSigningKey } from '../integrity/keys.js';
 import { LedgerWriter } from '../integrity/writer.js';
@@ -56,6 +57,7 @@ function demoInstance(index: number, studyUid: string, seriesUid: string): Dimse
 }
 
 export async function runDemo(opts: DemoOptions): Promise<number> {
+  tuneRuntime(); // the relay's GC settings, as `start` applies them (src/cli/runtime.ts)
   const out = (s = ''): void => void process.stdout.write(`${s}\n`);
   const root = resolve(dirname(opts.configPath), '..');
   const pki = await writeDemoPki(join(root, 'certs'));
