@@ -49,6 +49,7 @@ export const DEFAULTS = deepFreeze({
     maxPduLength: 1_048_576,
     drainTimeout: '30s',
     relayBuffer: 1_048_576,
+    relayBufferTotal: 16_777_216,
   },
   reload: {
     watch: true,

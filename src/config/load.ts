@@ -412,6 +412,7 @@ function buildSnapshot(validated: ValidatedRoot, sourcePath: string | null, base
     maxPduLength: l.maxPduLength ?? DEFAULTS.limits.maxPduLength,
     drainTimeoutMs: l.drainTimeout ?? defaultDurationMs(DEFAULTS.limits.drainTimeout),
     relayBuffer: l.relayBuffer ?? DEFAULTS.limits.relayBuffer,
+    relayBufferTotal: l.relayBufferTotal ?? DEFAULTS.limits.relayBufferTotal,
   };
 
   const g = root.logging ?? {};

@@ -137,6 +137,7 @@ export const limitsSchema = z.strictObject({
   maxPduLength: z.int().min(4096).max(16_777_216).optional(),
   drainTimeout: optionalDuration,
   relayBuffer: z.int().min(65_536).max(67_108_864).optional(),
+  relayBufferTotal: z.int().min(1_048_576).max(4_294_967_296).optional(),
 });
 
 export const reloadSchema = z.strictObject({

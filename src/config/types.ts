@@ -138,6 +138,11 @@ export interface LimitsConfig {
    * the proxy stops reading from the sender (per direction; new associations take a reloaded value).
    */
   relayBuffer: number;
+  /**
+   * Bytes all associations together may queue toward slower sides; beyond it each association is paused
+   * as soon as it holds more than one read (64 KiB) per direction.
+   */
+  relayBufferTotal: number;
 }
 
 export interface ReloadConfig {

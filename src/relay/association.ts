@@ -50,6 +50,7 @@ import {
 import type { AdmitDecision, PeerPolicy } from '../policy/policy.js';
 import type { RouteConfig } from '../config/types.js';
 import { PDataScanner, UnexpectedPduError, type ScannerSink } from './scanner.js';
+import { ChunkLease, Outbound, RELAY_BUFFER_FLOOR, type RelayBudget } from './outbound.js';
 import {
   connectPlain,
   connectTimings,
@@ -125,6 +126,8 @@ export interface AssociationHost {
   activeTotal(): number;
   activeForPeer(aeTitle: string): number;
   admitted(assoc: Association, peerAeTitle: string): void;
+  /** Bytes queued toward slower sockets over all associations (limits.relayBufferTotal). */
+  readonly relayBudget?: RelayBudget;
   /** A ledger record in progress: shutdown waits for it before the ledger closes. */
   trackRecord(done: Promise<void>): void;
   finished(assoc: Association): void;
@@ -232,6 +235,11 @@ export class Association {
   private admittedPeer: string | null = null;
   private downBlocked = false;
   private upBlocked = false;
+  /** Writes toward the modality (downstream) and the archive (upstream), with what they hold. */
+  private readonly downOut: Outbound;
+  private upOut: Outbound | null = null;
+  /** What this association has added to the host's RelayBudget, per direction [toward down, toward up]. */
+  private readonly charged: [number, number] = [0, 0];
 
   readonly listener: ListenerKind;
   private readonly downTls: DownstreamTls | null;
@@ -250,6 +258,8 @@ export class Association {
     this.downTls = options.downTls ?? null;
     this.directions = DIRECTIONS[this.listener];
     this.relayBuffer = snapshot.config.limits.relayBuffer;
+    // The downstream leg is TLS on the return listener (the archive calling in), plaintext otherwise.
+    this.downOut = new Outbound(down, this.downTls !== null, () => this.emptied(0));
   }
 
   readonly remoteAddress: string;
@@ -276,12 +286,6 @@ export class Association {
     down.on('end', () => this.onDownEnd());
     down.on('error', (err) => this.onSocketError('modality', err));
     down.on('close', () => this.onSocketClosed());
-    down.on('drain', () => {
-      if (this.downBlocked) {
-        this.downBlocked = false;
-        this.upstreamSocket?.resume();
-      }
-    });
     // PS3.8 9.1.2 ARTIM: the A-ASSOCIATE-RQ must arrive within the association request timeout.
     this.armTimer(this.snapshot.config.limits.associationRequestTimeoutMs, () => {
       this.finish('timeout', 'no A-ASSOCIATE-RQ within the association request timeout');
@@ -311,32 +315,88 @@ export class Association {
 
   // ---------------------------------------------------------------- writes with backpressure
   //
-  // write() returns false for any chunk above the socket's 16 KB high-water mark even when the kernel
-  // took it all at once; pausing on that would pause and resume the source for every chunk. The source
-  // is paused only when bytes really queue up (more than limits.relayBuffer), so the memory held per
-  // direction stays below relayBuffer plus one chunk, and resumed on 'drain' (emitted once the queue is
-  // empty). Each pause/resume cycle costs CPU: in four A/B runs on the 200 MB bench set, 1 MiB (the
-  // default) used 2–11 % less relay CPU than 256 KB.
+  // The source socket is paused only when bytes really queue toward the other side (an Outbound's
+  // `pending`, not write()'s return value: that is false for any chunk above the socket's high-water
+  // mark even when the kernel took it at once, and pausing on it would pause and resume the source for
+  // every chunk). An association may hold up to limits.relayBuffer per direction; once all associations
+  // together hold more than limits.relayBufferTotal, each is paused as soon as it holds more than one
+  // read (RELAY_BUFFER_FLOOR). So memory follows the bytes actually waiting, not the configured caps: an
+  // association whose peer keeps up costs nothing here. The source resumes when the queue is empty.
+  // Each pause/resume cycle costs CPU: in four A/B runs on the 200 MB bench set, a 1 MiB relayBuffer
+  // (the default) used 2–11 % less relay CPU than 256 KB.
 
   private writeDown(bytes: Buffer): void {
     if (this.state === 'Sta13') return; // closing: nothing more is relayed
-    const down = this.down;
-    down.write(bytes);
+    const lease = this.lease;
+    if (lease !== null && bytes.buffer === lease.chunk.buffer) {
+      lease.acquire();
+      this.downOut.write(bytes, lease.written);
+    } else this.downOut.write(bytes);
     if (this.hashQueue.length > 0) this.scheduleHashes();
-    if (down.writableLength > this.relayBuffer && !this.downBlocked) {
+    if (!this.downBlocked && this.mustPause(0, this.downOut.pending)) {
       this.downBlocked = true;
       this.upstreamSocket?.pause();
     }
   }
 
   private writeUp(bytes: Buffer): void {
-    const up = this.upstreamSocket;
-    if (!up || this.state === 'Sta13') return; // closing: nothing more is relayed
-    up.write(bytes);
+    const out = this.upOut;
+    if (!out || this.state === 'Sta13') return; // closing: nothing more is relayed
+    const lease = this.lease;
+    if (lease !== null && bytes.buffer === lease.chunk.buffer) {
+      lease.acquire();
+      out.write(bytes, lease.written);
+    } else out.write(bytes);
     if (this.hashQueue.length > 0) this.scheduleHashes();
-    if (up.writableLength > this.relayBuffer && !this.upBlocked) {
+    if (!this.upBlocked && this.mustPause(1, out.pending)) {
       this.upBlocked = true;
       this.down.pause();
+    }
+  }
+
+  /** The read buffer being scanned right now (relayed in place; see ChunkLease). */
+  private lease: ChunkLease | null = null;
+
+  /** Scan one read buffer in Sta6; its memory is returned as soon as nothing needs its bytes. */
+  private feedInPlace(scanner: PDataScanner, chunk: Buffer): void {
+    const lease = new ChunkLease(chunk);
+    this.lease = lease;
+    try {
+      scanner.feed(chunk);
+    } catch (err) {
+      lease.poison(); // whatever failed may still reference the chunk; the GC will free it
+      throw err;
+    } finally {
+      this.lease = null;
+    }
+    if (scanner.chunkEscaped) lease.poison();
+    lease.release();
+  }
+
+  /** Account `pending` bytes toward side `to` (0 = down, 1 = up); true when its source must pause. */
+  private mustPause(to: 0 | 1, pending: number): boolean {
+    const budget = this.host.relayBudget;
+    if (budget) {
+      budget.queued += pending - this.charged[to];
+      this.charged[to] = pending;
+    }
+    if (pending > this.relayBuffer) return true;
+    return budget !== undefined && pending > RELAY_BUFFER_FLOOR && budget.queued > budget.limit;
+  }
+
+  /** Everything written toward side `to` has reached the kernel: resume its source. */
+  private emptied(to: 0 | 1): void {
+    const budget = this.host.relayBudget;
+    if (budget) {
+      budget.queued -= this.charged[to];
+      this.charged[to] = 0;
+    }
+    if (to === 0 && this.downBlocked) {
+      this.downBlocked = false;
+      this.upstreamSocket?.resume();
+    } else if (to === 1 && this.upBlocked) {
+      this.upBlocked = false;
+      this.down.resume();
     }
   }
 
@@ -351,6 +411,8 @@ export class Association {
   // HASH_BACKLOG bytes it is hashed at once. A digest hashes what is queued first (recordInstance).
 
   private readonly hashQueue: Array<HashStream | Buffer | number> = [];
+  /** Read buffers with bytes waiting in hashQueue (released once hashed). */
+  private readonly hashLeases: ChunkLease[] = [];
   private hashBacklog = 0;
   private hashScheduled = false;
   private readonly hashTick = (): void => {
@@ -361,6 +423,12 @@ export class Association {
   private hashLater(hash: HashStream, buf: Buffer, start: number, end: number): void {
     this.hashQueue.push(hash, buf, start, end);
     this.hashBacklog += end - start;
+    const lease = this.lease;
+    if (lease !== null && !lease.hashPending && buf.buffer === lease.chunk.buffer) {
+      lease.hashPending = true;
+      lease.acquire();
+      this.hashLeases.push(lease);
+    }
   }
 
   /** After writes and reads: hash the queue in this loop turn's check phase, or now if it is too long. */
@@ -379,6 +447,13 @@ export class Association {
     }
     q.length = 0;
     this.hashBacklog = 0;
+    const leases = this.hashLeases;
+    for (let i = 0; i < leases.length; i++) {
+      const lease = leases[i] as ChunkLease;
+      lease.hashPending = false;
+      lease.release();
+    }
+    leases.length = 0;
   }
 
   // ---------------------------------------------------------------- Sta2: awaiting A-ASSOCIATE-RQ
@@ -389,7 +464,7 @@ export class Association {
     try {
       if (this.state === 'Sta13') return; // rejected, aborted or released: nothing more is relayed
       if (this.downScanner) {
-        this.downScanner.feed(chunk);
+        this.feedInPlace(this.downScanner, chunk);
         if (this.hashQueue.length > 0) this.scheduleHashes();
         return;
       }
@@ -553,7 +628,7 @@ export class Association {
     this.down.resume(); // read (and discard) until the modality closes
     this.finish('rejected', `${refusal}: ${message}`);
     // PS3.8 9.2: after A-ASSOCIATE-RJ the acceptor waits for the requestor to close (ARTIM bounds it).
-    this.down.end(encodeAssociateRj(reject.result, reject.source, reject.reason));
+    this.downOut.end(encodeAssociateRj(reject.result, reject.source, reject.reason));
     this.armTimer(this.snapshot.config.limits.associationRequestTimeoutMs, () => this.destroyAll());
   }
 
@@ -606,12 +681,7 @@ export class Association {
     socket.on('end', () => this.onUpEnd());
     socket.on('error', (err) => this.onSocketError('archive', err));
     socket.on('close', () => this.onSocketClosed());
-    socket.on('drain', () => {
-      if (this.upBlocked) {
-        this.upBlocked = false;
-        this.down.resume();
-      }
-    });
+    this.upOut = new Outbound(socket, upstream.tls !== null, () => this.emptied(1));
 
     // Forward the A-ASSOCIATE-RQ: called AE rewritten to the archive's, refused contexts removed,
     // max PDU length capped at the proxy's ceiling (PS3.8 D.1: 0 means unlimited).
@@ -653,10 +723,8 @@ export class Association {
     this.state = 'Sta13';
     this.down.resume(); // read (and discard) until the modality closes
     this.finish('upstream-failed', `${reason}: ${message}`);
-    if (this.upstreamSocket) {
-      this.upstreamSocket.end(encodeAbort(AbortSource.ServiceUser, AbortReason.NotSpecified));
-    }
-    this.down.end(encodeAssociateRj(reject.result, reject.source, reject.reason));
+    this.upOut?.end(encodeAbort(AbortSource.ServiceUser, AbortReason.NotSpecified));
+    this.downOut.end(encodeAssociateRj(reject.result, reject.source, reject.reason));
     this.armTimer(this.snapshot.config.limits.associationRequestTimeoutMs, () => this.destroyAll());
   }
 
@@ -666,7 +734,7 @@ export class Association {
     try {
       if (this.state === 'Sta13') return;
       if (this.upScanner) {
-        this.upScanner.feed(chunk);
+        this.feedInPlace(this.upScanner, chunk);
         if (this.hashQueue.length > 0) this.scheduleHashes();
         return;
       }
@@ -706,16 +774,16 @@ export class Association {
       });
       this.state = 'Sta13';
       this.finish('rejected', `archive rejected the association (${rj.result}/${rj.source}/${rj.reason})`);
-      this.down.end(raw);
-      this.upstreamSocket?.end();
+      this.downOut.end(raw);
+      this.upOut?.end();
       this.armTimer(this.snapshot.config.limits.associationRequestTimeoutMs, () => this.destroyAll());
       return;
     }
     if (type === PduType.Abort) {
       this.state = 'Sta13';
       this.finish('aborted-by-archive', 'archive aborted during association negotiation');
-      this.down.end(raw);
-      this.upstreamSocket?.end();
+      this.downOut.end(raw);
+      this.upOut?.end();
       this.armTimer(this.snapshot.config.limits.associationRequestTimeoutMs, () => this.destroyAll());
       return;
     }
@@ -1298,19 +1366,19 @@ export class Association {
     this.finish(outcome, reason);
     const inSta6 = this.downScanner !== null;
     if (!this.down.destroyed && (!inSta6 || this.upScanner?.atBoundary)) {
-      this.down.write(encodeAbort(AbortSource.ServiceProvider, toModality));
+      this.downOut.write(encodeAbort(AbortSource.ServiceProvider, toModality));
     }
     const up = this.upstreamSocket;
     if (up && !up.destroyed && (!inSta6 || this.downScanner?.atBoundary)) {
-      up.write(encodeAbort(AbortSource.ServiceProvider, toArchive));
+      this.upOut?.write(encodeAbort(AbortSource.ServiceProvider, toArchive));
     }
     this.state = 'Sta13';
     this.endBoth();
   }
 
   private endBoth(): void {
-    this.down.end();
-    this.upstreamSocket?.end();
+    this.downOut.end();
+    this.upOut?.end();
     this.down.resume();
     this.upstreamSocket?.resume();
     this.armTimer(2000, () => this.destroyAll());
@@ -1323,8 +1391,8 @@ export class Association {
 
   private onDownEnd(): void {
     if (this.state === 'Sta13' || this.outcome === 'released') {
-      this.upstreamSocket?.end();
-      this.down.end();
+      this.upOut?.end();
+      this.downOut.end();
       return;
     }
     // Transport closed by the modality without release or abort: a broken leg aborts the other.
@@ -1337,14 +1405,14 @@ export class Association {
       );
     } else {
       this.finish('closed', 'modality closed the connection before the association was established');
-      this.down.end();
+      this.downOut.end();
     }
   }
 
   private onUpEnd(): void {
     if (this.state === 'Sta13' || this.outcome === 'released') {
-      this.down.end();
-      this.upstreamSocket?.end();
+      this.downOut.end();
+      this.upOut?.end();
       return;
     }
     if (this.state === 'Sta5') {
@@ -1402,6 +1470,9 @@ export class Association {
     if (this.completed) return;
     this.completed = true;
     if (this.timer) clearTimeout(this.timer);
+    // Nothing of this association waits in memory any more.
+    this.emptied(0);
+    this.emptied(1);
     if (this.outcome === null) this.outcome = 'closed';
     // Instances that never got their C-STORE-RSP are reported too: the truth of what happened.
     for (const t of this.transfers.values()) this.recordInstance(t, null);

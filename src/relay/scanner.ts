@@ -39,7 +39,9 @@ export class UnexpectedPduError extends Error {
   }
 }
 
-const P_DATA_PEEK = 12; // PDU header (6) + first PDV header (length 4, context id 1, control header 1)
+const P_DATA_PEEK = 12;
+/** Held PDUs up to this size are copied out of the read buffer rather than viewed in it. */
+const HELD_COPY_LIMIT = 4096; // PDU header (6) + first PDV header (length 4, context id 1, control header 1)
 
 const enum Phase {
   /** At a PDU boundary, possibly with a partial header in the scratch buffer. */
@@ -63,6 +65,12 @@ export class PDataScanner {
   /** During feedInner: start of the open forward range in the current chunk, or -1. */
   private fwd = -1;
   private readonly injections: Buffer[] = [];
+  /**
+   * True when, during the last feed(), a view into the chunk was handed to the sink's held() (a PDU
+   * larger than HELD_COPY_LIMIT): then the chunk may be referenced after the call and must not be
+   * released early (see ChunkLease in association.ts).
+   */
+  chunkEscaped = false;
 
   constructor(
     private readonly sink: ScannerSink,
@@ -88,6 +96,7 @@ export class PDataScanner {
   /** Process one chunk read from the source socket. Throws PduError on a framing violation. */
   feed(chunk: Buffer): void {
     this.feeding = true;
+    this.chunkEscaped = false;
     try {
       this.feedInner(chunk);
     } finally {
@@ -211,7 +220,13 @@ export class PDataScanner {
       // Hold the whole PDU.
       this.flush(chunk, pos);
       if (consumedFromChunk === 0 && len - pos >= total) {
-        this.sink.held(chunk.subarray(pos, pos + total), type);
+        // Small PDUs (command sets, release, abort) are copied out of the read buffer (a pooled copy of a
+        // few hundred bytes), so the read buffer itself stays releasable as soon as it has been relayed.
+        if (total <= HELD_COPY_LIMIT) this.sink.held(Buffer.from(chunk.subarray(pos, pos + total)), type);
+        else {
+          this.chunkEscaped = true;
+          this.sink.held(chunk.subarray(pos, pos + total), type);
+        }
         pos += total;
         continue;
       }

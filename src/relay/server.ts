@@ -4,6 +4,7 @@
 import * as net from 'node:net';
 import * as tls from 'node:tls';
 import { Association, type AssociationHost, type LedgerBinding } from './association.js';
+import { RelayBudget } from './outbound.js';
 import { classifyClientHandshakeError, peerIdentities } from '../tls/identity.js';
 import { ProxyEvents } from '../observe/events.js';
 import type { RuntimeSnapshot } from './snapshot.js';
@@ -42,6 +43,8 @@ export class ProxyServer implements AssociationHost {
   private closing = false;
 
   readonly ledger: LedgerBinding | null;
+  /** Bytes queued toward slower sockets over every live association (limits.relayBufferTotal). */
+  readonly relayBudget: RelayBudget;
 
   constructor(
     snapshot: RuntimeSnapshot,
@@ -50,6 +53,7 @@ export class ProxyServer implements AssociationHost {
     this.snapshot = snapshot;
     this.events = options.events ?? new ProxyEvents();
     this.ledger = options.ledger ?? null;
+    this.relayBudget = new RelayBudget(snapshot.config.limits.relayBufferTotal);
     this.server = this.createForwardServer();
     this.returnServer = this.createReturnServer(snapshot);
   }
@@ -131,6 +135,7 @@ export class ProxyServer implements AssociationHost {
       throw err;
     }
     this.snapshot = snapshot;
+    this.relayBudget.limit = snapshot.config.limits.relayBufferTotal;
     if (newForward) {
       const old = this.server;
       this.server = newForward;

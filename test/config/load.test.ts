@@ -177,6 +177,7 @@ describe('parseConfig: defaults and normalisation', () => {
       maxPduLength: 1_048_576,
       drainTimeoutMs: 30_000,
       relayBuffer: 1_048_576,
+      relayBufferTotal: 16_777_216,
     });
     assert.deepEqual(config.logging, { level: 'info', file: null });
     const archive = config.upstreams['archive'];
@@ -525,6 +526,20 @@ describe('parseConfig: errors name the key path and line', () => {
       /at least 65536/,
     );
     assertSingleIssue(yaml({}, ['limits: { relayBuffer: 67108865 }']), 'limits.relayBuffer', 11);
+  });
+
+  it('checks relayBufferTotal bounds 1048576..4294967296', () => {
+    assert.equal(
+      parseConfig(yaml({}, ['limits: { relayBufferTotal: 1048576 }']), null).limits.relayBufferTotal,
+      1_048_576,
+    );
+    assertSingleIssue(
+      yaml({}, ['limits: { relayBufferTotal: 1048575 }']),
+      'limits.relayBufferTotal',
+      11,
+      /at least 1048576/,
+    );
+    assertSingleIssue(yaml({}, ['limits: { relayBufferTotal: 4294967297 }']), 'limits.relayBufferTotal', 11);
   });
 
   it('requires positive limits; a peer limit may be null', () => {
