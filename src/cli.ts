@@ -3,7 +3,6 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { loadConfig } from './config/load.js';
 import { ConfigError } from './config/errors.js';
 import { buildSnapshot } from './relay/snapshot.js';
 import { runStart } from './cli/start.js';
@@ -12,6 +11,11 @@ import { diffConfigs, formatChanges } from './config/diff.js';
 import { TlsMaterialError } from './tls/upstream.js';
 import { writeSigningKey } from './integrity/keys.js';
 import { registerLedgerCommands } from './cli/ledger.js';
+
+// The YAML parser and the config schema are loaded only by the commands that read a configuration
+// here; `start` validates in a worker thread and keeps them out of the relay's heap (config/load-isolated.ts).
+const loadConfig = async (path: string): Promise<import('./config/types.js').ProxyConfig> =>
+  (await import('./config/load.js')).loadConfig(path);
 
 const program = new Command();
 program

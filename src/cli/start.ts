@@ -1,6 +1,6 @@
 // `dimse-tls-proxy start`: the daemon. Wires the relay to the ledger, logs, metrics, readiness, the admin
 // endpoint and live reload, and owns the signals: SIGHUP reloads, SIGTERM/SIGINT drain and exit 0.
-import { loadConfig } from '../config/load.js';
+import { loadConfigIsolated } from '../config/load-isolated.js';
 import { formatChanges, referencedFiles } from '../config/diff.js';
 import { Reloader, type ReloadResult } from '../config/reload.js';
 import { ConfigWatcher } from '../config/watch.js';
@@ -51,7 +51,7 @@ export function describeReload(r: ReloadResult): Record<string, unknown> {
 export async function runStart(configPath: string, hooks: StartHooks): Promise<void> {
   let snapshot: RuntimeSnapshot;
   try {
-    snapshot = buildSnapshot(await loadConfig(configPath));
+    snapshot = buildSnapshot(await loadConfigIsolated(configPath));
   } catch (err) {
     hooks.fail(`cannot start: ${hooks.explain(err)}`);
   }
@@ -176,6 +176,7 @@ export async function runStart(configPath: string, hooks: StartHooks): Promise<v
   // eslint-disable-next-line prefer-const -- assigned once; read by the audit target lookup above
   let reloader: Reloader;
   reloader = new Reloader({
+    load: loadConfigIsolated,
     configPath,
     initial: snapshot,
     apply: async (s) => {

@@ -4,7 +4,7 @@
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
-import { formatPath, type KeyPath } from './locate.js';
+import { formatPath, type KeyPath } from './keypath.js';
 import type { ProxyConfig } from './types.js';
 
 export interface ConfigChange {

@@ -1,22 +1,7 @@
 import { LineCounter, isAlias, isMap, isScalar, isSeq, parseDocument, type Document } from 'yaml';
+import type { KeyPath, SourcePosition } from './keypath.js';
 
-export type KeyPath = readonly (string | number)[];
-
-export interface SourcePosition {
-  line: number;
-  column: number;
-}
-
-/** Formats a key path as `peers.CT_ROOM1.addresses[0]`; keys that are not plain identifiers are quoted. */
-export function formatPath(path: KeyPath): string {
-  let out = '';
-  for (const segment of path) {
-    if (typeof segment === 'number') out += `[${segment}]`;
-    else if (/^[A-Za-z0-9_-]+$/.test(segment)) out += out === '' ? segment : `.${segment}`;
-    else out += `[${JSON.stringify(segment)}]`;
-  }
-  return out;
-}
+export { formatPath, type KeyPath, type SourcePosition } from './keypath.js';
 
 /**
  * Finds where `path` is written in the YAML document: the value's start, or with `at: 'key'` the key's own

@@ -5,7 +5,6 @@ import { EventEmitter } from 'node:events';
 import { buildSnapshot, type RuntimeSnapshot } from '../relay/snapshot.js';
 import { changedFiles, diffConfigs, fileFingerprints, referencedFiles, type ConfigChange } from './diff.js';
 import { ConfigError } from './errors.js';
-import { loadConfig } from './load.js';
 import type { ProxyConfig } from './types.js';
 
 export interface ReloaderOptions {
@@ -14,7 +13,7 @@ export interface ReloaderOptions {
   initial: RuntimeSnapshot;
   /** Installs a new snapshot; a throw (or rejection) makes the reload fail and keeps the current snapshot. */
   apply: (snapshot: RuntimeSnapshot) => void | Promise<void>;
-  /** Default loadConfig. */
+  /** Default loadConfig (in this thread); the daemon passes loadConfigIsolated. */
   load?: (path: string) => Promise<ProxyConfig>;
   /** Default buildSnapshot. */
   build?: (config: ProxyConfig) => RuntimeSnapshot;
@@ -64,7 +63,8 @@ export class Reloader extends EventEmitter<ReloaderEvents> {
     this.configPath = options.configPath;
     this.snapshot = options.initial;
     this.applyFn = options.apply;
-    this.load = options.load ?? loadConfig;
+    // Loaded on demand: the daemon passes loadConfigIsolated and never loads the YAML/schema libraries.
+    this.load = options.load ?? (async (path) => (await import('./load.js')).loadConfig(path));
     this.build = options.build ?? buildSnapshot;
     // Taken now rather than when `initial` was built: a file changed in between is not reported.
     this.fingerprints = fileFingerprints(options.initial.config);

@@ -4,7 +4,7 @@ import { readFileSync } from 'node:fs';
 import { createPrivateKey } from 'node:crypto';
 import type { ProxyConfig } from '../config/types.js';
 import { ConfigError } from '../config/errors.js';
-import { locateInText } from '../config/locate.js';
+import { createRequire } from 'node:module';
 import { compilePolicy, type Policy } from '../policy/policy.js';
 import { buildServerTlsContext, type ServerTlsContext } from '../tls/identity.js';
 import { buildUpstreamTlsContext, TlsMaterialError, type UpstreamTlsContext } from '../tls/upstream.js';
@@ -34,10 +34,16 @@ function loadSigningKey(config: ProxyConfig, file: string): string {
   throw configProblem(config, ['ledger', 'signingKey'], problem);
 }
 
+// The YAML library is loaded only to place an error (the daemon does not otherwise load it).
+const requireLocal = createRequire(import.meta.url);
+
 function configProblem(config: ProxyConfig, path: string[], message: string): ConfigError {
   let pos = null;
   try {
-    if (config.sourcePath) pos = locateInText(readFileSync(config.sourcePath, 'utf8'), path);
+    if (config.sourcePath) {
+      const { locateInText } = requireLocal('../config/locate.js') as typeof import('../config/locate.js');
+      pos = locateInText(readFileSync(config.sourcePath, 'utf8'), path);
+    }
   } catch {
     pos = null;
   }
