@@ -25,7 +25,7 @@ export const GC_FLAGS: readonly string[] = [
 ];
 
 /** Node major versions the settings were measured on (and whose V8 has both flags). */
-const MEASURED_MAJORS = new Set([24, 25, 26]);
+const MEASURED_MAJORS = new Set([24, 26]);
 
 export interface RuntimeTuning {
   applied: readonly string[];

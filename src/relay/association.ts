@@ -270,12 +270,22 @@ export class Association {
   }
 
   /** Live counters (for status, tests and, later, metrics). */
-  stats(): { state: string; bytesFromModality: number; bytesFromArchive: number; instances: number } {
+  stats(): {
+    state: string;
+    bytesFromModality: number;
+    bytesFromArchive: number;
+    instances: number;
+    /** Bytes written toward the archive (upstream) / modality (downstream) that the kernel has not taken. */
+    queuedTowardArchive: number;
+    queuedTowardModality: number;
+  } {
     return {
       state: this.state,
       bytesFromModality: this.bytesFromModality,
       bytesFromArchive: this.bytesFromArchive,
       instances: this.instances,
+      queuedTowardArchive: this.upOut?.pending ?? 0,
+      queuedTowardModality: this.downOut.pending,
     };
   }
 

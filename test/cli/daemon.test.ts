@@ -156,6 +156,14 @@ describe('dimse-tls-proxy start: the daemon under live operations', { timeout: 9
       await writePolicy([peerLine('CT_OLD'), peerLine('WS_KEEP', '[echo]')]);
       const daemon = await startDaemon(procs, policy, { admin: true });
       defer(() => procs.stop(daemon.child));
+      // Started with no node flags: the daemon applies its GC settings itself (cli/runtime.ts).
+      const [runtime] = daemon.events('runtime');
+      assert.ok(runtime, daemon.describe());
+      assert.equal(runtime.node, process.version);
+      assert.deepEqual(runtime.gcFlags, [
+        '--incremental-marking-soft-trigger=50',
+        '--incremental-marking-hard-trigger=80',
+      ]);
       const metrics = async (): Promise<string> => {
         const r = await httpRequest(daemon.adminPort, 'GET', '/metrics');
         assert.equal(r.status, 200);
