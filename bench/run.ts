@@ -334,12 +334,14 @@ async function manySet(env: Env): Promise<ManySummary> {
   const acc: Record<string, { mbps: number[]; cpu: number[]; setup: number[]; errors: number }> = {};
   for (const m of modes) acc[m] = { mbps: [], cpu: [], setup: [], errors: 0 };
   try {
-    // What an association that is not backed up costs: RSS with ASSOCIATIONS idle associations open.
-    const before = procStatus(proxy.pid, 'VmRSS');
+    // What an association that is not backed up costs: RSS with ASSOCIATIONS idle associations open, on
+    // a proxy process of its own (so it does not add to the loaded proxy's peak).
+    const idleProxy = await startRelay(env, 'proxy', 'many-idle', scp.port);
+    const before = procStatus(idleProxy.pid, 'VmRSS');
     const idleSet = await openIdle(
       {
         host: '127.0.0.1',
-        port: proxy.port,
+        port: idleProxy.port,
         callingAe: 'STORESCU',
         calledAe: 'DICOM_PROXY',
         timeoutMs: 30_000,
@@ -347,9 +349,9 @@ async function manySet(env: Env): Promise<ManySummary> {
       ASSOCIATIONS,
     );
     await new Promise((r) => setTimeout(r, 500));
-    const after = procStatus(proxy.pid, 'VmRSS');
+    const after = procStatus(idleProxy.pid, 'VmRSS');
     idleSet.close();
-    await new Promise((r) => setTimeout(r, 500));
+    await idleProxy.stop();
     const idle = { count: ASSOCIATIONS, before, after, failures: idleSet.failures };
 
     for (let run = -warmup; run < runs; run++) {

@@ -1,21 +1,23 @@
-// Worker-thread entry of loadConfigIsolated (load-isolated.ts): load, validate, post the result, exit.
-import { parentPort, workerData } from 'node:worker_threads';
+// Entry of the child process behind loadConfigIsolated (load-isolated.ts): load, validate, print the
+// result as one JSON document on stdout, exit. Usage: node load-worker.js <config.yaml>
 import { loadConfig } from './load.js';
 import { ConfigError } from './errors.js';
 import { nullPrototypePaths, type LoadReply } from './load-isolated.js';
 
-const { path } = workerData as { path: string };
-const port = parentPort;
-if (port === null) throw new Error('load-worker.ts runs only as a worker thread');
+const path = process.argv[2];
+if (path === undefined) {
+  process.stderr.write('usage: load-worker.js <config.yaml>\n');
+  process.exit(2);
+}
+const reply = (r: LoadReply): void => void process.stdout.write(JSON.stringify(r));
 
 loadConfig(path).then(
-  (config) =>
-    port.postMessage({ ok: true, config, nullPrototype: nullPrototypePaths(config) } satisfies LoadReply),
+  (config) => reply({ ok: true, config, nullPrototype: nullPrototypePaths(config) }),
   (err: unknown) => {
-    const reply: LoadReply =
+    reply(
       err instanceof ConfigError
         ? { ok: false, kind: 'config', file: err.file, issues: err.issues }
-        : { ok: false, kind: 'error', message: (err as Error)?.message ?? String(err) };
-    port.postMessage(reply);
+        : { ok: false, kind: 'error', message: (err as Error)?.message ?? String(err) },
+    );
   },
 );
