@@ -51,7 +51,7 @@ export function tuneRuntime(version: string = process.versions.node): RuntimeTun
   if (!MEASURED_MAJORS.has(major)) {
     return {
       applied: [],
-      skipped: `Node ${version}: GC settings measured on Node 24–26 only, left at V8 defaults`,
+      skipped: `Node ${version}: GC settings measured on Node 24 and 26 only, left at V8 defaults`,
     };
   }
   const applied: string[] = [];

@@ -387,8 +387,11 @@ export class Association {
   private mustPause(to: 0 | 1, pending: number): boolean {
     const budget = this.host.relayBudget;
     if (budget) {
-      budget.queued += pending - this.charged[to];
-      this.charged[to] = pending;
+      // Only a real backlog counts: up to one read is in transit on every busy socket, and a plaintext
+      // socket signals 'drain' (which uncharges) only once it held more than its 64 KiB high-water mark.
+      const charge = pending > RELAY_BUFFER_FLOOR ? pending : 0;
+      budget.queued += charge - this.charged[to];
+      this.charged[to] = charge;
     }
     if (pending > this.relayBuffer) return true;
     return budget !== undefined && pending > RELAY_BUFFER_FLOOR && budget.queued > budget.limit;
