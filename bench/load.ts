@@ -7,8 +7,8 @@
 // and the count of failures (refused/aborted associations, non-success statuses, timeouts).
 import * as net from 'node:net';
 import { PduFramer } from '../src/pdu/framer.js';
-import { aeTitleField, decodePdu, encodePdu } from '../src/pdu/codec.js';
-import type { AssociatePdu } from '../src/pdu/types.js';
+import { decodePdu, encodePdu } from '../src/pdu/codec.js';
+import { associateRq } from '../test/helpers/raw.js';
 import { decodeCommand, encodeCommand } from '../src/dimse/command.js';
 
 const CT_IMAGE = '1.2.840.10008.5.1.4.1.1.2';
@@ -72,30 +72,13 @@ function instancePdus(pixelBytes: number, index: number): Buffer {
   return Buffer.concat(pdus);
 }
 
-function associateRq(calling: string, called: string): Buffer {
-  const pdu: AssociatePdu = {
-    type: 0x01,
-    protocolVersion: 1,
-    calledAeTitle: aeTitleField(called),
-    callingAeTitle: aeTitleField(calling),
-    reserved: Buffer.alloc(32),
-    items: [
-      { kind: 'application-context', name: '1.2.840.10008.3.1.1.1' },
-      {
-        kind: 'presentation-context-rq',
-        context: { id: 1, abstractSyntax: CT_IMAGE, transferSyntaxes: [EXPLICIT_LE] },
-      },
-      {
-        kind: 'user-information',
-        subItems: [
-          { kind: 'max-length', maxLength: 16384 },
-          { kind: 'implementation-class-uid', uid: '1.2.826.0.1.3680043.10.511.9' },
-          { kind: 'implementation-version-name', name: 'BENCHLOAD' },
-        ],
-      },
-    ],
-  };
-  return encodePdu(pdu);
+function associationRequest(calling: string, called: string): Buffer {
+  return associateRq(
+    calling,
+    called,
+    [{ id: 1, abstractSyntax: CT_IMAGE, transferSyntaxes: [EXPLICIT_LE] }],
+    16384,
+  );
 }
 
 /** One association: connect, negotiate, store every instance (waiting for each response), release. */
@@ -146,7 +129,7 @@ function oneAssociation(
       bytes += pdus.length;
       next++;
     };
-    socket.on('connect', () => socket.write(associateRq(spec.callingAe, spec.calledAe)));
+    socket.on('connect', () => socket.write(associationRequest(spec.callingAe, spec.calledAe)));
     socket.on('data', (chunk: Buffer) => {
       let frames: Buffer[];
       try {
@@ -228,7 +211,7 @@ export async function openIdle(
             failures++;
             resolve();
           }, spec.timeoutMs);
-          s.on('connect', () => s.write(associateRq(spec.callingAe, spec.calledAe)));
+          s.on('connect', () => s.write(associationRequest(spec.callingAe, spec.calledAe)));
           s.on('data', (chunk: Buffer) => {
             for (const raw of framer.push(chunk)) {
               if (raw[0] !== 0x02) failures++;

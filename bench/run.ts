@@ -185,6 +185,27 @@ async function startRelay(
   };
 }
 
+/** The archive (storescp +tls, discarding what it receives) and stunnel in client mode in front of it. */
+async function startArchive(env: Env, name: string, fork: boolean) {
+  const { pki, procs, work } = env;
+  const scp = await startStorescp(procs, {
+    outDir: join(work, `out-${name}`),
+    aeTitle: 'ARCHIVE',
+    tls: { key: pki.archiveKey, cert: pki.archiveCert, ca: pki.caCert },
+    extraArgs: fork ? ['--ignore', '--fork'] : ['--ignore'],
+  });
+  const stunnel = await startStunnelClient(procs, {
+    connectHost: '127.0.0.1',
+    connectPort: scp.port,
+    ca: pki.caCert,
+    cert: pki.proxyClientCert,
+    key: pki.proxyClientKey,
+    checkHost: 'archive.local',
+    dir: join(work, `stunnel-${name}`),
+  });
+  return { scp, stunnel };
+}
+
 interface StorescuSummary {
   set: string;
   runs: number;
@@ -297,25 +318,11 @@ interface ManySummary {
 }
 
 async function manySet(env: Env): Promise<ManySummary> {
-  const { pki, procs, work } = env;
+  const { procs } = env;
   const runs = envCount('BENCH_RUNS', 5);
   const warmup = envCount('BENCH_WARMUP', 1);
   // The archive forks one process per association, as a PACS serves many modalities at once.
-  const scp = await startStorescp(procs, {
-    outDir: join(work, 'out-many'),
-    aeTitle: 'ARCHIVE',
-    tls: { key: pki.archiveKey, cert: pki.archiveCert, ca: pki.caCert },
-    extraArgs: ['--ignore', '--fork'],
-  });
-  const stunnel = await startStunnelClient(procs, {
-    connectHost: '127.0.0.1',
-    connectPort: scp.port,
-    ca: pki.caCert,
-    cert: pki.proxyClientCert,
-    key: pki.proxyClientKey,
-    checkHost: 'archive.local',
-    dir: join(work, 'stunnel-many'),
-  });
+  const { scp, stunnel } = await startArchive(env, 'many', true);
   const bare = await startRelay(env, 'bare', 'many-bare', scp.port);
   const proxy = await startRelay(env, 'proxy', 'many-proxy', scp.port);
   // 50 × 64 KB with a 2 MB instance after every 17th, as a mixed study arrives.
@@ -442,21 +449,7 @@ async function main(): Promise<void> {
     const summaries: StorescuSummary[] = [];
     const storescuSets = STORESCU_SETS.filter((s) => SETS.includes(s.key));
     if (storescuSets.length > 0) {
-      const scp = await startStorescp(procs, {
-        outDir: join(work, 'out'),
-        aeTitle: 'ARCHIVE',
-        tls: { key: pki.archiveKey, cert: pki.archiveCert, ca: pki.caCert },
-        extraArgs: ['--ignore'],
-      });
-      const stunnel = await startStunnelClient(procs, {
-        connectHost: '127.0.0.1',
-        connectPort: scp.port,
-        ca: pki.caCert,
-        cert: pki.proxyClientCert,
-        key: pki.proxyClientKey,
-        checkHost: 'archive.local',
-        dir: join(work, 'stunnel'),
-      });
+      const { scp, stunnel } = await startArchive(env, 'storescu', false);
       for (const set of storescuSets) summaries.push(await storescuSet(env, set, scp.port, stunnel));
       await procs.stop(stunnel.child);
       await procs.stop(scp.child);
