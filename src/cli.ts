@@ -13,7 +13,7 @@ import { writeSigningKey } from './integrity/keys.js';
 import { registerLedgerCommands } from './cli/ledger.js';
 
 // The YAML parser and the config schema are loaded only by the commands that read a configuration
-// here; `start` validates in a worker thread and keeps them out of the relay's heap (config/load-isolated.ts).
+// here; `start` validates in a child process and keeps them out of the relay's heap (config/load-isolated.ts).
 const loadConfig = async (path: string): Promise<import('./config/types.js').ProxyConfig> =>
   (await import('./config/load.js')).loadConfig(path);
 

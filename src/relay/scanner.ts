@@ -39,9 +39,9 @@ export class UnexpectedPduError extends Error {
   }
 }
 
-const P_DATA_PEEK = 12;
+const P_DATA_PEEK = 12; // PDU header (6) + first PDV header (length 4, context id 1, control header 1)
 /** Held PDUs up to this size are copied out of the read buffer rather than viewed in it. */
-const HELD_COPY_LIMIT = 4096; // PDU header (6) + first PDV header (length 4, context id 1, control header 1)
+const HELD_COPY_LIMIT = 4096;
 
 const enum Phase {
   /** At a PDU boundary, possibly with a partial header in the scratch buffer. */
