@@ -3,8 +3,8 @@
 // The YAML parser and the schema library are large (≈ 7 MB of V8 heap and ≈ 20 MB of RSS once loaded,
 // measured on Node 26), and whatever the relay's isolate holds, every mark-compact must walk again while
 // associations are relayed. The daemon therefore never loads them: `start` and every reload validate in a
-// child process (same node, same flags) that prints the ProxyConfig (plain data) as JSON and exits. Errors come back as
-// the same ConfigError (file, line, key) the in-process loader throws. One-shot commands (check-config,
+// child process (the same node binary) that prints the ProxyConfig (plain data) as JSON and exits.
+// Errors come back as the same ConfigError (file, line, key) the in-process loader throws. One-shot commands (check-config,
 // status, demo) keep using loadConfig directly.
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
@@ -12,7 +12,7 @@ import { deepFreeze } from './defaults.js';
 import { ConfigError, type ConfigIssue } from './errors.js';
 import type { ProxyConfig } from './types.js';
 
-/** What the worker posts back (src/config/load-worker.ts). */
+/** What the loader prints (src/config/load-worker.ts). */
 export type LoadReply =
   | { ok: true; config: ProxyConfig; nullPrototype: Array<Array<string | number>> }
   | { ok: false; kind: 'config'; file: string | null; issues: ConfigIssue[] }

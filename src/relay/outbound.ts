@@ -28,8 +28,8 @@ export class RelayBudget {
  */
 export const RELAY_BUFFER_FLOOR = 64 * 1024;
 
-/** Called once a write has reached the kernel (ok) or failed (not ok). */
-export type WriteDone = (ok: boolean) => void;
+/** Called once a write has reached the kernel (no error) or failed: a socket write callback. */
+export type WriteDone = (err?: Error | null) => void;
 
 export class Outbound {
   private readonly queue: Buffer[] = [];
@@ -60,8 +60,7 @@ export class Outbound {
   write(bytes: Buffer, done: WriteDone | null = null): void {
     if (this.ending) return;
     if (!this.serial) {
-      if (done === null) this.socket.write(bytes);
-      else this.socket.write(bytes, (err) => done(!err));
+      this.socket.write(bytes, done ?? undefined);
       return;
     }
     if (this.inFlight) {
@@ -88,8 +87,8 @@ export class Outbound {
     this.inFlightDone = null;
     if (err) {
       // The socket emits 'error' (the association aborts and closes both legs): drop the rest.
-      done?.(false);
-      for (let i = this.head; i < this.dones.length; i++) this.dones[i]?.(false);
+      done?.(err);
+      for (let i = this.head; i < this.dones.length; i++) this.dones[i]?.(err);
       this.queue.length = 0;
       this.dones.length = 0;
       this.head = 0;
@@ -97,7 +96,7 @@ export class Outbound {
       this.inFlight = false;
       return;
     }
-    done?.(true);
+    done?.(null);
     if (this.head < this.queue.length) {
       const next = this.queue[this.head] as Buffer;
       this.inFlightDone = this.dones[this.head] ?? null;
@@ -160,8 +159,8 @@ export class ChunkLease {
   }
 
   /** As a WriteDone: a failed write may leave the socket layer referencing the bytes. */
-  readonly written: WriteDone = (ok) => {
-    if (!ok) this.poisoned = true;
+  readonly written: WriteDone = (err) => {
+    if (err) this.poisoned = true;
     this.release();
   };
 }

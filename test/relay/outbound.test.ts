@@ -187,9 +187,9 @@ describe('Outbound toward a TLS socket', () => {
       const chunk = Buffer.from(new ArrayBuffer(65536));
       const lease = new ChunkLease(chunk);
       lease.acquire();
-      out.write(chunk, (ok) => {
-        outcomes.push(ok);
-        lease.written(ok);
+      out.write(chunk, (err) => {
+        outcomes.push(!err);
+        lease.written(err);
       });
       lease.release(); // the feed returns: only the queued write still counts
       assert.ok(out.pending > 65536, 'the chunk is queued behind a stalled peer');
