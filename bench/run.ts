@@ -20,7 +20,8 @@
 // Environment: BENCH_RUNS (measured runs per mode; default 15 small, 7 large, 5 many), BENCH_WARMUP
 // (unmeasured transfers per mode; default 10 small, 1 large, 1 many), BENCH_SETS (comma list of
 // small,large,many; default all), BENCH_SMALL_COUNT (200), BENCH_LARGE_MB (200), BENCH_LARGE_COUNT (3),
-// BENCH_ASSOCIATIONS (100).
+// BENCH_ASSOCIATIONS (100); BENCH_BASELINE (another build's dist/cli.js, measured in every set as
+// `baseline` for a before/after in one run) and BENCH_BASELINE_ARGS (node flags for it).
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
@@ -45,6 +46,10 @@ const SMALL_COUNT = Number(process.env.BENCH_SMALL_COUNT ?? 200);
 const LARGE_COUNT = Number(process.env.BENCH_LARGE_COUNT ?? 3);
 const LARGE_MB = Number(process.env.BENCH_LARGE_MB ?? 200);
 const ASSOCIATIONS = Number(process.env.BENCH_ASSOCIATIONS ?? 100);
+/** Before/after in one run: another build's cli.js (e.g. of the parent commit) measured as `baseline`. */
+const BASELINE = process.env.BENCH_BASELINE ?? '';
+/** Node flags for the baseline build, as that build's own documentation started it. */
+const BASELINE_ARGS = (process.env.BENCH_BASELINE_ARGS ?? '').split(' ').filter((a) => a !== '');
 
 function envCount(name: string, fallback: number): number {
   const v = process.env[name];
@@ -79,13 +84,14 @@ const STORESCU_SETS: StorescuSet[] = [
   },
 ];
 
-type Mode = 'direct' | 'stunnel' | 'bare' | 'proxy' | 'ledger';
+type Mode = 'direct' | 'stunnel' | 'bare' | 'proxy' | 'ledger' | 'baseline';
 const LABEL: Record<Mode, string> = {
   direct: 'direct TLS',
   stunnel: 'stunnel',
   bare: 'bare Node relay',
   proxy: 'proxy',
   ledger: 'proxy+ledger',
+  baseline: 'baseline build',
 };
 
 function median(xs: number[]): number {
@@ -124,7 +130,7 @@ interface Env {
 /** A fresh relay process of the given mode in front of the archive on archivePort. */
 async function startRelay(
   env: Env,
-  mode: 'bare' | 'proxy' | 'ledger',
+  mode: 'bare' | 'proxy' | 'ledger' | 'baseline',
   name: string,
   archivePort: number,
 ): Promise<Relay> {
@@ -169,8 +175,11 @@ async function startRelay(
         '',
       ].join('\n'),
     );
-    // Exactly what an admin types: no node flags.
-    args = [join(import.meta.dirname, '..', 'dist', 'cli.js'), 'start', '-c', cfg];
+    // Exactly what an admin types: no node flags (the baseline build as its own docs said).
+    args =
+      mode === 'baseline'
+        ? [...BASELINE_ARGS, BASELINE, 'start', '-c', cfg]
+        : [join(import.meta.dirname, '..', 'dist', 'cli.js'), 'start', '-c', cfg];
   }
   const child = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'inherit'] });
   await waitForListen(port, { timeoutMs: 15000 });
@@ -231,23 +240,44 @@ async function storescuSet(
     bare: await startRelay(env, 'bare', `${set.key}-bare`, archivePort),
     proxy: await startRelay(env, 'proxy', `${set.key}-proxy`, archivePort),
     ledger: await startRelay(env, 'ledger', `${set.key}-ledger`, archivePort),
+    ...(BASELINE ? { baseline: await startRelay(env, 'baseline', `${set.key}-baseline`, archivePort) } : {}),
   };
-  const modes: Mode[] = ['direct', 'stunnel', 'bare', 'proxy', 'ledger'];
-  const target: Record<Mode, { port: number; pid: number | null; tls?: typeof cliTls; called: string }> = {
+  const modes: Mode[] = [
+    'direct',
+    'stunnel',
+    'bare',
+    'proxy',
+    'ledger',
+    ...(BASELINE ? ['baseline' as const] : []),
+  ];
+  const target: Partial<
+    Record<Mode, { port: number; pid: number | null; tls?: typeof cliTls; called: string }>
+  > = {
     direct: { port: archivePort, pid: null, tls: cliTls, called: 'ARCHIVE' },
     stunnel: { port: stunnel.port, pid: stunnel.pid, called: 'ARCHIVE' },
     bare: { port: relays.bare.port, pid: relays.bare.pid, called: 'ARCHIVE' },
     proxy: { port: relays.proxy.port, pid: relays.proxy.pid, called: 'DICOM_PROXY' },
     ledger: { port: relays.ledger.port, pid: relays.ledger.pid, called: 'DICOM_PROXY' },
+    ...(relays.baseline
+      ? { baseline: { port: relays.baseline.port, pid: relays.baseline.pid, called: 'DICOM_PROXY' } }
+      : {}),
   };
-  const mbps: Record<Mode, number[]> = { direct: [], stunnel: [], bare: [], proxy: [], ledger: [] };
-  const cpu: Record<Mode, number[]> = { direct: [], stunnel: [], bare: [], proxy: [], ledger: [] };
+  const series = (): Record<Mode, number[]> => ({
+    direct: [],
+    stunnel: [],
+    bare: [],
+    proxy: [],
+    ledger: [],
+    baseline: [],
+  });
+  const mbps = series();
+  const cpu = series();
   try {
     // Warm-up rounds (run < 0), then measured ones; round r starts with mode r mod 5.
     for (let run = -set.warmup; run < set.runs; run++) {
       const shift = ((run % modes.length) + modes.length) % modes.length;
       for (const mode of [...modes.slice(shift), ...modes.slice(0, shift)]) {
-        const t = target[mode];
+        const t = target[mode] as NonNullable<(typeof target)[Mode]>;
         const cpu0 = t.pid === null ? 0 : cpuMs(t.pid);
         const started = performance.now();
         const r = await runStorescu({
@@ -281,17 +311,20 @@ async function storescuSet(
         bare: median(mbps.bare),
         proxy: median(mbps.proxy),
         ledger: median(mbps.ledger),
+        baseline: median(mbps.baseline),
       },
       cpuPerGb: {
         stunnel: median(cpu.stunnel),
         bare: median(cpu.bare),
         proxy: median(cpu.proxy),
         ledger: median(cpu.ledger),
+        baseline: median(cpu.baseline),
       },
       rss: {
         bare: procStatus(relays.bare.pid, 'VmHWM'),
         proxy: procStatus(relays.proxy.pid, 'VmHWM'),
         ledger: procStatus(relays.ledger.pid, 'VmHWM'),
+        ...(relays.baseline ? { baseline: procStatus(relays.baseline.pid, 'VmHWM') } : {}),
       },
     };
   } finally {
@@ -325,6 +358,7 @@ async function manySet(env: Env): Promise<ManySummary> {
   const { scp, stunnel } = await startArchive(env, 'many', true);
   const bare = await startRelay(env, 'bare', 'many-bare', scp.port);
   const proxy = await startRelay(env, 'proxy', 'many-proxy', scp.port);
+  const baseline = BASELINE ? await startRelay(env, 'baseline', 'many-baseline', scp.port) : null;
   // 50 × 64 KB with a 2 MB instance after every 17th, as a mixed study arrives.
   const instances: number[] = [];
   for (let i = 0; i < 50; i++) {
@@ -332,11 +366,12 @@ async function manySet(env: Env): Promise<ManySummary> {
     if (i % 17 === 16) instances.push(2 * 1024 * 1024);
   }
   const data = prepareLoad(instances);
-  const modes: Mode[] = ['stunnel', 'bare', 'proxy'];
+  const modes: Mode[] = ['stunnel', 'bare', 'proxy', ...(baseline ? ['baseline' as const] : [])];
   const target: Record<string, { port: number; pid: number; called: string }> = {
     stunnel: { port: stunnel.port, pid: stunnel.pid, called: 'ARCHIVE' },
     bare: { port: bare.port, pid: bare.pid, called: 'ARCHIVE' },
     proxy: { port: proxy.port, pid: proxy.pid, called: 'DICOM_PROXY' },
+    ...(baseline ? { baseline: { port: baseline.port, pid: baseline.pid, called: 'DICOM_PROXY' } } : {}),
   };
   const acc: Record<string, { mbps: number[]; cpu: number[]; setup: number[]; errors: number }> = {};
   for (const m of modes) acc[m] = { mbps: [], cpu: [], setup: [], errors: 0 };
@@ -396,6 +431,7 @@ async function manySet(env: Env): Promise<ManySummary> {
       stunnel: procStatus(stunnel.pid, 'VmHWM'),
       bare: procStatus(bare.pid, 'VmHWM'),
       proxy: procStatus(proxy.pid, 'VmHWM'),
+      ...(baseline ? { baseline: procStatus(baseline.pid, 'VmHWM') } : {}),
     };
     return {
       runs,
@@ -422,6 +458,7 @@ async function manySet(env: Env): Promise<ManySummary> {
   } finally {
     await bare.stop();
     await proxy.stop();
+    await baseline?.stop();
     await procs.stop(stunnel.child);
     await procs.stop(scp.child);
   }
@@ -479,6 +516,21 @@ async function main(): Promise<void> {
         );
       }
       out.push('');
+      if (BASELINE) {
+        out.push(
+          `Before/after in this run: baseline = ${BASELINE}${BASELINE_ARGS.length ? ` (node ${BASELINE_ARGS.join(' ')})` : ''}, proxy = this build`,
+          '',
+          '| set | baseline MB/s | proxy MB/s | proxy / baseline | relay CPU ms/GB baseline / proxy | peak RSS baseline / proxy |',
+          '|---|---:|---:|---:|---:|---:|',
+        );
+        for (const s of summaries) {
+          out.push(
+            `| ${s.set} | ${f1(s.mbps.baseline)} | ${f1(s.mbps.proxy)} | ${f2(s.mbps.proxy / s.mbps.baseline)} | ` +
+              `${f0(s.cpuPerGb.baseline)} / ${f0(s.cpuPerGb.proxy)} | ${f0(s.rss.baseline)} / ${f0(s.rss.proxy)} MB |`,
+          );
+        }
+        out.push('');
+      }
     }
     if (many) {
       const stunnelRow = many.rows.find((r) => r.mode === 'stunnel');
