@@ -4,7 +4,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { ConfigError } from './config/errors.js';
-import { buildSnapshot } from './relay/snapshot.js';
+import { buildRuntimeSnapshot } from './runtime/snapshot.js';
 import { runStart } from './cli/start.js';
 import { fetchStatus } from './observe/status.js';
 import { diffConfigs, formatChanges } from './config/diff.js';
@@ -121,7 +121,7 @@ program
   .option('--against <file>', 'also list what changes compared with this (e.g. the running) policy file')
   .action(async (opts: { config: string; against?: string }) => {
     try {
-      const snapshot = buildSnapshot(await loadConfig(resolve(opts.config)));
+      const snapshot = buildRuntimeSnapshot(await loadConfig(resolve(opts.config)));
       if (opts.against) {
         const before = await loadConfig(resolve(opts.against));
         process.stdout.write(`${formatChanges(diffConfigs(before, snapshot.config))}\n`);

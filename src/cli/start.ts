@@ -2,10 +2,10 @@
 // endpoint and live reload, and owns the signals: SIGHUP reloads, SIGTERM/SIGINT drain and exit 0.
 import { loadConfigIsolated } from '../config/load-isolated.js';
 import { formatChanges, referencedFiles } from '../config/diff.js';
-import { Reloader, type ReloadResult } from '../config/reload.js';
+import { Reloader, type ReloadResult } from '../runtime/reload.js';
 import { ConfigWatcher } from '../config/watch.js';
 import type { ProxyConfig } from '../config/types.js';
-import { buildSnapshot, type RuntimeSnapshot } from '../relay/snapshot.js';
+import { buildRuntimeSnapshot, type RuntimeSnapshot } from '../runtime/snapshot.js';
 import { ProxyServer } from '../relay/server.js';
 import type { LedgerBinding } from '../relay/association.js';
 import { createLogger, logEvents } from '../observe/log.js';
@@ -51,7 +51,7 @@ export function describeReload(r: ReloadResult): Record<string, unknown> {
 export async function runStart(configPath: string, hooks: StartHooks): Promise<void> {
   let snapshot: RuntimeSnapshot;
   try {
-    snapshot = buildSnapshot(await loadConfigIsolated(configPath));
+    snapshot = buildRuntimeSnapshot(await loadConfigIsolated(configPath));
   } catch (err) {
     hooks.fail(`cannot start: ${hooks.explain(err)}`);
   }
@@ -170,7 +170,7 @@ export async function runStart(configPath: string, hooks: StartHooks): Promise<v
     spoolTimer.unref();
   }
 
-  // Live reload: build everything, swap, keep the old snapshot on any error (config/reload.ts).
+  // Live reload: build everything, swap, keep the old snapshot on any error (runtime/reload.ts).
   const readiness = config.admin?.readiness ? new UpstreamReadiness(snapshot, config.admin.readiness) : null;
   if (readiness) metrics.observeReadiness(() => readiness.status());
   // eslint-disable-next-line prefer-const -- assigned once; read by the audit target lookup above

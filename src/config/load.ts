@@ -84,7 +84,7 @@ export function parseConfig(text: string, sourcePath: string | null): ProxyConfi
     throw new ConfigError(sourcePath, toIssues(doc, lineCounter, pending));
   }
   const baseDir = sourcePath === null ? process.cwd() : dirname(resolve(sourcePath));
-  return deepFreeze(buildSnapshot(root, sourcePath === null ? null : resolve(sourcePath), baseDir));
+  return deepFreeze(buildProxyConfig(root, sourcePath === null ? null : resolve(sourcePath), baseDir));
 }
 
 /** Reads `path` and parses it with parseConfig. A file that cannot be read is a ConfigError naming the path. */
@@ -325,7 +325,7 @@ function defaultDurationMs(value: string): number {
   return result.ms;
 }
 
-function buildSnapshot(validated: ValidatedRoot, sourcePath: string | null, baseDir: string): ProxyConfig {
+function buildProxyConfig(validated: ValidatedRoot, sourcePath: string | null, baseDir: string): ProxyConfig {
   const { root } = validated;
   const file = (p: string): string => resolve(baseDir, p);
 

@@ -4,7 +4,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { dirname, join, relative, resolve } from 'node:path';
 import { loadConfig } from '../config/load.js';
-import { buildSnapshot } from '../relay/snapshot.js';
+import { buildRuntimeSnapshot } from '../runtime/snapshot.js';
 import { ProxyServer } from '../relay/server.js';
 import { createLogger, logEvents } from '../observe/log.js';
 import { tuneRuntime } from '../cli/runtime.js';
@@ -63,7 +63,7 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
   const pki = await writeDemoPki(join(root, 'certs'));
   const ledgerKey = await writeSigningKey(join(root, 'certs'), { overwrite: false });
   const config = await loadConfig(opts.configPath);
-  const snapshot = buildSnapshot(config);
+  const snapshot = buildRuntimeSnapshot(config);
   const upstream = Object.values(config.upstreams)[0];
   const route = config.routes[0];
   if (!upstream || !route) throw new Error(`${opts.configPath} needs one upstream and one route`);

@@ -3,7 +3,7 @@
 // association through the same TLS material the relay uses would be accepted right now, not merely that
 // a port is open. The proxy is ready when every upstream answered within maxAge.
 import type { ProxyConfig, UpstreamConfig } from '../config/types.js';
-import { echoUpstream } from '../relay/probe.js';
+import { echoUpstream } from '../tls/probe.js';
 
 /** Calling AE title of the probe when the upstream does not set callingAeTitle. */
 export const PROBE_CALLING_AE_TITLE = 'DIMSE_PROXY';

@@ -14,7 +14,8 @@ import type {
   ServiceName,
   UpstreamConfig,
 } from '../config/types.js';
-import { identityMatches, type CertificateIdentities } from './identity.js';
+import { identityMatches } from './identity.js';
+import type { CertificateIdentities } from '../tls/identity.js';
 import type { PresentationContextRq } from '../pdu/types.js';
 import {
   CALLER_SERVICE_REQUESTS,

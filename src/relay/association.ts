@@ -59,7 +59,7 @@ import {
   UpstreamConnectError,
   type UpstreamTlsContext,
 } from '../tls/upstream.js';
-import type { CertificateIdentities } from '../policy/identity.js';
+import type { CertificateIdentities } from '../tls/identity.js';
 import type {
   AssociationOutcome,
   Direction,
@@ -67,7 +67,7 @@ import type {
   RejectSpec,
   TlsSessionInfo,
 } from '../observe/events.js';
-import type { RuntimeSnapshot } from './snapshot.js';
+import type { RuntimeSnapshot } from '../runtime/snapshot.js';
 import type { InstanceEvidence, LedgerSink } from '../integrity/types.js';
 import type { HashStream, StreamHasher } from '../integrity/hasher.js';
 import { parseCommitmentDataSet, type CommitmentResult } from '../dicom/commitment.js';

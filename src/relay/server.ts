@@ -7,7 +7,7 @@ import { Association, type AssociationHost, type LedgerBinding } from './associa
 import { RelayBudget } from './outbound.js';
 import { classifyClientHandshakeError, peerIdentities } from '../tls/identity.js';
 import { ProxyEvents } from '../observe/events.js';
-import type { RuntimeSnapshot } from './snapshot.js';
+import type { RuntimeSnapshot } from '../runtime/snapshot.js';
 
 /** Bind `server` to host:port; resolves with the bound address. */
 function bind(server: net.Server, host: string, port: number): Promise<net.AddressInfo> {

@@ -1,9 +1,33 @@
 // Reading the identities a peer certificate carries, and the server-side secure context of the return listener.
 import { readFileSync } from 'node:fs';
 import * as tls from 'node:tls';
-import { normaliseIp, type CertificateIdentities } from '../policy/identity.js';
+import ipaddr from 'ipaddr.js';
 import { TLS_PROFILES, type TlsProfileName } from './profiles.js';
 import { TlsMaterialError } from './upstream.js';
+
+/** What a verified peer certificate says about who the peer is (RFC 5280 4.2.1.6 subjectAltName, subject CN). */
+export interface CertificateIdentities {
+  dns: string[];
+  ip: string[];
+  uri: string[];
+  cn: string[];
+  /** SHA-256 fingerprint, colon-separated upper-case hex as Node reports it. */
+  fingerprint256: string;
+  subject: string;
+}
+
+/** Canonical text of an IP address (IPv4-mapped IPv6 as IPv4), or null when it is not one. */
+export function normaliseIp(text: string): string | null {
+  try {
+    const addr = ipaddr.parse(text);
+    if (addr.kind() === 'ipv6' && (addr as ipaddr.IPv6).isIPv4MappedAddress()) {
+      return (addr as ipaddr.IPv6).toIPv4Address().toString();
+    }
+    return addr.toNormalizedString();
+  } catch {
+    return null;
+  }
+}
 
 /** Reads the identities of the certificate a TLS peer presented; null when it presented none. */
 export function peerIdentities(socket: tls.TLSSocket): CertificateIdentities | null {

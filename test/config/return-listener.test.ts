@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { ConfigError, parseConfig } from '../../src/config/index.js';
 import { compilePolicy } from '../../src/policy/policy.js';
-import type { CertificateIdentities } from '../../src/policy/identity.js';
+import type { CertificateIdentities } from '../../src/tls/identity.js';
 
 const BASE = [
   /* 1 */ 'upstreams:',

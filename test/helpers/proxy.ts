@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createCa, issueCertificate, type PemPair } from '../../src/tls/pki.js';
 import { parseConfig } from '../../src/config/load.js';
-import { buildSnapshot } from '../../src/relay/snapshot.js';
+import { buildRuntimeSnapshot } from '../../src/runtime/snapshot.js';
 import { ProxyServer } from '../../src/relay/server.js';
 import type { LedgerBinding } from '../../src/relay/association.js';
 import type { ProxyEventMap } from '../../src/observe/events.js';
@@ -120,7 +120,7 @@ export function proxyYaml(o: ProxyTestOptions): string {
 
 export async function startProxy(o: ProxyTestOptions): Promise<ProxyUnderTest> {
   const config = parseConfig(proxyYaml(o), null);
-  const server = new ProxyServer(buildSnapshot(config), { ledger: o.ledger ?? null });
+  const server = new ProxyServer(buildRuntimeSnapshot(config), { ledger: o.ledger ?? null });
   const events: ProxyUnderTest['events'] = {};
   const waiters: Array<() => void> = [];
   for (const name of [

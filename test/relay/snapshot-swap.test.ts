@@ -5,7 +5,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as net from 'node:net';
 import { parseConfig } from '../../src/config/load.js';
-import { buildSnapshot } from '../../src/relay/snapshot.js';
+import { buildRuntimeSnapshot } from '../../src/runtime/snapshot.js';
 import { encodeCommand, decodeCommand } from '../../src/dimse/command.js';
 import type { PDataPdu } from '../../src/pdu/types.js';
 import { echo } from '../../src/dicom/dcmjs.js';
@@ -92,7 +92,7 @@ describe('snapshot swap with live associations', { timeout: 60_000 }, () => {
       'listen: { host: 127.0.0.1, port: 0 }',
       `listen: { host: 127.0.0.1, port: ${newPort} }`,
     );
-    const { rebound } = await proxy.server.setSnapshot(buildSnapshot(parseConfig(yaml, null)));
+    const { rebound } = await proxy.server.setSnapshot(buildRuntimeSnapshot(parseConfig(yaml, null)));
     assert.deepEqual(rebound, [`listen 127.0.0.1:${newPort}`]);
     assert.equal(proxy.server.address()?.port, newPort);
 
@@ -134,7 +134,7 @@ describe('snapshot swap with live associations', { timeout: 60_000 }, () => {
     const taken = (blocker.address() as net.AddressInfo).port;
     const before = proxy.server.current;
     await assert.rejects(
-      proxy.server.setSnapshot(buildSnapshot(parseConfig(withReturn(taken), null))),
+      proxy.server.setSnapshot(buildRuntimeSnapshot(parseConfig(withReturn(taken), null))),
       /EADDRINUSE/,
     );
     assert.equal(proxy.server.current, before);
@@ -142,7 +142,7 @@ describe('snapshot swap with live associations', { timeout: 60_000 }, () => {
     await new Promise<void>((r) => blocker.close(() => r()));
 
     const { rebound } = await proxy.server.setSnapshot(
-      buildSnapshot(parseConfig(withReturn(returnPort), null)),
+      buildRuntimeSnapshot(parseConfig(withReturn(returnPort), null)),
     );
     assert.deepEqual(rebound, [`returnListener 127.0.0.1:${returnPort}`]);
     assert.equal(proxy.server.returnAddress()?.port, returnPort);

@@ -8,7 +8,7 @@ import { aeTitleField, decodePdu, encodePdu, presentationContextsAc } from '../p
 import { PduFramer } from '../pdu/framer.js';
 import type { AssociatePdu, PDataPdu } from '../pdu/types.js';
 import { CommandField, decodeCommand, encodeCommand, Status } from '../dimse/command.js';
-import { buildUpstreamTlsContext, connectUpstream, UpstreamConnectError } from '../tls/upstream.js';
+import { buildUpstreamTlsContext, connectUpstream, UpstreamConnectError } from './upstream.js';
 
 const VERIFICATION = '1.2.840.10008.1.1';
 const IMPLICIT_LE = '1.2.840.10008.1.2';

@@ -1,5 +1,8 @@
 // Everything an association needs from the configuration, built once per (re)load and never mutated:
 // a live association keeps the snapshot it started with.
+//
+// Layer runtime/ (README "Layers"): above config, tls, policy and integrity, whose parts it assembles, and
+// below relay, which only reads a snapshot. Nothing here imports relay/.
 import { readFileSync } from 'node:fs';
 import { createPrivateKey } from 'node:crypto';
 import type { ProxyConfig } from '../config/types.js';
@@ -53,7 +56,7 @@ function configProblem(config: ProxyConfig, path: string[], message: string): Co
 }
 
 /** Build a snapshot; throws (ConfigError-like or TlsMaterialError) without side effects on failure. */
-export function buildSnapshot(config: ProxyConfig): RuntimeSnapshot {
+export function buildRuntimeSnapshot(config: ProxyConfig): RuntimeSnapshot {
   const policy = compilePolicy(config);
   const upstreamTls = new Map<string, UpstreamTlsContext>();
   for (const [name, upstream] of Object.entries(config.upstreams)) {

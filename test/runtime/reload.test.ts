@@ -10,9 +10,9 @@ import {
   type ReloadFailure,
   type ReloadResult,
   type ReloadSuccess,
-} from '../../src/config/reload.js';
+} from '../../src/runtime/reload.js';
 import type { ProxyConfig } from '../../src/config/types.js';
-import { buildSnapshot, type RuntimeSnapshot } from '../../src/relay/snapshot.js';
+import { buildRuntimeSnapshot, type RuntimeSnapshot } from '../../src/runtime/snapshot.js';
 import { issueCertificate } from '../../src/tls/pki.js';
 import { proxyYaml, removePki, standardPki, type TestPki } from '../helpers/proxy.js';
 
@@ -50,7 +50,7 @@ interface Harness {
 }
 
 async function harness(options: Partial<ConstructorParameters<typeof Reloader>[0]> = {}): Promise<Harness> {
-  const initial = buildSnapshot(await loadConfig(configPath));
+  const initial = buildRuntimeSnapshot(await loadConfig(configPath));
   const applied: RuntimeSnapshot[] = [];
   const reloader = new Reloader({
     configPath,

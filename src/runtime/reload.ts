@@ -1,11 +1,23 @@
 // Reloading the policy and certificates of a running proxy (SIGHUP, file change, `reload`): read and
 // validate the configuration, build a complete new runtime snapshot (policy, TLS contexts, signing key),
 // and only when all of that succeeded hand it to `apply`. On any error the running snapshot stays.
+//
+// Layer runtime/, next to the snapshot it builds and below relay/: the running servers are reached only
+// through the `apply` callback (cli/start.ts passes one that calls ProxyServer.setSnapshot), so reloading
+// needs no import of relay/. It is not in config/ because a snapshot holds the compiled policy and the TLS
+// contexts, which sit above config; the file watcher (config/watch.ts) only reads and hashes files and
+// stays in config/.
 import { EventEmitter } from 'node:events';
-import { buildSnapshot, type RuntimeSnapshot } from '../relay/snapshot.js';
-import { changedFiles, diffConfigs, fileFingerprints, referencedFiles, type ConfigChange } from './diff.js';
-import { ConfigError } from './errors.js';
-import type { ProxyConfig } from './types.js';
+import { buildRuntimeSnapshot, type RuntimeSnapshot } from './snapshot.js';
+import {
+  changedFiles,
+  diffConfigs,
+  fileFingerprints,
+  referencedFiles,
+  type ConfigChange,
+} from '../config/diff.js';
+import { ConfigError } from '../config/errors.js';
+import type { ProxyConfig } from '../config/types.js';
 
 export interface ReloaderOptions {
   configPath: string;
@@ -15,7 +27,7 @@ export interface ReloaderOptions {
   apply: (snapshot: RuntimeSnapshot) => void | Promise<void>;
   /** Default loadConfig (in this thread); the daemon passes loadConfigIsolated. */
   load?: (path: string) => Promise<ProxyConfig>;
-  /** Default buildSnapshot. */
+  /** Default buildRuntimeSnapshot. */
   build?: (config: ProxyConfig) => RuntimeSnapshot;
 }
 
@@ -64,8 +76,8 @@ export class Reloader extends EventEmitter<ReloaderEvents> {
     this.snapshot = options.initial;
     this.applyFn = options.apply;
     // Loaded on demand: the daemon passes loadConfigIsolated and never loads the YAML/schema libraries.
-    this.load = options.load ?? (async (path) => (await import('./load.js')).loadConfig(path));
-    this.build = options.build ?? buildSnapshot;
+    this.load = options.load ?? (async (path) => (await import('../config/load.js')).loadConfig(path));
+    this.build = options.build ?? buildRuntimeSnapshot;
     // Taken now rather than when `initial` was built: a file changed in between is not reported.
     this.fingerprints = fileFingerprints(options.initial.config);
   }
