@@ -37,7 +37,7 @@ import { ConfigError, type ConfigIssue } from './errors.js';
 import { formatPath } from './locate.js';
 import { errorMap } from './messages.js';
 import { clientTlsSchema, durationSchema, filePathSchema, hostSchema } from './primitives.js';
-import type { TlsProfileName } from './types.js';
+import type { TlsProfileName } from './tls-profile-names.js';
 
 /** RFC 5425 section 4.1: the port assigned to syslog over TLS. */
 export const SYSLOG_TLS_PORT = 6514;

@@ -2,7 +2,7 @@
 // which schema.ts imports, so they cannot import these from it).
 import { z } from 'zod';
 import { parseDuration } from './duration.js';
-import { TLS_PROFILE_NAMES } from './types.js';
+import { TLS_PROFILE_NAMES } from './tls-profile-names.js';
 
 /** `500ms`, `10s`, `5m`, `1h` or a bare number of seconds (see duration.ts), as milliseconds. */
 export const durationSchema = z.unknown().transform((value, ctx) => {

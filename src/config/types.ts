@@ -1,5 +1,6 @@
 import type { AdminConfig } from './admin.js';
 import type { AuditConfig } from './audit.js';
+import type { TlsProfileName } from './tls-profile-names.js';
 
 /**
  * The validated, immutable configuration snapshot produced by `parseConfig` / `loadConfig`.
@@ -20,13 +21,7 @@ export const SERVICE_NAMES: readonly ServiceName[] = Object.freeze([
   'commitment',
 ] as const);
 
-/** DICOM PS3.15 B.12 "BCP 195 TLS Secure Transport Connection Profile" (default) and B.13 "Modified BCP 195". */
-export type TlsProfileName = 'bcp195' | 'modified-bcp195';
-
-export const TLS_PROFILE_NAMES: readonly TlsProfileName[] = Object.freeze([
-  'bcp195',
-  'modified-bcp195',
-] as const);
+export { TLS_PROFILE_NAMES, type TlsProfileName } from './tls-profile-names.js';
 
 export interface UpstreamTlsConfig {
   /** Absolute path of the PEM CA bundle used to verify the archive's certificate. */
