@@ -16,7 +16,7 @@ import { openAuditTrail, type AuditTrail } from '../observe/audit/index.js';
 import { LedgerWriter } from '../integrity/writer.js';
 import { InlineHasher } from '../integrity/hasher.js';
 import type { CommitmentEvidence, InstanceEvidence, LedgerSink } from '../integrity/types.js';
-import { tuneRuntime } from './runtime.js';
+import { tuneRuntime } from '../util/gc.js';
 
 export interface StartHooks {
   /** Print a load failure (file:line key: message) and exit 1. */
@@ -57,7 +57,7 @@ export async function runStart(configPath: string, hooks: StartHooks): Promise<v
   }
   const { config } = snapshot;
   const log = createLogger({ level: config.logging.level, file: config.logging.file });
-  // V8's collector settings for a relay (src/cli/runtime.ts): applied here, so no flag is needed.
+  // V8's collector settings for a relay (src/util/gc.ts): applied here, so no flag is needed.
   const tuning = tuneRuntime();
   log.info('runtime', {
     event: 'runtime',

@@ -7,7 +7,7 @@ import { loadConfig } from '../config/load.js';
 import { buildRuntimeSnapshot } from '../runtime/snapshot.js';
 import { ProxyServer } from '../relay/server.js';
 import { createLogger, logEvents } from '../observe/log.js';
-import { tuneRuntime } from '../cli/runtime.js';
+import { tuneRuntime } from '../util/gc.js';
 import { writeDemoPki } from '../tls/pki.js';
 import { writeSigningKey } from '../integrity/keys.js';
 import { LedgerWriter } from '../integrity/writer.js';
@@ -57,7 +57,7 @@ function demoInstance(index: number, studyUid: string, seriesUid: string): Dimse
 }
 
 export async function runDemo(opts: DemoOptions): Promise<number> {
-  tuneRuntime(); // the relay's GC settings, as `start` applies them (src/cli/runtime.ts)
+  tuneRuntime(); // the relay's GC settings, as `start` applies them (src/util/gc.ts)
   const out = (s = ''): void => void process.stdout.write(`${s}\n`);
   const root = resolve(dirname(opts.configPath), '..');
   const pki = await writeDemoPki(join(root, 'certs'));

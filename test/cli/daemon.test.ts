@@ -156,7 +156,7 @@ describe('dimse-tls-proxy start: the daemon under live operations', { timeout: 9
       await writePolicy([peerLine('CT_OLD'), peerLine('WS_KEEP', '[echo]')]);
       const daemon = await startDaemon(procs, policy, { admin: true });
       defer(() => procs.stop(daemon.child));
-      // Started with no node flags: the daemon applies its GC settings itself (cli/runtime.ts).
+      // Started with no node flags: the daemon applies its GC settings itself (util/gc.ts).
       const [runtime] = daemon.events('runtime');
       assert.ok(runtime, daemon.describe());
       assert.equal(runtime.node, process.version);

@@ -1,9 +1,9 @@
-// The daemon's own V8 settings (cli/runtime.ts): applied on the Node LTS lines they were measured on,
+// The daemon's own V8 settings (util/gc.ts): applied on the Node LTS lines they were measured on,
 // never over a flag the admin passed, and left alone (with a reason) elsewhere.
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { GC_FLAGS, tuneRuntime } from '../../src/cli/runtime.js';
+import { GC_FLAGS, tuneRuntime } from '../../src/util/gc.js';
 
 describe('tuneRuntime', () => {
   it('applies the GC settings on Node 24 and 26', () => {
@@ -24,7 +24,7 @@ describe('tuneRuntime', () => {
 
   it('leaves a flag the admin passed on the command line alone', () => {
     const script = [
-      `import { tuneRuntime } from ${JSON.stringify(new URL('../../src/cli/runtime.ts', import.meta.url).href)};`,
+      `import { tuneRuntime } from ${JSON.stringify(new URL('../../src/util/gc.ts', import.meta.url).href)};`,
       `process.stdout.write(JSON.stringify(tuneRuntime('26.0.0')));`,
     ].join('\n');
     const run = (execArgv: string[]): { applied: string[] } => {
