@@ -33,8 +33,9 @@ import {
   type MessageContext,
   type SpoolAlarm,
 } from '../../src/observe/audit/index.js';
-import { scanFrames } from '../../src/observe/audit/syslog.js';
+import { scanFrames, TLS13_SETTLE_MS } from '../../src/observe/audit/syslog.js';
 import { createCa, issueCertificate, type PemPair } from '../../src/tls/pki.js';
+import { ManualClock } from '../helpers/clock.js';
 
 // ------------------------------------------------------------------ a minimal, strict XML 1.0 parser
 
@@ -647,8 +648,24 @@ async function freePort(): Promise<number> {
   return port;
 }
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
+/** Resolves once `cond()` holds (checked every 10 ms); fails after timeoutMs with what `state()` says. */
+async function until(cond: () => boolean, state: () => string, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!cond()) {
+    assert.ok(Date.now() < deadline, `condition not met within ${timeoutMs} ms: ${state()}`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
+/** The sender's next 'transport-error' (a failed connection attempt), or a rejection after timeoutMs. */
+function nextTransportError(s: SyslogTlsSender, timeoutMs = 10_000): Promise<string> {
+  return new Promise<string>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no transport error within ${timeoutMs} ms`)), timeoutMs);
+    s.once('transport-error', (e) => {
+      clearTimeout(timer);
+      resolve(e.error.message);
+    });
+  });
 }
 
 async function spoolFrames(dir: string): Promise<string[]> {
@@ -700,7 +717,10 @@ describe('syslog over TLS with a durable spool', { timeout: 120_000 }, () => {
   });
 
   let spoolNo = 0;
-  function sender(port: number, opts: { spoolDir?: string; spoolMaxBytes?: number } = {}): SyslogTlsSender {
+  function sender(
+    port: number,
+    opts: { spoolDir?: string; spoolMaxBytes?: number; clock?: ManualClock } = {},
+  ): SyslogTlsSender {
     const s = new SyslogTlsSender({
       host: '127.0.0.1',
       port,
@@ -714,6 +734,7 @@ describe('syslog over TLS with a durable spool', { timeout: 120_000 }, () => {
       reconnectMinMs: 50,
       reconnectMaxMs: 200,
       cursorSyncIntervalMs: 20,
+      ...(opts.clock ? { clock: opts.clock } : {}),
     });
     cleanup.push(() => s.close(0));
     return s;
@@ -872,15 +893,22 @@ describe('syslog over TLS with a durable spool', { timeout: 120_000 }, () => {
 
   test('(f) a collector with a certificate from another CA gets nothing; the sender keeps spooling', async () => {
     const bad = await collector(pki.otherCollector, pki.ca.cert);
-    const s = sender(bad.port);
+    const clock = new ManualClock();
+    const s = sender(bad.port, { clock });
     const errors: string[] = [];
-    s.on('transport-error', (e) => errors.push(e.error.message));
+    const first = nextTransportError(s);
     await s.start();
     for (let i = 0; i < 3; i++) assert.equal(s.send(xmlNo(i)), true);
     await s.flush();
-    const until = Date.now() + 1_500;
-    while (errors.length < 2 && Date.now() < until) await sleep(50);
-    assert.ok(errors.length >= 2, 'repeated, failing attempts');
+    errors.push(await first);
+    // The next attempt waits for the reconnect backoff (reconnectMinMs 50 ms, jitter up to +20 %).
+    const [backoff, ...others] = clock.dueIn();
+    assert.ok(backoff !== undefined && backoff >= 40 && backoff <= 60, `timers due in ${clock.dueIn()} ms`);
+    assert.deepEqual(others, [], 'the only timer armed is the reconnect');
+    const second = nextTransportError(s);
+    clock.advance(60);
+    errors.push(await second);
+    assert.ok(s.stats().failedConnects >= 2, 'repeated, failing attempts');
     assert.ok(
       errors.some((m) => /certificate|verify|issuer/i.test(m)),
       errors.join('; '),
@@ -899,17 +927,34 @@ describe('syslog over TLS with a durable spool', { timeout: 120_000 }, () => {
 
   test('(f) twin: a collector that does not trust the client certificate gets nothing either', async () => {
     const strict = await collector(pki.collector, pki.otherCa.cert); // trusts only the other CA's clients
-    const s = sender(strict.port);
+    const clock = new ManualClock();
+    const s = sender(strict.port, { clock });
+    let disconnected = false;
+    s.on('disconnected', () => (disconnected = true));
     await s.start();
     for (let i = 0; i < 3; i++) s.send(xmlNo(i));
-    await sleep(1_500);
+    await s.flush();
+    // The collector's refusal ends the attempt while the settling time has not run out (the clock stands
+    // still), so delivery never started on that session.
+    await until(
+      () => s.stats().failedConnects >= 1 || disconnected,
+      () => JSON.stringify(s.stats()),
+    );
+    assert.equal(disconnected, false, 'the session was never taken as established');
     assert.equal(strict.frames.length, 0);
     assert.equal(s.stats().delivered, 0, 'nothing counted as delivered (TLS 1.3 settles before sending)');
+    assert.equal(s.stats().connected, false);
     const dir = (s as unknown as { opts: { spoolDir: string } }).opts.spoolDir;
     assert.deepEqual(
       await spoolFrames(dir),
       [0, 1, 2].map((i) => xmlNo(i)),
     );
+    // What is left armed is the reconnect alone: the settle timer went with the session.
+    await until(
+      () => clock.pending === 1,
+      () => String(clock.dueIn()),
+    );
+    assert.ok((clock.dueIn()[0] ?? Infinity) < TLS13_SETTLE_MS, String(clock.dueIn()));
   });
 });
 
@@ -1027,7 +1072,9 @@ function summary(id: string, instances: number, over: Partial<AssociationSummary
 }
 
 describe('(g) AuditTrail.subscribe maps the core events end to end', { timeout: 30_000 }, () => {
-  test('refusals, queries and transfers become PS3.15 messages; unsubscribe stops it', async () => {
+  test('refusals, queries and transfers become PS3.15 messages; unsubscribe stops it', async (t) => {
+    // The close grace period is a plain setTimeout in the trail: mocked timers move it here.
+    t.mock.timers.enable({ apis: ['setTimeout'] });
     const events = new ProxyEvents();
     const sink = new MemorySink();
     const trail = new AuditTrail(config({ maxInstancesPerMessage: 3 }), [sink], {
@@ -1171,8 +1218,11 @@ describe('(g) AuditTrail.subscribe maps the core events end to end', { timeout: 
       }),
     );
 
-    await sleep(200);
     const byEvent = (id: string) => sink.records.filter((r) => r.eventId === id);
+    assert.equal(byEvent('110104').length, 1, 'only the full message; the rest waits for the grace period');
+    t.mock.timers.tick(49);
+    assert.equal(byEvent('110104').length, 1, 'still within the grace period');
+    t.mock.timers.tick(1);
     const alerts = byEvent('110113').map((r) => checkAuditMessage(r.xml));
     assert.equal(alerts.length, 4);
     assert.deepEqual(

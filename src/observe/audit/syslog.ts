@@ -33,6 +33,7 @@ import * as tls from 'node:tls';
 import type { AuditSyslogConfig } from '../../config/audit.js';
 import { TLS_PROFILES, type TlsProfileName } from '../../tls/profiles.js';
 import type { EventOutcome } from './messages.js';
+import { systemClock, type Clock, type TimerHandle } from '../../util/clock.js';
 import { syncDir } from '../../util/fs.js';
 import { processAlive } from '../../util/process.js';
 
@@ -178,6 +179,11 @@ export interface SyslogTlsSenderOptions {
   segmentBytes?: number;
   /** How often, at most, the delivery cursor is persisted while delivering (default 1 s). */
   cursorSyncIntervalMs?: number;
+  /**
+   * Time source of the connect timeout, the TLS 1.3 settling time, the reconnect backoff and the cursor
+   * sync (default the system clock). The deadlines given to drained() and close() are wall-clock time.
+   */
+  clock?: Clock;
 }
 
 export type SpoolAlarmCode =
@@ -240,7 +246,7 @@ const CURSOR_FILE = 'cursor.json';
 const LOCK_FILE = 'lock';
 const READ_CHUNK = 256 * 1024;
 /** See connect(): how long a TLS 1.3 session is given to be refused before frames are written. */
-const TLS13_SETTLE_MS = 500;
+export const TLS13_SETTLE_MS = 500;
 /** Spool directories in use by a sender of this process (the lock file guards against other processes). */
 const inUse = new Set<string>();
 
@@ -258,12 +264,13 @@ function jitter(ms: number): number {
  */
 export class SyslogTlsSender extends EventEmitter<SyslogTlsSenderEvents> {
   readonly name = 'syslog';
-  private readonly opts: Required<Omit<SyslogTlsSenderOptions, 'tls' | 'procId' | 'msgId'>> & {
+  private readonly opts: Required<Omit<SyslogTlsSenderOptions, 'tls' | 'procId' | 'msgId' | 'clock'>> & {
     procId: string;
     msgId: string;
   };
   private readonly secureContext: tls.SecureContext;
   private readonly tlsMaterial: SyslogTlsMaterial;
+  private readonly clock: Clock;
 
   private segments: Segment[] = [];
   /** Delivery position inside segments[0]. */
@@ -283,8 +290,8 @@ export class SyslogTlsSender extends EventEmitter<SyslogTlsSenderEvents> {
   private connected = false;
   private connecting = false;
   private pumping = false;
-  private reconnectTimer: NodeJS.Timeout | null = null;
-  private cursorTimer: NodeJS.Timeout | null = null;
+  private reconnectTimer: TimerHandle | null = null;
+  private cursorTimer: TimerHandle | null = null;
   private cursorDirty = false;
   private lastCursorWrite = 0;
 
@@ -303,6 +310,7 @@ export class SyslogTlsSender extends EventEmitter<SyslogTlsSenderEvents> {
     super();
     if (options.spoolMaxBytes < 1024) throw new RangeError('spoolMaxBytes must be at least 1024');
     this.tlsMaterial = options.tls;
+    this.clock = options.clock ?? systemClock;
     this.opts = {
       host: options.host,
       port: options.port,
@@ -482,9 +490,9 @@ export class SyslogTlsSender extends EventEmitter<SyslogTlsSenderEvents> {
       }
     } finally {
       this.closed = true;
-      if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
+      this.clock.clearTimeout(this.reconnectTimer);
       this.reconnectTimer = null;
-      if (this.cursorTimer) clearTimeout(this.cursorTimer);
+      this.clock.clearTimeout(this.cursorTimer);
       this.cursorTimer = null;
       const socket = this.socket;
       this.socket = null;
@@ -746,7 +754,7 @@ export class SyslogTlsSender extends EventEmitter<SyslogTlsSenderEvents> {
         : () => undefined,
     });
     this.socket = socket;
-    const timer = setTimeout(() => {
+    const timer = this.clock.setTimeout(() => {
       socket.destroy(
         new Error(
           `no TLS session with ${this.opts.host}:${this.opts.port} within ${this.opts.connectTimeoutMs} ms`,
@@ -758,7 +766,7 @@ export class SyslogTlsSender extends EventEmitter<SyslogTlsSenderEvents> {
     const fail = (err: Error | null, reason: string): void => {
       if (failed) return;
       failed = true;
-      clearTimeout(timer);
+      this.clock.clearTimeout(timer);
       const wasConnected = this.connected;
       this.connecting = false;
       this.connected = false;
@@ -771,7 +779,7 @@ export class SyslogTlsSender extends EventEmitter<SyslogTlsSenderEvents> {
     };
     const established = (): void => {
       if (failed || this.socket !== socket || this.closed) return;
-      clearTimeout(timer);
+      this.clock.clearTimeout(timer);
       this.connecting = false;
       this.connected = true;
       this.counters.failedConnects = 0;
@@ -788,13 +796,13 @@ export class SyslogTlsSender extends EventEmitter<SyslogTlsSenderEvents> {
       // the client certificate; a collector refusing it answers with an alert after 'secureConnect'.
       // Frames written before that alert would be lost, so delivery starts only once the server has shown
       // it accepted the session (its NewSessionTicket, the 'session' event) or after a short settling time.
-      const settle = setTimeout(established, TLS13_SETTLE_MS);
+      const settle = this.clock.setTimeout(established, TLS13_SETTLE_MS);
       settle.unref();
       socket.once('session', () => {
-        clearTimeout(settle);
+        this.clock.clearTimeout(settle);
         established();
       });
-      socket.once('close', () => clearTimeout(settle));
+      socket.once('close', () => this.clock.clearTimeout(settle));
     });
     socket.on('data', () => undefined); // RFC 5425: the collector sends nothing; anything is ignored
     socket.on('error', (err) => fail(err, err.message));
@@ -806,7 +814,7 @@ export class SyslogTlsSender extends EventEmitter<SyslogTlsSenderEvents> {
     if (this.closed || this.reconnectTimer !== null) return;
     const attempts = Math.max(0, this.counters.failedConnects - 1);
     const delay = Math.min(this.opts.reconnectMaxMs, this.opts.reconnectMinMs * 2 ** Math.min(attempts, 30));
-    this.reconnectTimer = setTimeout(() => {
+    this.reconnectTimer = this.clock.setTimeout(() => {
       this.reconnectTimer = null;
       this.connect();
     }, jitter(delay));
@@ -907,8 +915,8 @@ export class SyslogTlsSender extends EventEmitter<SyslogTlsSenderEvents> {
 
   private scheduleCursorWrite(): void {
     if (this.cursorTimer !== null || this.closed) return;
-    const wait = Math.max(0, this.lastCursorWrite + this.opts.cursorSyncIntervalMs - Date.now());
-    this.cursorTimer = setTimeout(() => {
+    const wait = Math.max(0, this.lastCursorWrite + this.opts.cursorSyncIntervalMs - this.clock.now());
+    this.cursorTimer = this.clock.setTimeout(() => {
       this.cursorTimer = null;
       void this.writeCursor().catch(() => undefined);
     }, wait);
@@ -929,7 +937,7 @@ export class SyslogTlsSender extends EventEmitter<SyslogTlsSenderEvents> {
       const tmp = join(this.opts.spoolDir, `${CURSOR_FILE}.tmp`);
       await writeFile(tmp, JSON.stringify(cursor) + '\n', { mode: 0o600 });
       await rename(tmp, join(this.opts.spoolDir, CURSOR_FILE));
-      this.lastCursorWrite = Date.now();
+      this.lastCursorWrite = this.clock.now();
     });
     this.cursorWriting = next.catch(() => undefined);
     return next;
