@@ -5,6 +5,7 @@
 // Bind it to loopback unless a scraper elsewhere needs it: the bodies name peers, upstreams and errors.
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { monotonicClock, type Clock, type TimerHandle } from '../util/clock.js';
 import type { ReadinessStatus } from './readiness.js';
 
 const JSON_TYPE = 'application/json; charset=utf-8';
@@ -29,6 +30,8 @@ export interface AdminServerOptions {
   lagSampleIntervalMs?: number;
   /** How far back the worst lag counts (default 5000 ms). */
   lagWindowMs?: number;
+  /** Time source of the lag sampler and its window (default the process's timers, monotonic time). */
+  clock?: Clock;
   /**
    * POST /-/reload (?dryRun=1): reload the configuration (like SIGHUP) or only report what would change.
    * Resolves with the HTTP status and a JSON-serialisable body. Absent: the route is 404.
@@ -57,31 +60,32 @@ export interface ReadyBody {
  * request that was queued behind it, and to the next probes for a while.
  */
 class LagMonitor {
-  private timer: NodeJS.Timeout | null = null;
+  private timer: TimerHandle | null = null;
   private expected = 0;
   private samples: Array<{ at: number; lag: number }> = [];
 
   constructor(
     private readonly intervalMs: number,
     private readonly windowMs: number,
+    private readonly clock: Clock,
   ) {}
 
   start(): void {
     if (this.timer) return;
-    this.expected = performance.now() + this.intervalMs;
+    this.expected = this.clock.now() + this.intervalMs;
     const tick = (): void => {
-      const now = performance.now();
+      const now = this.clock.now();
       this.record(now, Math.max(0, now - this.expected));
       this.expected = now + this.intervalMs;
-      this.timer = setTimeout(tick, this.intervalMs);
+      this.timer = this.clock.setTimeout(tick, this.intervalMs);
       this.timer.unref();
     };
-    this.timer = setTimeout(tick, this.intervalMs);
+    this.timer = this.clock.setTimeout(tick, this.intervalMs);
     this.timer.unref();
   }
 
   stop(): void {
-    if (this.timer) clearTimeout(this.timer);
+    this.clock.clearTimeout(this.timer);
     this.timer = null;
   }
 
@@ -93,7 +97,7 @@ class LagMonitor {
 
   /** Worst lag within the window, including the one in progress (a timer overdue right now). */
   lagMs(): number {
-    const now = performance.now();
+    const now = this.clock.now();
     const from = now - this.windowMs;
     let worst = this.timer ? Math.max(0, now - this.expected) : 0;
     for (const s of this.samples) if (s.at >= from && s.lag > worst) worst = s.lag;
@@ -108,7 +112,11 @@ export class AdminServer {
 
   constructor(private readonly opts: AdminServerOptions) {
     this.maxLagMs = opts.maxEventLoopLagMs ?? 1000;
-    this.lag = new LagMonitor(opts.lagSampleIntervalMs ?? 200, opts.lagWindowMs ?? 5000);
+    this.lag = new LagMonitor(
+      opts.lagSampleIntervalMs ?? 200,
+      opts.lagWindowMs ?? 5000,
+      opts.clock ?? monotonicClock,
+    );
     this.server = http.createServer(
       { requestTimeout: 10_000, headersTimeout: 5_000, keepAliveTimeout: 5_000 },
       (req, res) => void this.handle(req, res),
@@ -154,8 +162,8 @@ export class AdminServer {
     };
   }
 
-  /** The /readyz verdict. */
-  readiness(now: Date = new Date()): { code: number; body: ReadyBody } {
+  /** The /readyz verdict (as of `now`; default the readiness's own clock). */
+  readiness(now?: Date): { code: number; body: ReadyBody } {
     let bound: boolean;
     try {
       bound = this.opts.listenersBound();

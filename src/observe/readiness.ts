@@ -4,6 +4,7 @@
 // a port is open. The proxy is ready when every upstream answered within maxAge.
 import type { ProxyConfig, UpstreamConfig } from '../config/types.js';
 import { echoUpstream } from '../tls/probe.js';
+import { systemClock, type Clock, type TimerHandle } from '../util/clock.js';
 
 /** Calling AE title of the probe when the upstream does not set callingAeTitle. */
 export const PROBE_CALLING_AE_TITLE = 'DIMSE_PROXY';
@@ -52,6 +53,8 @@ export interface ReadinessOptions {
     upstream: UpstreamConfig,
     timeoutMs: number,
   ) => Promise<{ ok: boolean; status: number | null; error: string | null }>;
+  /** Time source of the probe interval, the probe times and the age against maxAge (default the system clock). */
+  clock?: Clock;
 }
 
 interface State {
@@ -80,13 +83,15 @@ function targetKey(u: UpstreamConfig): string {
 export class UpstreamReadiness {
   private readonly states = new Map<string, State>();
   private readonly options: ReadinessOptions;
-  private timer: NodeJS.Timeout | null = null;
+  private readonly clock: Clock;
+  private timer: TimerHandle | null = null;
   private running = false;
   private seq = 0;
   private readonly inFlight = new Set<Promise<unknown>>();
 
   constructor(snapshot: { readonly config: ProxyConfig }, options: ReadinessOptions) {
     this.options = options;
+    this.clock = options.clock ?? systemClock;
     this.setSnapshot(snapshot);
   }
 
@@ -123,7 +128,7 @@ export class UpstreamReadiness {
   /** Stop probing; resolves when the probes in flight have finished (each is bounded by timeoutMs). */
   async stop(): Promise<void> {
     this.running = false;
-    if (this.timer) clearTimeout(this.timer);
+    this.clock.clearTimeout(this.timer);
     this.timer = null;
     while (this.inFlight.size > 0) await Promise.allSettled([...this.inFlight]);
   }
@@ -135,7 +140,7 @@ export class UpstreamReadiness {
   }
 
   /** Readiness as of `now`. */
-  status(now: Date = new Date()): ReadinessStatus {
+  status(now: Date = new Date(this.clock.now())): ReadinessStatus {
     const maxAgeMs = this.options.maxAgeMs;
     const upstreams: Record<string, UpstreamReadinessEntry> = {};
     let ready = true;
@@ -181,7 +186,7 @@ export class UpstreamReadiness {
       await this.track(Promise.all([...this.states.keys()].map((name) => this.probe(name))));
     } finally {
       if (this.running) {
-        this.timer = setTimeout(() => void this.round(), this.options.intervalMs);
+        this.timer = this.clock.setTimeout(() => void this.round(), this.options.intervalMs);
         this.timer.unref();
       }
     }
@@ -194,7 +199,7 @@ export class UpstreamReadiness {
     const seq = ++this.seq;
     const key = state.key;
     const upstream = state.upstream;
-    const checkedAt = new Date();
+    const checkedAt = new Date(this.clock.now());
     const started = performance.now();
     let result: { ok: boolean; error: string | null };
     try {

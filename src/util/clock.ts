@@ -27,3 +27,6 @@ export const systemClock: Clock = {
     if (timer != null) clearTimeout(timer as NodeJS.Timeout);
   },
 };
+
+/** The process's timers with a monotonic now() (performance.now()), for measuring durations and drift. */
+export const monotonicClock: Clock = { ...systemClock, now: () => performance.now() };

@@ -11,6 +11,7 @@ import { resolveAdminConfig } from '../../src/config/admin.js';
 import { ConfigError } from '../../src/config/errors.js';
 import { parseConfig } from '../../src/config/load.js';
 import { createCa, issueCertificate } from '../../src/tls/pki.js';
+import { ManualClock } from '../helpers/clock.js';
 import { startTestArchive, type TestArchive } from '../helpers/instances.js';
 import { removePki, standardPki, type TestPki } from '../helpers/proxy.js';
 
@@ -125,6 +126,7 @@ test('/metrics, /healthz, /readyz without a probe, 404, 405, HEAD', async () => 
 
 test('/healthz is 503 while the event loop lags beyond the limit, 200 again after the window', async () => {
   const metrics = new ProxyMetrics({ knownPeers: [], routes: [], upstreams: [], defaultMetrics: false });
+  const clock = new ManualClock();
   const admin = new AdminServer({
     host: '127.0.0.1',
     port: 0,
@@ -134,22 +136,51 @@ test('/healthz is 503 while the event loop lags beyond the limit, 200 again afte
     maxEventLoopLagMs: 150,
     lagSampleIntervalMs: 20,
     lagWindowMs: 800,
+    clock,
   });
   const base = baseOf(await admin.listen());
   try {
-    await new Promise((r) => setTimeout(r, 60));
+    clock.advance(60); // three samples on time
     assert.equal((await get(base, '/healthz')).code, 200);
+    clock.jump(400); // the loop is blocked: the sample due 20 ms later has not run
+    const stalled = await get(base, '/healthz');
+    assert.equal(stalled.code, 503, 'the overdue sample counts while it is overdue');
+    const body = JSON.parse(stalled.text);
+    assert.equal(body.status, 'stalled');
+    assert.equal(body.eventLoopLagMs, 380, stalled.text);
+    clock.advance(0); // the late sample runs: 380 ms of lag on record
+    clock.advance(800); // samples on time since, the stall at the very edge of the window
+    assert.equal((await get(base, '/healthz')).code, 503, 'the stall stays visible for the window');
+    clock.advance(1);
+    assert.equal((await get(base, '/healthz')).code, 200);
+  } finally {
+    await admin.close();
+  }
+  assert.equal(clock.pending, 0, 'close() stops the sampler');
+});
+
+test('/healthz sees a real blocked event loop', async () => {
+  const metrics = new ProxyMetrics({ knownPeers: [], routes: [], upstreams: [], defaultMetrics: false });
+  const admin = new AdminServer({
+    host: '127.0.0.1',
+    port: 0,
+    metrics,
+    readiness: null,
+    listenersBound: () => true,
+    maxEventLoopLagMs: 150,
+    lagSampleIntervalMs: 20,
+    lagWindowMs: 60_000,
+  });
+  const base = baseOf(await admin.listen());
+  try {
+    // Only the direction a loaded machine cannot undo: a 400 ms block is at least 380 ms of lag.
     const until = Date.now() + 400;
     while (Date.now() < until) {
       /* block the event loop */
     }
     const stalled = await get(base, '/healthz');
     assert.equal(stalled.code, 503);
-    const body = JSON.parse(stalled.text);
-    assert.equal(body.status, 'stalled');
-    assert.ok(body.eventLoopLagMs >= 150, stalled.text);
-    await new Promise((r) => setTimeout(r, 1000));
-    assert.equal((await get(base, '/healthz')).code, 200);
+    assert.ok(JSON.parse(stalled.text).eventLoopLagMs >= 150, stalled.text);
   } finally {
     await admin.close();
   }
@@ -166,7 +197,11 @@ test('/readyz follows real mutual-TLS C-ECHOs: archive up, down, back on the sam
     const port = first.archive.port;
     const config = configFor(pki, { archive: port });
     const metrics = new ProxyMetrics({ knownPeers: [], routes: [], upstreams: ['archive', 'twin'] });
-    readiness = new UpstreamReadiness({ config }, { intervalMs: 60_000, maxAgeMs: 400, timeoutMs: 3000 });
+    const clock = new ManualClock();
+    readiness = new UpstreamReadiness(
+      { config },
+      { intervalMs: 60_000, maxAgeMs: 400, timeoutMs: 3000, clock },
+    );
     metrics.observeReadiness(() => readiness?.status() ?? null);
     const r = readiness;
     admin = new AdminServer({
@@ -204,9 +239,12 @@ test('/readyz follows real mutual-TLS C-ECHOs: archive up, down, back on the sam
     // The archive stops: once the last success is older than maxAge, /readyz names it.
     await first.close();
     archives.length = 0;
-    await new Promise((resolve) => setTimeout(resolve, 450));
+    clock.advance(400);
     status = await r.checkNow();
     assert.equal(status.upstreams.archive?.lastCheck?.ok, false);
+    assert.equal(status.ready, true, 'a failed probe within maxAge of the last success is still ready');
+    assert.equal((await get(base, '/readyz')).code, 200);
+    clock.advance(1);
     res = await get(base, '/readyz');
     assert.equal(res.code, 503);
     body = JSON.parse(res.text);
@@ -309,6 +347,7 @@ test('start() probes at once and then periodically; stop() ends it', async () =>
   const pki = await standardPki();
   const archive = await startTestArchive({ ca: pki.ca, archive: pki.archive });
   const checks: string[] = [];
+  const clock = new ManualClock();
   const readiness = new UpstreamReadiness(
     { config: configFor(pki, { archive: archive.archive.port }) },
     {
@@ -316,23 +355,26 @@ test('start() probes at once and then periodically; stop() ends it', async () =>
       maxAgeMs: 1000,
       timeoutMs: 3000,
       onCheck: (name, c) => checks.push(`${name}:${c.ok}`),
+      clock,
     },
   );
   try {
     readiness.start();
-    const deadline = Date.now() + 10_000;
-    while (checks.length < 3 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-    assert.ok(checks.length >= 3, `only ${checks.length} checks`);
-    assert.ok(
-      checks.every((c) => c === 'archive:true'),
-      checks.join(),
-    );
+    assert.equal(checks.length, 0, 'the first probe is under way');
+    // Each round arms the next one intervalMs after it finished.
+    for (let round = 1; round <= 3; round++) {
+      await clock.untilArmed(round);
+      assert.equal(checks.length, round);
+      assert.deepEqual(clock.dueIn(), [100]);
+      if (round < 3) clock.advance(100);
+    }
+    assert.deepEqual(checks, ['archive:true', 'archive:true', 'archive:true']);
     assert.equal(readiness.status().ready, true);
   } finally {
     await readiness.stop();
-    const after = checks.length;
-    await new Promise((r) => setTimeout(r, 250));
-    assert.equal(checks.length, after, 'no probe after stop()');
+    assert.equal(clock.pending, 0, 'stop() clears the next round');
+    clock.advance(1000);
+    assert.equal(checks.length, 3, 'no probe after stop()');
     await archive.close();
     await removePki(pki);
   }
