@@ -14,6 +14,7 @@ import { createHash } from 'node:crypto';
 import { lstatSync, readlinkSync, statSync, watch, type FSWatcher } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, parse, resolve, sep } from 'node:path';
+import { systemClock, type Clock, type TimerHandle } from '../util/clock.js';
 import { hashFile as hashFileSync } from './diff.js';
 
 export interface ConfigWatcherOptions {
@@ -31,6 +32,8 @@ export interface ConfigWatcherOptions {
   persistent?: boolean;
   /** Use fs.watch; false = poll only (for filesystems where fs.watch is known not to work). Default true. */
   fsWatch?: boolean;
+  /** Time source of the debounce and the poll (default the system clock). */
+  clock?: Clock;
 }
 
 export interface ConfigWatcherEvents {
@@ -54,6 +57,7 @@ export class ConfigWatcher extends EventEmitter<ConfigWatcherEvents> {
   private readonly pollIntervalMs: number;
   private readonly persistent: boolean;
   private readonly fsWatch: boolean;
+  private readonly clock: Clock;
 
   private running = false;
   /** Content hash of every tracked path at the last check; null = missing or unreadable. */
@@ -62,9 +66,9 @@ export class ConfigWatcher extends EventEmitter<ConfigWatcherEvents> {
   private readonly watches = new Map<string, DirWatch>();
   /** Names (symlinks and final components) whose events matter, in any watched directory. */
   private names = new Set<string>();
-  private debounceTimer: NodeJS.Timeout | null = null;
+  private debounceTimer: TimerHandle | null = null;
   private burstStart: number | null = null;
-  private pollTimer: NodeJS.Timeout | null = null;
+  private pollTimer: TimerHandle | null = null;
   private checking: Promise<void> | null = null;
   private recheck = false;
   private polling = false;
@@ -78,6 +82,7 @@ export class ConfigWatcher extends EventEmitter<ConfigWatcherEvents> {
     this.pollIntervalMs = Math.max(0, options.pollIntervalMs ?? 2000);
     this.persistent = options.persistent ?? true;
     this.fsWatch = options.fsWatch ?? true;
+    this.clock = options.clock ?? systemClock;
   }
 
   /** Records the current content of every file as the baseline and starts watching. */
@@ -88,7 +93,7 @@ export class ConfigWatcher extends EventEmitter<ConfigWatcherEvents> {
     for (const path of this.trackedPaths()) this.hashes.set(path, hashFileSync(path));
     this.updateWatches();
     if (this.pollIntervalMs > 0) {
-      this.pollTimer = setInterval(() => void this.poll(), this.pollIntervalMs);
+      this.pollTimer = this.clock.setInterval(() => void this.poll(), this.pollIntervalMs);
       if (!this.persistent) this.pollTimer.unref();
     }
   }
@@ -98,8 +103,8 @@ export class ConfigWatcher extends EventEmitter<ConfigWatcherEvents> {
     this.running = false;
     for (const { watcher } of this.watches.values()) watcher.close();
     this.watches.clear();
-    if (this.debounceTimer) clearTimeout(this.debounceTimer);
-    if (this.pollTimer) clearInterval(this.pollTimer);
+    this.clock.clearTimeout(this.debounceTimer);
+    this.clock.clearTimeout(this.pollTimer);
     this.debounceTimer = null;
     this.pollTimer = null;
     this.burstStart = null;
@@ -132,11 +137,11 @@ export class ConfigWatcher extends EventEmitter<ConfigWatcherEvents> {
   /** An fs event or a poll found something: check once things have been quiet for debounceMs. */
   private schedule(): void {
     if (!this.running) return;
-    const now = Date.now();
+    const now = this.clock.now();
     this.burstStart ??= now;
-    if (this.debounceTimer) clearTimeout(this.debounceTimer);
+    this.clock.clearTimeout(this.debounceTimer);
     const delay = Math.max(0, Math.min(this.debounceMs, this.burstStart + this.maxWaitMs - now));
-    this.debounceTimer = setTimeout(() => {
+    this.debounceTimer = this.clock.setTimeout(() => {
       this.debounceTimer = null;
       this.burstStart = null;
       void this.check();
