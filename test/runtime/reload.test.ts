@@ -1,7 +1,6 @@
 import assert from 'node:assert/strict';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, beforeEach, describe, it } from 'node:test';
 import { ConfigError } from '../../src/config/errors.js';
 import { loadConfig } from '../../src/config/load.js';
@@ -206,21 +205,31 @@ describe('Reloader', () => {
     let running = 0;
     let maxRunning = 0;
     let loads = 0;
+    // Each load waits for the test to let it finish: the first is held while the others are requested.
+    let entered: () => void = () => undefined;
+    let release: () => void = () => undefined;
+    const firstEntered = new Promise<void>((resolve) => (entered = resolve));
+    let gate = new Promise<void>((resolve) => (release = resolve));
     const h = await harness({
       load: async (path: string): Promise<ProxyConfig> => {
         loads++;
         running++;
         maxRunning = Math.max(maxRunning, running);
-        await sleep(50);
+        entered();
+        await gate;
         running--;
         return loadConfig(path);
       },
     });
     const first = h.reloader.reload();
-    await sleep(10);
+    await firstEntered;
     const second = h.reloader.reload();
     const third = h.reloader.reload();
     assert.equal(second, third, 'requests made while one runs share the next run');
+    assert.equal(loads, 1, 'the next run waits for the one under way');
+    const held = release;
+    gate = Promise.resolve(); // later loads run through
+    held();
     const results = await Promise.all([first, second, third]);
     assert.ok(results.every((r) => r.ok));
     assert.equal(loads, 2);
