@@ -2,9 +2,18 @@
 // modality (plaintext) and the upstream the archive (mutual TLS); on the return path the downstream is
 // the archive calling in over mutual TLS (C-MOVE sub-operations, storage commitment reports) and the
 // upstream a receiver on the modality segment (plaintext). The code says "modality" and "archive" for
-// the forward path's roles; on the return path read "archive (caller)" and "receiver". The states follow PS3.8 9.2 (Sta2 awaiting A-ASSOCIATE-RQ, Sta5 awaiting A-ASSOCIATE-AC,
-// Sta6 established, Sta7 awaiting release response, Sta13 awaiting transport close), seen from the
-// proxy sitting in the middle: it is the acceptor toward the modality and the requestor toward the archive.
+// the forward path's roles; on the return path read "archive (caller)" and "receiver".
+//
+// Each leg runs PS3.8's state machine (fsm.ts, Table 9-10): the proxy is the ACCEPTOR toward the modality
+// (leg 0, "down") and the REQUESTOR toward the archive (leg 1, "up"). Every PDU, timer and transport
+// event of a leg goes through `event()`, which takes the table's transition and performs its action in
+// one switch (`perform`); what a leg indicates becomes a primitive on the other leg (the relay's pairing
+// of the two machines). The streamed P-DATA of an established association is the one exception to
+// "every PDU through event()": its bytes stay on the hot path (scanner.ts), and only the leg's state is
+// checked per PDU (receivesData / sendsData, the DT-/AR-6/AR-7 cells).
+//
+// This module keeps sockets, states, timers and teardown. Negotiation is negotiation.ts (pure), the
+// per-message policy requests.ts, the ledger's evidence evidence.ts.
 
 import type { Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
@@ -15,7 +24,6 @@ import {
   DICOM_APPLICATION_CONTEXT,
   PDU_HEADER_LENGTH,
   PduType,
-  PresentationContextResult,
   RejectReason,
   RejectResult,
   RejectSource,
@@ -23,31 +31,27 @@ import {
 import { PduError } from '../pdu/errors.js';
 import { PduFramer } from '../pdu/framer.js';
 import {
-  aeTitleField,
   aeTitleText,
   decodePdu,
   encodeAbort,
   encodeAssociateRj,
   encodePdu,
-  maxLengthOf,
-  presentationContextsAc,
+  encodeReleaseRp,
   presentationContextsRq,
   roleSelections,
   uidText,
-  withMaxLength,
 } from '../pdu/codec.js';
-import type { AssociateItem, AssociatePdu, PDataPdu, Pdv, PresentationContextRq } from '../pdu/types.js';
+import type { AssociatePdu, PDataPdu, Pdv, PresentationContextRq } from '../pdu/types.js';
 import { MessageAssembler, MessageSequenceError } from '../dimse/assembler.js';
 import {
   CommandField,
-  Status,
   commandName,
   encodeRefusalResponse,
   isResponse,
   statusClass,
   type CommandSet,
 } from '../dimse/command.js';
-import type { AdmitDecision, PeerPolicy } from '../policy/policy.js';
+import type { PeerPolicy } from '../policy/policy.js';
 import type { RouteConfig } from '../config/types.js';
 import { PDataScanner, UnexpectedPduError, type ScannerSink } from './scanner.js';
 import { ChunkLease, Outbound, RELAY_BUFFER_FLOOR, type RelayBudget } from './outbound.js';
@@ -68,14 +72,16 @@ import type {
   TlsSessionInfo,
 } from '../observe/events.js';
 import type { RuntimeSnapshot } from '../runtime/snapshot.js';
-import type { InstanceEvidence, LedgerSink } from '../integrity/types.js';
-import type { HashStream, StreamHasher } from '../integrity/hasher.js';
-import { parseCommitmentDataSet, type CommitmentResult } from '../dicom/commitment.js';
+import { systemClock, type Clock, type TimerHandle } from '../util/clock.js';
+import { pduEvent, UlMachine, type Step, type UlEvent } from './fsm.js';
+import { answerRequestor, checkPresentationContexts, forwardRequest, maxLengths } from './negotiation.js';
+import { Evidence, type LedgerBinding, type RecordContext } from './evidence.js';
+import { RequestPolicy } from './requests.js';
+
+export type { LedgerBinding } from './evidence.js';
 
 /** Largest A-ASSOCIATE-RQ/AC accepted (PS3.8 puts no limit on them; a real one is a few tens of KB). */
 export const MAX_ASSOCIATE_PDU_LENGTH = 512 * 1024;
-
-type State = 'Sta2' | 'awaiting-upstream' | 'Sta5' | 'Sta6' | 'Sta7' | 'Sta13';
 
 /** Which listener the association came in on. */
 export type ListenerKind = 'forward' | 'return';
@@ -104,19 +110,14 @@ export interface DownstreamTls {
 export interface AssociationOptions {
   listener?: ListenerKind;
   downTls?: DownstreamTls | null;
+  /** Time source of the association's timers (ARTIM, connect, idle); the system clock by default. */
+  clock?: Clock;
 }
 
 const DIRECTIONS: Record<ListenerKind, [Direction, Direction]> = {
   forward: ['modality-to-archive', 'archive-to-modality'],
   return: ['archive-to-destination', 'destination-to-archive'],
 };
-
-export interface LedgerBinding {
-  sink: LedgerSink;
-  onFailure: 'abort' | 'continue';
-  /** Computes the data-set digests (on the relay thread: see integrity/hasher.ts). */
-  hasher: StreamHasher;
-}
 
 export interface AssociationHost {
   readonly events: ProxyEvents;
@@ -143,45 +144,25 @@ interface PendingRequest {
   startedAt: number;
 }
 
-interface Transfer {
-  direction: Direction;
-  messageId: number;
-  sopClassUid: string;
-  sopInstanceUid: string;
-  transferSyntaxUid: string;
-  bytes: number;
-  /** SHA-256 over the data PDV values as they pass (only when a ledger is configured). */
-  hash: HashStream | null;
-  moveOriginatorAeTitle: string | null;
-  moveOriginatorMessageId: number | null;
-}
-
-/** The data set of a Storage Commitment N-EVENT-REPORT being collected (small; bounded). */
-interface CommitmentCapture {
-  transferSyntaxUid: string;
-  chunks: Buffer[];
-  bytes: number;
-  overflow: boolean;
-}
-
-/** Storage Commitment Push Model SOP Class (PS3.4 J.3). */
-const STORAGE_COMMITMENT_SOP_CLASS = '1.2.840.10008.1.20.1';
-/** Largest N-EVENT-REPORT data set kept for the ledger's commitment records. */
-const MAX_COMMITMENT_DATASET = 16 * 1024 * 1024;
-
 interface DropState {
-  request: CommandSet;
   contextId: number;
   refusal: Buffer;
 }
 
-const PDV_HEADER = 6;
+/** A success response held until the data set it answers has passed whole (see holdResponse). */
+interface HeldResponse {
+  /** messageKey of the request it answers. */
+  key: number;
+  /** PDUs toward the requestor, in order, from the held response on. */
+  queue: Buffer[];
+}
 
-/** Relayed data bytes that may wait for the check phase to be hashed (see scheduleHashes). */
-const HASH_BACKLOG = 1024 * 1024;
+/** 0 = the leg toward the modality (proxy is acceptor), 1 = toward the archive (proxy is requestor). */
+type Leg = 0 | 1;
+const SIDES = ['modality', 'archive'] as const;
 
 /** Map key of a request: Message IDs are US (PS3.7 E.1), unique per direction while outstanding. */
-function messageKey(dir: 0 | 1, messageId: number): number {
+function messageKey(dir: Leg, messageId: number): number {
   return dir * 0x10000 + messageId;
 }
 
@@ -193,53 +174,78 @@ function pdataPdu(contextId: number, command: Buffer): Buffer {
   });
 }
 
+/** A response that answers no outstanding request (PS3.7 9.3: Message ID Being Responded To). */
+export class CorrelationError extends Error {
+  readonly code = 'UNMATCHED_RESPONSE';
+  readonly abortReason = AbortReason.InvalidPduParameterValue;
+  constructor(message: string) {
+    super(message);
+    this.name = 'CorrelationError';
+  }
+}
+
+/** What the relay does on an A-P-ABORT / abort request of its own, toward one leg. */
+interface AbortSpec {
+  /** The A-ABORT PDU to send: a peer's own (relayed unchanged) or the proxy's (source 2). */
+  pdu: Buffer;
+}
+
+function providerAbort(reason: number): AbortSpec {
+  return { pdu: encodeAbort(AbortSource.ServiceProvider, reason) };
+}
+
 export class Association {
   readonly id = randomUUID();
-  private state: State = 'Sta2';
-  private readonly startedAt = Date.now();
-  private readonly framer = new PduFramer({ maxPDataLength: 0, maxOtherLength: MAX_ASSOCIATE_PDU_LENGTH });
+  private readonly clock: Clock;
+  private readonly startedAt: number;
+  /** PS3.8 9.2 state machines: [toward the modality (acceptor), toward the archive (requestor)]. */
+  private readonly legs: [UlMachine, UlMachine];
+  /** Frames PDUs before the association is established (Sta2/Sta3 down, Sta5 up) and after a reject. */
+  private readonly framers: [PduFramer | null, PduFramer | null];
+  /** Streams P-DATA once established: [from the modality, from the archive]. */
+  private readonly scanners: [PDataScanner | null, PDataScanner | null] = [null, null];
   private upstreamSocket: Socket | null = null;
-  private upFramer: PduFramer | null = null;
   private rq: AssociatePdu | null = null;
+  /** The A-ASSOCIATE-RQ as forwarded (its max length is what the archive may send). */
+  private forwarded: AssociatePdu | null = null;
   private peer: PeerPolicy | null = null;
+  private requestPolicy: RequestPolicy | null = null;
   private route: RouteConfig | null = null;
   private upstream: RelayTarget | null = null;
   private refusedContexts: PresentationContextRq[] = [];
-  private readonly accepted = new Map<number, AcceptedContext>();
-  private downScanner: PDataScanner | null = null; // bytes from modality -> archive
-  private upScanner: PDataScanner | null = null; // bytes from archive -> modality
-  private readonly downAsm = new MessageAssembler();
-  private readonly upAsm = new MessageAssembler();
+  private accepted = new Map<number, AcceptedContext>();
+  private readonly asm: [MessageAssembler, MessageAssembler] = [
+    new MessageAssembler(),
+    new MessageAssembler(),
+  ];
   /** Requests awaiting their final response, by messageKey(direction of the request, Message ID). */
   private readonly pending = new Map<number, PendingRequest>();
-  private readonly invokeCache = new Map<number, boolean>();
-  private readonly transfers = new Map<number, Transfer>();
-  private currentTransfer: [Transfer | null, Transfer | null] = [null, null]; // [down, up]
-  private commitCapture: [CommitmentCapture | null, CommitmentCapture | null] = [null, null];
+  private readonly evidence: Evidence;
   private drop: DropState | null = null;
   private splitCommand: PDataPdu[] | null = null; // held PDUs while a modality command is incomplete
-  private pendingDownBytes: Buffer[] = [];
+  /** A success response held toward leg [0 | 1] until its request's data set is whole. */
+  private readonly heldToward: [HeldResponse | null, HeldResponse | null] = [null, null];
+  private readonly streamLast: [boolean, boolean] = [false, false];
   private outcome: AssociationOutcome | null = null;
   private reason: string | null = null;
   private reject: RejectSpec | null = null;
   private tlsInfo: TlsSessionInfo | null = null;
   private bytesFromModality = 0;
   private bytesFromArchive = 0;
-  private instances = 0;
   private readonly operations: Record<string, number> = {};
-  private timer: NodeJS.Timeout | null = null;
+  /** ARTIM per leg (PS3.8 9.1.5): awaiting the A-ASSOCIATE-RQ, and awaiting transport close (Sta13). */
+  private readonly artim: [TimerHandle | null, TimerHandle | null] = [null, null];
+  /** connectTimeout: the upstream connect, TLS handshake and the wait for A-ASSOCIATE-AC (Sta4, Sta5). */
+  private connectTimer: TimerHandle | null = null;
+  private idleTimer: TimerHandle | null = null;
   private activity = 0;
-  private idleSeen = -1;
-  private closedSockets = 0;
-  private finished = false;
   private admittedPeer: string | null = null;
-  private downBlocked = false;
-  private upBlocked = false;
+  private readonly blocked: [boolean, boolean] = [false, false];
   /** Writes toward the modality (downstream) and the archive (upstream), with what they hold. */
-  private readonly downOut: Outbound;
-  private upOut: Outbound | null = null;
+  private readonly outs: [Outbound, Outbound | null];
   /** What this association has added to the host's RelayBudget, per direction [toward down, toward up]. */
   private readonly charged: [number, number] = [0, 0];
+  private completed = false;
 
   readonly listener: ListenerKind;
   private readonly downTls: DownstreamTls | null;
@@ -252,14 +258,29 @@ export class Association {
     private readonly host: AssociationHost,
     options: AssociationOptions = {},
   ) {
+    this.clock = options.clock ?? systemClock;
+    this.startedAt = this.clock.now();
     this.remoteAddress = down.remoteAddress ?? '';
     this.remotePort = down.remotePort ?? 0;
     this.listener = options.listener ?? 'forward';
     this.downTls = options.downTls ?? null;
     this.directions = DIRECTIONS[this.listener];
     this.relayBuffer = snapshot.config.limits.relayBuffer;
+    this.legs = [new UlMachine(SIDES[0], 'acceptor', 'Sta1'), new UlMachine(SIDES[1], 'requestor', 'Sta1')];
+    // Before the A-ASSOCIATE-AC the modality may send nothing but A-ASSOCIATE-RQ / A-ABORT: a P-DATA-TF
+    // of any length is refused at its header (PS3.8 Table 9-10: AA-1 in Sta2, AA-8 in Sta3).
+    this.framers = [new PduFramer({ maxPDataLength: 0, maxOtherLength: MAX_ASSOCIATE_PDU_LENGTH }), null];
     // The downstream leg is TLS on the return listener (the archive calling in), plaintext otherwise.
-    this.downOut = new Outbound(down, this.downTls !== null, () => this.emptied(0));
+    this.outs = [new Outbound(down, this.downTls !== null, () => this.emptied(0)), null];
+    this.evidence = new Evidence({
+      id: this.id,
+      events: host.events,
+      ledger: host.ledger,
+      trackRecord: (done) => host.trackRecord(done),
+      recordContext: () => this.recordContext(),
+      currentLease: () => this.lease,
+      ledgerFailed: (err) => this.onLedgerFailure(err),
+    });
   }
 
   readonly remoteAddress: string;
@@ -269,7 +290,12 @@ export class Association {
     return this.admittedPeer;
   }
 
-  /** Live counters (for status, tests and, later, metrics). */
+  /** The PS3.8 state of each leg: toward the modality (acceptor) and toward the archive (requestor). */
+  get states(): { modality: string; archive: string } {
+    return { modality: this.legs[0].state, archive: this.legs[1].state };
+  }
+
+  /** Live counters (for status, tests and metrics). */
   stats(): {
     state: string;
     bytesFromModality: number;
@@ -280,88 +306,363 @@ export class Association {
     queuedTowardModality: number;
   } {
     return {
-      state: this.state,
+      state: this.legs[0].state,
       bytesFromModality: this.bytesFromModality,
       bytesFromArchive: this.bytesFromArchive,
-      instances: this.instances,
-      queuedTowardArchive: this.upOut?.pending ?? 0,
-      queuedTowardModality: this.downOut.pending,
+      instances: this.evidence.instances,
+      queuedTowardArchive: this.outs[1]?.pending ?? 0,
+      queuedTowardModality: this.outs[0].pending,
     };
   }
 
   start(): void {
     const down = this.down;
     down.setNoDelay(true);
-    down.on('data', (chunk: Buffer) => this.onDownData(chunk));
-    down.on('end', () => this.onDownEnd());
-    down.on('error', (err) => this.onSocketError('modality', err));
+    down.on('data', (chunk: Buffer) => this.onData(0, chunk));
+    down.on('end', () => this.event(0, 'transport-closed'));
+    down.on('error', (err) => this.onSocketError(0, err));
     down.on('close', () => this.onSocketClosed());
-    // PS3.8 9.1.2 ARTIM: the A-ASSOCIATE-RQ must arrive within the association request timeout.
-    this.armTimer(this.snapshot.config.limits.associationRequestTimeoutMs, () => {
-      this.finish('timeout', 'no A-ASSOCIATE-RQ within the association request timeout');
-      down.destroy();
-    });
+    this.event(0, 'transport-indication');
   }
 
-  // ---------------------------------------------------------------- timers
+  // ---------------------------------------------------------------- the one transition function
 
-  private armTimer(ms: number, fn: () => void): void {
-    if (this.timer) clearTimeout(this.timer);
-    this.timer = setTimeout(fn, ms);
-    this.timer.unref();
+  /**
+   * Take `event` on `leg` through PS3.8 Table 9-10 and perform the action. A cell the table leaves empty
+   * is ignored for what the peer or the transport did (nothing can be answered), and is a defect for a
+   * primitive the relay issues: logged, and the association aborted rather than left half-way.
+   */
+  private event(leg: Leg, event: UlEvent, detail: EventDetail = {}): void {
+    const machine = this.legs[leg];
+    const step = machine.peek(event);
+    if (step === null) {
+      if (LOCAL_PRIMITIVES.has(event)) {
+        this.host.events.emit('protocol-error', {
+          id: this.id,
+          side: SIDES[leg],
+          code: 'INVALID_TRANSITION',
+          message: `${SIDES[leg]} leg: no transition for ${event} in ${machine.state}`,
+          abortReason: AbortReason.NotSpecified,
+        });
+        if (!this.completed) this.destroyAll();
+      }
+      return;
+    }
+    machine.fire(event);
+    this.perform(leg, step, detail);
   }
 
-  private armIdleTimer(): void {
-    const ms = this.snapshot.config.limits.idleTimeoutMs;
-    this.idleSeen = this.activity;
-    this.armTimer(ms, () => {
-      if (this.activity !== this.idleSeen) {
-        this.armIdleTimer();
+  /** PS3.8 9.2.3 Tables 9-6 to 9-9: the action of a transition, for the proxy in the middle. */
+  private perform(leg: Leg, step: Step, d: EventDetail): void {
+    const other: Leg = leg === 0 ? 1 : 0;
+    switch (step.action) {
+      // ---- establishment
+      case 'AE-5': // transport connection indication: ARTIM for the A-ASSOCIATE-RQ (PS3.8 9.1.5)
+        this.startArtim(leg);
+        return;
+      case 'AE-6': // A-ASSOCIATE-RQ: ARTIM stops; the indication is the relay's admission decision
+        this.stopArtim(leg);
+        this.onAssociateIndication(d.raw as Buffer);
+        return;
+      case 'AE-1': // the relay's A-ASSOCIATE request toward the archive: connect
+        void this.openUpstream();
+        return;
+      case 'AE-2': // transport connected: send the forwarded A-ASSOCIATE-RQ
+        this.send(leg, encodePdu(this.forwarded as AssociatePdu));
+        return;
+      case 'AE-3': // A-ASSOCIATE-AC from the archive: accept toward the modality
+        this.stopConnectTimer();
+        this.onAssociateConfirmed(d.raw as Buffer);
+        return;
+      case 'AE-4': // A-ASSOCIATE-RJ from the archive: relayed as is (it has no AE fields)
+        this.stopConnectTimer();
+        this.onAssociateRejectedByArchive(d.raw as Buffer);
+        this.closeLeg(leg);
+        return;
+      case 'AE-7': // send the A-ASSOCIATE-AC toward the modality
+        this.send(leg, d.raw as Buffer);
+        return;
+      case 'AE-8': // send A-ASSOCIATE-RJ, ARTIM until the modality closes
+        this.send(leg, d.raw as Buffer);
+        this.awaitClose(leg);
+        return;
+
+      // ---- data transfer: held P-DATA-TF PDUs (the streamed ones never leave the scanner's hot path)
+      case 'DT-2':
+      case 'AR-6':
+        this.onPData(leg, d.raw as Buffer);
+        return;
+      case 'DT-1':
+      case 'AR-7':
+        this.relay(leg, d.raw as Buffer);
+        return;
+
+      // ---- release (PS3.8 7.2, 9.2.3 Table 9-8)
+      case 'AR-1': // the relay's A-RELEASE request: the peer's A-RELEASE-RQ, forwarded
+        this.send(leg, d.raw as Buffer);
+        return;
+      case 'AR-2': // A-RELEASE-RQ: indication -> A-RELEASE request on the other leg
+        this.event(other, 'release-request', d);
+        return;
+      case 'AR-3': // A-RELEASE-RP: confirmation; this leg's transport closes
+        this.releaseConfirmed(leg, d);
+        this.closeLeg(leg);
+        return;
+      case 'AR-4': // send A-RELEASE-RP, ARTIM until the peer closes
+        this.send(leg, d.raw ?? encodeReleaseRp());
+        this.finish('released', null);
+        this.awaitClose(leg);
+        return;
+      case 'AR-8': // release collision (PS3.8 9.2.3 note): the proxy answers it on this leg
+        if (this.legs[leg].state === 'Sta9') this.event(leg, 'release-response');
+        return;
+      case 'AR-9': // collision, requestor side: send A-RELEASE-RP, await the peer's
+        this.send(leg, encodeReleaseRp());
+        return;
+      case 'AR-10': // collision, acceptor side: the peer's A-RELEASE-RP confirms ours
+        this.releaseConfirmed(leg, d);
+        this.event(leg, 'release-response');
+        return;
+      case 'AR-5': // transport closed in Sta13: the normal end
+      case 'AA-5': // transport closed in Sta2: nothing to tell anyone
+        this.stopArtim(leg);
+        if (leg === 0 && step.action === 'AA-5') {
+          this.finish('closed', 'modality closed the connection before sending an A-ASSOCIATE-RQ');
+        }
+        this.endLeg(leg);
+        return;
+
+      // ---- abort (PS3.8 9.2.3 Table 9-9)
+      case 'AA-1': {
+        // The relay's abort request, or an unexpected PDU in Sta2: send A-ABORT, ARTIM.
+        const inSta2 = step.from === 'Sta2';
+        if (inSta2) this.protocolFinding(leg, d);
+        const fallback = inSta2 ? AbortReason.UnexpectedPdu : AbortReason.NotSpecified;
+        if (this.atBoundaryToward(leg)) {
+          this.send(leg, (d.abort ?? providerAbort(d.reason ?? fallback)).pdu);
+          this.awaitClose(leg);
+        } else this.closeLeg(leg); // mid-PDU toward it: closing is the only signal left
         return;
       }
-      this.abortBoth(AbortReason.NotSpecified, AbortReason.NotSpecified, 'timeout', `idle for ${ms} ms`);
+      case 'AA-2': // stop ARTIM; close the transport
+        this.stopArtim(leg);
+        if (step.event === 'artim-expired') {
+          if (step.from === 'Sta2') {
+            this.finish('timeout', 'no A-ASSOCIATE-RQ within the association request timeout');
+          }
+          this.destroyLeg(leg);
+        } else this.closeLeg(leg);
+        return;
+      case 'AA-3': // the peer's A-ABORT: relayed unchanged to the other leg
+        this.finish(
+          leg === 0 ? 'aborted-by-modality' : 'aborted-by-archive',
+          `A-ABORT source ${d.raw?.[PDU_HEADER_LENGTH + 2] ?? 0} reason ${d.raw?.[PDU_HEADER_LENGTH + 3] ?? 0}`,
+        );
+        this.closeLeg(leg);
+        this.abortOther(other, { pdu: d.raw as Buffer }, true);
+        return;
+      case 'AA-4': // the transport closed under an association: A-P-ABORT -> abort the other leg
+        if (leg === 1 && step.from === 'Sta5') {
+          this.failUpstream('closed', 'archive closed the connection before answering the A-ASSOCIATE-RQ');
+        }
+        this.finish(
+          leg === 0 ? 'closed' : 'aborted-by-archive',
+          d.message ?? `${SIDES[leg]} closed the connection`,
+        );
+        this.endLeg(leg);
+        this.abortOther(other, providerAbort(AbortReason.NotSpecified));
+        return;
+      case 'AA-6': // a PDU after the association ended: ignored
+        return;
+      case 'AA-7': // an A-ASSOCIATE-RQ or an invalid PDU after it ended: A-ABORT
+        this.protocolFinding(leg, d);
+        if (this.atBoundaryToward(leg))
+          this.send(leg, providerAbort(d.reason ?? AbortReason.UnexpectedPdu).pdu);
+        return;
+      case 'AA-8': // an unexpected or invalid PDU: A-ABORT (source 2) to its sender, A-P-ABORT to the other
+        if (leg === 1 && step.from === 'Sta5')
+          this.failUpstream('protocol-error', d.message ?? 'unexpected PDU');
+        this.protocolFinding(leg, d);
+        if (this.atBoundaryToward(leg)) {
+          this.send(leg, providerAbort(d.reason ?? AbortReason.UnexpectedPdu).pdu);
+          this.awaitClose(leg);
+        } else this.closeLeg(leg);
+        this.abortOther(other, providerAbort(AbortReason.NotSpecified));
+        return;
+    }
+  }
+
+  /**
+   * A PDU that the table answers with an abort: the log line names it. In Sta2 the table's AA-1 is sent
+   * with source 2 and the reason, like AA-8: a source-0 (service-user) abort would tell the modality that
+   * the archive aborted, which has not even been contacted.
+   */
+  private protocolFinding(leg: Leg, d: EventDetail): void {
+    const reason = d.reason ?? AbortReason.UnexpectedPdu;
+    const message = d.message ?? 'unexpected PDU';
+    this.host.events.emit('protocol-error', {
+      id: this.id,
+      side: SIDES[leg],
+      code: d.code ?? 'UNEXPECTED_PDU',
+      message,
+      abortReason: reason,
     });
+    this.finish('aborted-by-proxy', `${SIDES[leg]} protocol error: ${message}`);
   }
 
-  // ---------------------------------------------------------------- writes with backpressure
-  //
-  // The source socket is paused only when bytes really queue toward the other side (an Outbound's
-  // `pending`, not write()'s return value: that is false for any chunk above the socket's high-water
-  // mark even when the kernel took it at once, and pausing on it would pause and resume the source for
-  // every chunk). An association may hold up to limits.relayBuffer per direction; once all associations
-  // together hold more than limits.relayBufferTotal, each is paused as soon as it holds more than one
-  // read (RELAY_BUFFER_FLOOR). So memory follows the bytes actually waiting, not the configured caps: an
-  // association whose peer keeps up costs nothing here. The source resumes when the queue is empty.
-  // Each pause/resume cycle costs CPU: in four A/B runs on the 200 MB bench set, a 1 MiB relayBuffer
-  // (the default) used 2–11 % less relay CPU than 256 KB.
+  /** True when nothing is half-written toward `leg`: a PDU of the proxy's own may go out now. */
+  private atBoundaryToward(leg: Leg): boolean {
+    const streaming = this.scanners[leg === 0 ? 1 : 0];
+    return streaming === null || streaming.atBoundary;
+  }
 
-  private writeDown(bytes: Buffer): void {
-    if (this.state === 'Sta13') return; // closing: nothing more is relayed
-    const lease = this.lease;
-    if (lease !== null && bytes.buffer === lease.chunk.buffer) {
-      lease.acquire();
-      this.downOut.write(bytes, lease.written);
-    } else this.downOut.write(bytes);
-    if (this.hashQueue.length > 0) this.scheduleHashes();
-    if (!this.downBlocked && this.mustPause(0, this.downOut.pending)) {
-      this.downBlocked = true;
-      this.upstreamSocket?.pause();
+  /**
+   * The relay's A-ABORT request on `leg` (after the other leg aborted, timed out or failed). `relayed`:
+   * the PDU is the other peer's own A-ABORT, passed on unchanged.
+   */
+  private abortOther(leg: Leg, abort: AbortSpec, relayed = false): void {
+    const m = this.legs[leg];
+    if (m.state === 'Sta1' || m.state === 'Sta13') return;
+    if (m.state === 'Sta2') {
+      this.destroyLeg(leg);
+      return;
+    }
+    if (m.state === 'Sta3' && !relayed) {
+      // The modality awaits our answer: the archive side failed, so 2/3/1 lets it retry (PS3.8 9.3.4).
+      this.rejectRequestor(TRANSIENT_REJECT);
+      return;
+    }
+    this.event(leg, 'abort-request', { abort });
+  }
+
+  /** Abort both legs from the relay's own decision (timeout, ledger, shutdown): A-ABORT 2/0 to each. */
+  abortBoth(outcome: AssociationOutcome, reason: string): void {
+    this.finish(outcome, reason);
+    this.abortOther(0, providerAbort(AbortReason.NotSpecified));
+    this.abortOther(1, providerAbort(AbortReason.NotSpecified));
+  }
+
+  // ---------------------------------------------------------------- timers (PS3.8 9.1.5)
+
+  private startArtim(leg: Leg): void {
+    this.stopArtim(leg);
+    const t = this.clock.setTimeout(() => {
+      this.artim[leg] = null;
+      this.event(leg, 'artim-expired');
+    }, this.snapshot.config.limits.associationRequestTimeoutMs);
+    t.unref();
+    this.artim[leg] = t;
+  }
+
+  private stopArtim(leg: Leg): void {
+    this.clock.clearTimeout(this.artim[leg]);
+    this.artim[leg] = null;
+  }
+
+  private stopConnectTimer(): void {
+    this.clock.clearTimeout(this.connectTimer);
+    this.connectTimer = null;
+  }
+
+  /**
+   * The idle timeout: nothing read from either side for limits.idleTimeout. A tick (at most 1 s, a quarter
+   * of the timeout when shorter) notes whether bytes moved, so the hot path only bumps a counter; the
+   * abort comes between the setting and one tick after it.
+   */
+  private startIdleTimer(): void {
+    const ms = this.snapshot.config.limits.idleTimeoutMs;
+    const tick = Math.max(10, Math.min(1000, Math.floor(ms / 4)));
+    let seen = this.activity;
+    let lastActive = this.clock.now();
+    const t = this.clock.setInterval(() => {
+      const now = this.clock.now();
+      if (this.activity !== seen) {
+        seen = this.activity;
+        lastActive = now;
+        return;
+      }
+      if (now - lastActive >= ms) {
+        this.stopIdleTimer();
+        this.abortBoth('timeout', `idle for ${ms} ms`);
+      }
+    }, tick);
+    t.unref();
+    this.idleTimer = t;
+  }
+
+  private stopIdleTimer(): void {
+    this.clock.clearTimeout(this.idleTimer);
+    this.idleTimer = null;
+  }
+
+  // ---------------------------------------------------------------- reads
+
+  private onData(leg: Leg, chunk: Buffer): void {
+    if (leg === 0) this.bytesFromModality += chunk.length;
+    else this.bytesFromArchive += chunk.length;
+    this.activity++;
+    try {
+      const scanner = this.scanners[leg];
+      if (scanner) {
+        this.feedInPlace(scanner, chunk);
+        if (this.evidence.hashesQueued) this.evidence.scheduleHashes();
+        return;
+      }
+      const framer = this.framers[leg];
+      if (!framer) return;
+      const frames = framer.push(chunk);
+      for (let i = 0; i < frames.length; i++) {
+        const raw = frames[i] as Buffer;
+        this.event(leg, pduEvent(raw[0] ?? 0), { raw });
+        const established = this.scanners[leg];
+        if (established) {
+          // Sta6 from the A-ASSOCIATE-AC on: what followed it in this read streams.
+          for (let j = i + 1; j < frames.length; j++) established.feed(frames[j] as Buffer);
+          const rest = framer.takeRemainder();
+          if (rest.length > 0) established.feed(rest);
+          this.framers[leg] = null;
+          return;
+        }
+      }
+    } catch (err) {
+      this.onReadError(leg, err);
     }
   }
 
-  private writeUp(bytes: Buffer): void {
-    const out = this.upOut;
-    if (!out || this.state === 'Sta13') return; // closing: nothing more is relayed
-    const lease = this.lease;
-    if (lease !== null && bytes.buffer === lease.chunk.buffer) {
-      lease.acquire();
-      out.write(bytes, lease.written);
-    } else out.write(bytes);
-    if (this.hashQueue.length > 0) this.scheduleHashes();
-    if (!this.upBlocked && this.mustPause(1, out.pending)) {
-      this.upBlocked = true;
-      this.down.pause();
+  /** A PDU that cannot be framed or decoded: Evt19, or the event of its type when only its place is wrong. */
+  private onReadError(leg: Leg, err: unknown): void {
+    const e = err as Error & { code?: string; abortReason?: number; field?: string };
+    const known =
+      err instanceof PduError ||
+      err instanceof MessageSequenceError ||
+      err instanceof UnexpectedPduError ||
+      err instanceof CorrelationError;
+    if (!known) {
+      // A defect of ours, not the peer's: both legs aborted, the daemon carries on.
+      this.host.events.emit('protocol-error', {
+        id: this.id,
+        side: SIDES[leg],
+        code: 'INTERNAL',
+        message: e.message,
+        abortReason: AbortReason.NotSpecified,
+      });
+      this.abortBoth('aborted-by-proxy', `internal error: ${e.message}`);
+      return;
     }
+    this.scanners[leg] = null; // the stream is unusable after a framing error: nothing more is parsed
+    this.framers[leg] = null;
+    let event: UlEvent = 'invalid-pdu';
+    let reason = typeof e.abortReason === 'number' ? e.abortReason : AbortReason.InvalidPduParameterValue;
+    if (err instanceof UnexpectedPduError) {
+      event = pduEvent(err.pduType);
+      reason = AbortReason.UnexpectedPdu;
+    } else if (err instanceof PduError && err.code === 'PDU_TOO_LARGE' && e.field === 'P-DATA-TF.length') {
+      if (!this.legs[leg].receivesData) {
+        event = 'p-data-pdu'; // a P-DATA-TF where none may come: unexpected, whatever its length
+        reason = AbortReason.UnexpectedPdu;
+      }
+    }
+    this.event(leg, event, { code: e.code ?? 'INVALID_PDU', message: e.message, reason });
   }
 
   /** The read buffer being scanned right now (relayed in place; see ChunkLease). */
@@ -383,8 +684,55 @@ export class Association {
     lease.release();
   }
 
-  /** Account `pending` bytes toward side `to` (0 = down, 1 = up); true when its source must pause. */
-  private mustPause(to: 0 | 1, pending: number): boolean {
+  // ---------------------------------------------------------------- writes with backpressure
+  //
+  // The source socket is paused only when bytes really queue toward the other side (an Outbound's
+  // `pending`, not write()'s return value: that is false for any chunk above the socket's high-water
+  // mark even when the kernel took it at once, and pausing on it would pause and resume the source for
+  // every chunk). An association may hold up to limits.relayBuffer per direction; once all associations
+  // together hold more than limits.relayBufferTotal, each is paused as soon as it holds more than one
+  // read (RELAY_BUFFER_FLOOR). So memory follows the bytes actually waiting, not the configured caps: an
+  // association whose peer keeps up costs nothing here. The source resumes when the queue is empty.
+  // Each pause/resume cycle costs CPU: in four A/B runs on the 200 MB bench set, a 1 MiB relayBuffer
+  // (the default) used 2–11 % less relay CPU than 256 KB.
+
+  /** Relay P-DATA bytes toward `to` (DT-1 / AR-7): only while that leg may send data. */
+  private relay(to: Leg, bytes: Buffer): void {
+    const out = this.outs[to];
+    if (!out || !this.legs[to].sendsData) return; // closing: nothing more is relayed
+    const held = this.heldToward[to];
+    if (held) {
+      // A success is held toward this leg: what follows it waits behind it, in order (a copy: rare).
+      held.queue.push(Buffer.from(bytes));
+      return;
+    }
+    const lease = this.lease;
+    if (lease !== null && bytes.buffer === lease.chunk.buffer) {
+      lease.acquire();
+      out.write(bytes, lease.written);
+    } else out.write(bytes);
+    if (this.evidence.hashesQueued) this.evidence.scheduleHashes();
+    if (!this.blocked[to] && this.mustPause(to, out.pending)) {
+      this.blocked[to] = true;
+      this.sourceOf(to)?.pause();
+    }
+  }
+
+  /** A PDU of the proxy's own or a control PDU toward `leg`, whatever the data state. */
+  private send(leg: Leg, pdu: Buffer): void {
+    const out = this.outs[leg];
+    const socket = leg === 0 ? this.down : this.upstreamSocket;
+    if (!out || !socket || socket.destroyed) return;
+    out.write(pdu);
+  }
+
+  /** The socket whose bytes are relayed toward `to`. */
+  private sourceOf(to: Leg): Socket | null {
+    return to === 0 ? this.upstreamSocket : this.down;
+  }
+
+  /** Account `pending` bytes toward side `to`; true when its source must pause. */
+  private mustPause(to: Leg, pending: number): boolean {
     const budget = this.host.relayBudget;
     if (budget) {
       // Only a real backlog counts: up to one read is in transit on every busy socket, and a plaintext
@@ -398,120 +746,30 @@ export class Association {
   }
 
   /** Everything written toward side `to` has reached the kernel: resume its source. */
-  private emptied(to: 0 | 1): void {
+  private emptied(to: Leg): void {
     const budget = this.host.relayBudget;
     if (budget) {
       budget.queued -= this.charged[to];
       this.charged[to] = 0;
     }
-    if (to === 0 && this.downBlocked) {
-      this.downBlocked = false;
-      this.upstreamSocket?.resume();
-    } else if (to === 1 && this.upBlocked) {
-      this.upBlocked = false;
-      this.down.resume();
+    if (this.blocked[to]) {
+      this.blocked[to] = false;
+      if (this.heldToward[to] === null) this.sourceOf(to)?.resume();
     }
   }
 
-  // ---------------------------------------------------------------- hashing off the critical path
-  //
-  // With a ledger every data byte is hashed, but only once the write that relays it has reached the
-  // kernel. A socket write is not always sent at once: while the previous write to a TLS socket is
-  // completing (Node completes TLS writes in an immediate), further writes wait in the stream's buffer.
-  // So scanning queues flat (hash, buffer, start, end) entries (no allocation per chunk; read buffers
-  // are never reused, so the bytes cannot change) and a setImmediate hashes them — after the reads of
-  // this loop turn have been forwarded and the waiting writes flushed. The queue is bounded: beyond
-  // HASH_BACKLOG bytes it is hashed at once. A digest hashes what is queued first (recordInstance).
+  // ---------------------------------------------------------------- establishment
 
-  private readonly hashQueue: Array<HashStream | Buffer | number> = [];
-  /** Read buffers with bytes waiting in hashQueue (released once hashed). */
-  private readonly hashLeases: ChunkLease[] = [];
-  private hashBacklog = 0;
-  private hashScheduled = false;
-  private readonly hashTick = (): void => {
-    this.hashScheduled = false;
-    this.drainHashes();
-  };
-
-  private hashLater(hash: HashStream, buf: Buffer, start: number, end: number): void {
-    this.hashQueue.push(hash, buf, start, end);
-    this.hashBacklog += end - start;
-    const lease = this.lease;
-    if (lease !== null && !lease.hashPending && buf.buffer === lease.chunk.buffer) {
-      lease.hashPending = true;
-      lease.acquire();
-      this.hashLeases.push(lease);
-    }
-  }
-
-  /** After writes and reads: hash the queue in this loop turn's check phase, or now if it is too long. */
-  private scheduleHashes(): void {
-    if (this.hashBacklog > HASH_BACKLOG) this.drainHashes();
-    else if (!this.hashScheduled) {
-      this.hashScheduled = true;
-      setImmediate(this.hashTick);
-    }
-  }
-
-  private drainHashes(): void {
-    const q = this.hashQueue;
-    for (let i = 0; i < q.length; i += 4) {
-      (q[i] as HashStream).update(q[i + 1] as Buffer, q[i + 2] as number, q[i + 3] as number);
-    }
-    q.length = 0;
-    this.hashBacklog = 0;
-    const leases = this.hashLeases;
-    for (let i = 0; i < leases.length; i++) {
-      const lease = leases[i] as ChunkLease;
-      lease.hashPending = false;
-      lease.release();
-    }
-    leases.length = 0;
-  }
-
-  // ---------------------------------------------------------------- Sta2: awaiting A-ASSOCIATE-RQ
-
-  private onDownData(chunk: Buffer): void {
-    this.bytesFromModality += chunk.length;
-    this.activity++;
-    try {
-      if (this.state === 'Sta13') return; // rejected, aborted or released: nothing more is relayed
-      if (this.downScanner) {
-        this.feedInPlace(this.downScanner, chunk);
-        if (this.hashQueue.length > 0) this.scheduleHashes();
-        return;
-      }
-      if (this.state !== 'Sta2') {
-        this.pendingDownBytes.push(chunk);
-        return;
-      }
-      const frames = this.framer.push(chunk);
-      if (frames.length === 0) return;
-      const [first, ...rest] = frames;
-      const remainder = this.framer.takeRemainder();
-      for (const f of rest) this.pendingDownBytes.push(f);
-      if (remainder.length > 0) this.pendingDownBytes.push(remainder);
-      this.onAssociateRequest(first as Buffer);
-    } catch (err) {
-      this.onProtocolError('modality', err);
-    }
-  }
-
-  private onAssociateRequest(raw: Buffer): void {
-    const type = raw[0];
-    if (type !== PduType.AssociateRq) {
-      // PS3.8 9.2 Sta2: any other PDU is unexpected -> A-ABORT.
-      throw new UnexpectedPduError(type ?? 0);
-    }
+  /** AE-6: the modality's A-ASSOCIATE-RQ. Admit and forward, or reject (the local user's answer). */
+  private onAssociateIndication(raw: Buffer): void {
     const rq = decodePdu(raw) as AssociatePdu;
     this.rq = rq;
-    this.down.pause(); // nothing more is read from the modality until the decision is made
     const calling = aeTitleText(rq.callingAeTitle);
     const called = aeTitleText(rq.calledAeTitle);
 
     // PS3.8 9.3.2: bit 0 of the protocol version must be set.
     if ((rq.protocolVersion & 0x0001) === 0) {
-      this.rejectDown(
+      this.refuse(
         {
           result: RejectResult.Permanent,
           source: RejectSource.ServiceProviderAcse,
@@ -524,7 +782,7 @@ export class Association {
     }
     const appContext = rq.items.find((i) => i.kind === 'application-context');
     if (!appContext || uidText(appContext.name) !== DICOM_APPLICATION_CONTEXT) {
-      this.rejectDown(
+      this.refuse(
         {
           result: RejectResult.Permanent,
           source: RejectSource.ServiceUser,
@@ -538,35 +796,60 @@ export class Association {
 
     const decision = this.admit(calling, called);
     if (!decision.accepted) {
-      this.rejectDown(decision.reject, decision.refusal, decision.message);
+      this.refuse(decision.reject, decision.refusal, decision.message);
+      return;
+    }
+    // PS3.8 9.3.2.2: context IDs odd, 1-255, unique. What is left is what policy judges.
+    const checked = checkPresentationContexts(rq);
+    if (checked.contexts.length === 0) {
+      this.refuse(
+        PERMANENT_NO_REASON,
+        'no-valid-presentation-context',
+        `none of the ${presentationContextsRq(rq).length} proposed presentation contexts has a valid, unique ID (${describeDropped(checked.dropped)})`,
+      );
       return;
     }
     const { allowed, refused } = decision.peer.filterPresentationContexts(
-      presentationContextsRq(rq),
+      checked.contexts,
       roleSelections(rq),
     );
     if (allowed.length === 0) {
       // Nothing the peer asked for is permitted: there is no service to relay (PS3.8 9.3.4, 1/1/1).
-      this.rejectDown(
-        {
-          result: RejectResult.Permanent,
-          source: RejectSource.ServiceUser,
-          reason: RejectReason.NoReasonGiven,
-        },
+      this.refuse(
+        PERMANENT_NO_REASON,
         'no-permitted-presentation-context',
         `none of the ${refused.length} proposed presentation contexts is allowed for ${calling}`,
       );
       return;
     }
+    if (checked.dropped.length > 0) {
+      this.host.events.emit('protocol-error', {
+        id: this.id,
+        side: SIDES[0],
+        code: 'INVALID_PRESENTATION_CONTEXT',
+        message: `presentation contexts dropped before forwarding: ${describeDropped(checked.dropped)}`,
+        abortReason: AbortReason.NotSpecified,
+      });
+    }
     this.peer = decision.peer;
+    const ledger = this.host.ledger;
+    this.requestPolicy = new RequestPolicy(
+      decision.peer,
+      () => !ledger || ledger.sink.healthy || ledger.onFailure !== 'abort',
+    );
     this.route = decision.route;
     this.upstream = decision.target;
     this.admittedPeer = decision.peer.aeTitle;
     const refusedIds = new Set(refused.map((r) => r.id));
-    this.refusedContexts = presentationContextsRq(rq).filter((c) => refusedIds.has(c.id));
+    this.refusedContexts = checked.contexts.filter((c) => refusedIds.has(c.id));
+    this.forwarded = forwardRequest(rq, {
+      contexts: allowed,
+      calledAeTitle: decision.target.aeTitle,
+      callingAeTitle: decision.target.callingAeTitle,
+      ceiling: this.snapshot.config.limits.maxPduLength,
+    });
     this.host.admitted(this, decision.peer.aeTitle);
-    this.state = 'awaiting-upstream';
-    void this.openUpstream(refusedIds);
+    this.event(1, 'associate-request');
   }
 
   /** The listener's admission decision, as one shape: who the caller is and where to relay to. */
@@ -602,7 +885,7 @@ export class Association {
         },
       };
     }
-    const d: AdmitDecision = this.snapshot.policy.admit(base);
+    const d = this.snapshot.policy.admit(base);
     if (!d.accepted) return d;
     const u = d.upstream;
     const tls = this.snapshot.upstreamTls.get(u.name);
@@ -623,7 +906,8 @@ export class Association {
     };
   }
 
-  private rejectDown(reject: RejectSpec, refusal: string, message: string): void {
+  /** The proxy refuses the association itself: A-ASSOCIATE-RJ (AE-8) and an association-refused event. */
+  private refuse(reject: RejectSpec, refusal: string, message: string): void {
     const rq = this.rq;
     this.host.events.emit('association-refused', {
       id: this.id,
@@ -636,20 +920,29 @@ export class Association {
       listener: this.listener,
       ...(this.downTls?.identities ? { certificateSubject: this.downTls.identities.subject } : {}),
     });
-    this.reject = reject;
-    this.state = 'Sta13';
-    this.down.resume(); // read (and discard) until the modality closes
     this.finish('rejected', `${refusal}: ${message}`);
-    // PS3.8 9.2: after A-ASSOCIATE-RJ the acceptor waits for the requestor to close (ARTIM bounds it).
-    this.downOut.end(encodeAssociateRj(reject.result, reject.source, reject.reason));
-    this.armTimer(this.snapshot.config.limits.associationRequestTimeoutMs, () => this.destroyAll());
+    this.rejectRequestor(reject);
   }
 
-  // ---------------------------------------------------------------- upstream connect, Sta5
+  /** A-ASSOCIATE response (reject) toward the modality: AE-8. */
+  private rejectRequestor(reject: RejectSpec, raw?: Buffer): void {
+    this.reject = reject;
+    this.event(0, 'associate-reject', {
+      raw: raw ?? encodeAssociateRj(reject.result, reject.source, reject.reason),
+    });
+  }
 
-  private async openUpstream(refusedIds: Set<number>): Promise<void> {
+  // ---------------------------------------------------------------- upstream connect, Sta4 / Sta5
+
+  private async openUpstream(): Promise<void> {
     const upstream = this.upstream as RelayTarget;
-    const rq = this.rq as AssociatePdu;
+    // connectTimeout covers the TCP connect, the TLS handshake and the wait for the A-ASSOCIATE-AC.
+    this.connectTimer = this.clock.setTimeout(() => {
+      this.connectTimer = null;
+      const waiting = this.legs[1].state === 'Sta5' ? 'answer the A-ASSOCIATE-RQ' : 'accept the connection';
+      this.failUpstream('timeout', `archive did not ${waiting} within ${upstream.connectTimeoutMs} ms`);
+    }, upstream.connectTimeoutMs);
+    this.connectTimer.unref();
     let socket: Socket;
     try {
       const where = { host: upstream.host, port: upstream.port, timeoutMs: upstream.connectTimeoutMs };
@@ -659,10 +952,14 @@ export class Association {
     } catch (err) {
       const reason = err instanceof UpstreamConnectError ? err.reason : 'handshake-failed';
       this.failUpstream(reason, (err as Error).message);
+      if (this.legs[1].state === 'Sta4') this.legs[1].fire('abort-request'); // AA-2: nothing to close
+      this.maybeComplete();
       return;
     }
-    if (this.finished || this.down.destroyed) {
-      socket.destroy();
+    if (this.legs[1].state !== 'Sta4' || this.down.destroyed) {
+      socket.destroy(); // the association ended while connecting
+      if (this.legs[1].state === 'Sta4') this.legs[1].fire('abort-request');
+      this.maybeComplete();
       return;
     }
     this.upstreamSocket = socket;
@@ -690,177 +987,85 @@ export class Association {
       // Return path: the TLS session is the archive's, on the downstream leg.
       this.tlsInfo = this.downTls?.session ?? null;
     }
-    socket.on('data', (chunk: Buffer) => this.onUpData(chunk));
-    socket.on('end', () => this.onUpEnd());
-    socket.on('error', (err) => this.onSocketError('archive', err));
+    socket.on('data', (chunk: Buffer) => this.onData(1, chunk));
+    socket.on('end', () => this.event(1, 'transport-closed'));
+    socket.on('error', (err) => this.onSocketError(1, err));
     socket.on('close', () => this.onSocketClosed());
-    this.upOut = new Outbound(socket, upstream.tls !== null, () => this.emptied(1));
-
-    // Forward the A-ASSOCIATE-RQ: called AE rewritten to the archive's, refused contexts removed,
-    // max PDU length capped at the proxy's ceiling (PS3.8 D.1: 0 means unlimited).
-    const ceiling = this.snapshot.config.limits.maxPduLength;
-    const items: AssociateItem[] = rq.items.filter(
-      (i) => !(i.kind === 'presentation-context-rq' && refusedIds.has(i.context.id)),
-    );
-    const fwd: AssociatePdu = withMaxLength(
-      {
-        ...rq,
-        calledAeTitle: aeTitleField(upstream.aeTitle),
-        callingAeTitle: upstream.callingAeTitle ? aeTitleField(upstream.callingAeTitle) : rq.callingAeTitle,
-        items,
-      },
-      capMaxLength(maxLengthOf(rq), ceiling),
-    );
-    this.upFramer = new PduFramer({ maxPDataLength: ceiling, maxOtherLength: MAX_ASSOCIATE_PDU_LENGTH });
-    this.state = 'Sta5';
-    this.armTimer(this.snapshot.config.limits.associationRequestTimeoutMs, () => {
-      this.failUpstream(
-        'timeout',
-        'no A-ASSOCIATE-AC/RJ from the archive within the association request timeout',
-      );
+    this.outs[1] = new Outbound(socket, upstream.tls !== null, () => this.emptied(1));
+    this.framers[1] = new PduFramer({
+      maxPDataLength: this.snapshot.config.limits.maxPduLength,
+      maxOtherLength: MAX_ASSOCIATE_PDU_LENGTH,
     });
-    this.writeUp(encodePdu(fwd));
+    this.event(1, 'transport-connected');
   }
 
   /** The archive cannot be reached or did not answer: A-ASSOCIATE-RJ 2/3/1 so the modality retries. */
   private failUpstream(reason: string, message: string): void {
-    if (this.finished) return;
-    const upstreamName = this.upstream?.name ?? '';
-    this.host.events.emit('upstream-failed', { id: this.id, upstream: upstreamName, reason, message });
-    const reject = {
-      result: RejectResult.Transient,
-      source: RejectSource.ServiceProviderPresentation,
-      reason: RejectReason.TemporaryCongestion,
-    };
-    this.reject = reject;
-    this.state = 'Sta13';
-    this.down.resume(); // read (and discard) until the modality closes
+    if (this.legs[0].state !== 'Sta3') return; // already answered
+    this.stopConnectTimer();
+    this.host.events.emit('upstream-failed', {
+      id: this.id,
+      upstream: this.upstream?.name ?? '',
+      reason,
+      message,
+    });
     this.finish('upstream-failed', `${reason}: ${message}`);
-    this.upOut?.end(encodeAbort(AbortSource.ServiceUser, AbortReason.NotSpecified));
-    this.downOut.end(encodeAssociateRj(reject.result, reject.source, reject.reason));
-    this.armTimer(this.snapshot.config.limits.associationRequestTimeoutMs, () => this.destroyAll());
-  }
-
-  private onUpData(chunk: Buffer): void {
-    this.bytesFromArchive += chunk.length;
-    this.activity++;
-    try {
-      if (this.state === 'Sta13') return;
-      if (this.upScanner) {
-        this.feedInPlace(this.upScanner, chunk);
-        if (this.hashQueue.length > 0) this.scheduleHashes();
-        return;
-      }
-      if (this.state !== 'Sta5' || !this.upFramer) return;
-      const frames = this.upFramer.push(chunk);
-      if (frames.length === 0) return;
-      const [first, ...rest] = frames;
-      const remainder = this.upFramer.takeRemainder();
-      this.onAssociateResponse(first as Buffer);
-      if (this.upScanner) {
-        const scanner: PDataScanner = this.upScanner;
-        for (const f of rest) scanner.feed(f);
-        if (remainder.length > 0) scanner.feed(remainder);
-      }
-    } catch (err) {
-      this.onProtocolError('archive', err);
+    // Toward the archive the proxy is the requestor's user giving up: A-ABORT source 0 (AA-1), or no
+    // transport yet (AA-2).
+    const up = this.legs[1].state;
+    if (up === 'Sta4' || up === 'Sta5') {
+      this.event(1, 'abort-request', { abort: { pdu: encodeAbort(AbortSource.ServiceUser, 0) } });
     }
+    this.rejectRequestor(TRANSIENT_REJECT);
   }
 
-  private onAssociateResponse(raw: Buffer): void {
-    const type = raw[0];
+  private onAssociateRejectedByArchive(raw: Buffer): void {
     const rq = this.rq as AssociatePdu;
-    if (type === PduType.AssociateRj) {
-      // The archive's own rejection is relayed as is (no AE fields in A-ASSOCIATE-RJ).
-      const rj = decodePdu(raw);
-      if (rj.type !== PduType.AssociateRj) throw new UnexpectedPduError(type);
-      this.reject = { result: rj.result, source: rj.source, reason: rj.reason };
-      this.host.events.emit('association-refused', {
-        id: this.id,
-        remoteAddress: this.remoteAddress,
-        callingAeTitle: aeTitleText(rq.callingAeTitle),
-        calledAeTitle: aeTitleText(rq.calledAeTitle),
-        refusal: this.listener === 'forward' ? 'rejected-by-archive' : 'rejected-by-receiver',
-        reject: this.reject,
-        message: `${this.listener === 'forward' ? 'archive' : 'receiver'} rejected ${rj.result}/${rj.source}/${rj.reason}`,
-        listener: this.listener,
-      });
-      this.state = 'Sta13';
-      this.finish('rejected', `archive rejected the association (${rj.result}/${rj.source}/${rj.reason})`);
-      this.downOut.end(raw);
-      this.upOut?.end();
-      this.armTimer(this.snapshot.config.limits.associationRequestTimeoutMs, () => this.destroyAll());
-      return;
-    }
-    if (type === PduType.Abort) {
-      this.state = 'Sta13';
-      this.finish('aborted-by-archive', 'archive aborted during association negotiation');
-      this.downOut.end(raw);
-      this.upOut?.end();
-      this.armTimer(this.snapshot.config.limits.associationRequestTimeoutMs, () => this.destroyAll());
-      return;
-    }
-    if (type !== PduType.AssociateAc) throw new UnexpectedPduError(type ?? 0);
+    const rj = decodePdu(raw);
+    if (rj.type !== PduType.AssociateRj) throw new UnexpectedPduError(raw[0] ?? 0);
+    const reject = { result: rj.result, source: rj.source, reason: rj.reason };
+    const forward = this.listener === 'forward';
+    this.host.events.emit('association-refused', {
+      id: this.id,
+      remoteAddress: this.remoteAddress,
+      callingAeTitle: aeTitleText(rq.callingAeTitle),
+      calledAeTitle: aeTitleText(rq.calledAeTitle),
+      refusal: forward ? 'rejected-by-archive' : 'rejected-by-receiver',
+      reject,
+      message: `${forward ? 'archive' : 'receiver'} rejected ${rj.result}/${rj.source}/${rj.reason}`,
+      listener: this.listener,
+    });
+    this.finish('rejected', `archive rejected the association (${rj.result}/${rj.source}/${rj.reason})`);
+    this.rejectRequestor(reject, raw);
+  }
+
+  /** AE-3: the archive accepted; AE-7 toward the modality with the AC rebuilt for it. Both legs in Sta6. */
+  private onAssociateConfirmed(raw: Buffer): void {
+    const rq = this.rq as AssociatePdu;
     const ac = decodePdu(raw) as AssociatePdu;
     const ceiling = this.snapshot.config.limits.maxPduLength;
-
-    // Accepted contexts, for following messages (PS3.8 9.3.3.2: result 0 = acceptance).
-    const proposed = new Map(presentationContextsRq(rq).map((c) => [c.id, c]));
-    for (const c of presentationContextsAc(ac)) {
-      const p = proposed.get(c.id);
-      if (c.result === PresentationContextResult.Acceptance && p) {
-        this.accepted.set(c.id, {
-          abstractSyntax: uidText(p.abstractSyntax),
-          transferSyntax: uidText(c.transferSyntax),
-        });
-      }
-    }
-
-    // Toward the modality: its own called/calling AE fields back (PS3.8 9.3.3.2), the refused contexts
-    // answered "abstract syntax not supported" with their original ids, in the order it proposed them.
-    const answered = new Map<number, AssociateItem>();
-    for (const item of ac.items)
-      if (item.kind === 'presentation-context-ac') answered.set(item.context.id, item);
-    for (const c of this.refusedContexts) {
-      answered.set(c.id, {
-        kind: 'presentation-context-ac',
-        context: {
-          id: c.id,
-          result: PresentationContextResult.AbstractSyntaxNotSupported,
-          transferSyntax: '',
-        },
+    const answer = answerRequestor(rq, ac, {
+      forwarded: this.forwarded as AssociatePdu,
+      refused: this.refusedContexts,
+      ceiling,
+    });
+    this.accepted = answer.accepted;
+    if (answer.problems.length > 0) {
+      this.host.events.emit('protocol-error', {
+        id: this.id,
+        side: SIDES[1],
+        code: 'INVALID_PRESENTATION_CONTEXT',
+        message: `A-ASSOCIATE-AC answers not relayed: ${answer.problems.map((p) => p.message).join('; ')}`,
+        abortReason: AbortReason.NotSpecified,
       });
     }
-    const ordered: AssociateItem[] = [];
-    for (const c of presentationContextsRq(rq)) {
-      const item = answered.get(c.id);
-      if (item) ordered.push(item);
-    }
-    const items: AssociateItem[] = [];
-    let placed = false;
-    for (const item of ac.items) {
-      if (item.kind === 'presentation-context-ac') {
-        if (!placed) items.push(...ordered);
-        placed = true;
-        continue;
-      }
-      if (item.kind === 'user-information' && !placed) {
-        items.push(...ordered);
-        placed = true;
-      }
-      items.push(item);
-    }
-    if (!placed) items.push(...ordered);
-    const back = withMaxLength(
-      { ...ac, calledAeTitle: rq.calledAeTitle, callingAeTitle: rq.callingAeTitle, items },
-      capMaxLength(maxLengthOf(ac), ceiling),
-    );
-
-    // Sta6: streaming from now on.
-    this.downScanner = new PDataScanner(this.makeSink(0), ceiling);
-    this.upScanner = new PDataScanner(this.makeSink(1), ceiling);
-    this.state = 'Sta6';
-    this.armIdleTimer();
+    // Each side may send P-DATA-TF PDUs up to what the RECEIVING side advertised, as capped by the proxy.
+    const max = maxLengths(this.forwarded as AssociatePdu, answer.ac, ceiling);
+    this.scanners[0] = new PDataScanner(this.makeSink(0), max.towardArchive);
+    this.scanners[1] = new PDataScanner(this.makeSink(1), max.towardModality);
+    this.event(0, 'associate-accept', { raw: encodePdu(answer.ac) });
+    this.framers[0] = null;
+    this.startIdleTimer();
     this.host.events.emit('association-accepted', {
       id: this.id,
       remoteAddress: this.remoteAddress,
@@ -872,126 +1077,122 @@ export class Association {
       refusedContexts: this.refusedContexts.length,
       tls: this.tlsInfo as TlsSessionInfo,
     });
-    this.writeDown(encodePdu(back));
-    const early = this.pendingDownBytes;
-    this.pendingDownBytes = [];
-    for (const b of early) this.downScanner.feed(b);
-    if (!this.upBlocked) this.down.resume();
+  }
+
+  // ---------------------------------------------------------------- release
+
+  /** A-RELEASE confirmation on `leg` (AR-3, AR-10): answer the release the other leg asked for. */
+  private releaseConfirmed(leg: Leg, d: EventDetail): void {
+    const other: Leg = leg === 0 ? 1 : 0;
+    const o = this.legs[other].state;
+    if (o === 'Sta8' || o === 'Sta12') this.event(other, 'release-response', { raw: d.raw });
+    else if (o === 'Sta9') this.event(other, 'release-response');
   }
 
   // ---------------------------------------------------------------- Sta6: the two streaming directions
 
   /** The scanner callbacks of one direction: 0 = modality -> archive, 1 = archive -> modality. */
-  private makeSink(dir: 0 | 1): ScannerSink {
+  private makeSink(dir: Leg): ScannerSink {
+    const to: Leg = dir === 0 ? 1 : 0;
     return {
-      forward: dir === 0 ? (bytes) => this.writeUp(bytes) : (bytes) => this.writeDown(bytes),
-      held:
-        dir === 0
-          ? (pdu, type) => this.heldFromModality(pdu, type)
-          : (pdu, type) => this.heldFromArchive(pdu, type),
+      forward: (bytes) => this.relay(to, bytes),
+      held: (pdu, type) => this.event(dir, pduEvent(type), { raw: pdu }),
       dataStart: (contextId, _len, last) => this.dataStart(dir, contextId, last),
-      dataBytes: (buf, start, end) => {
-        const t = this.currentTransfer[dir];
-        if (t) {
-          t.bytes += end - start;
-          if (t.hash) this.hashLater(t.hash, buf, start, end);
-        } else if (this.commitCapture[dir]) this.capture(dir, buf, start, end);
+      dataBytes: (buf, start, end) => this.evidence.data(dir, buf, start, end),
+      dataEnd: () => {
+        if (this.streamLast[dir]) this.dataSetComplete(dir);
       },
-      dataEnd: () => this.dataEnd(dir),
     };
   }
 
-  private streamLast: [boolean, boolean] = [false, false];
-
-  /** A streamed data PDV starts; returns true when its bytes must be dropped (refused message). */
-  private dataStart(dir: 0 | 1, contextId: number, last: boolean): boolean {
+  /** A streamed data PDV starts; returns true when its bytes must be dropped. */
+  private dataStart(dir: Leg, contextId: number, last: boolean): boolean {
+    if (!this.legs[dir].receivesData) {
+      // Table 9-10: a P-DATA-TF outside Sta6/Sta7 (AA-8), or after the end (AA-6, ignored).
+      this.event(dir, 'p-data-pdu', { message: 'P-DATA-TF after the release or abort began' });
+      return true;
+    }
     this.checkContext(contextId, dir);
-    (dir === 0 ? this.downAsm : this.upAsm).data(contextId, last);
+    this.asm[dir].data(contextId, last);
     this.streamLast[dir] = last;
     return dir === 0 && this.drop !== null;
   }
 
-  private dataEnd(dir: 0 | 1): void {
-    if (!this.streamLast[dir]) return;
-    this.dataSetComplete(dir);
-  }
-
   /** The last data fragment of a message has passed in direction dir. */
-  private dataSetComplete(dir: 0 | 1): void {
+  private dataSetComplete(dir: Leg): void {
     if (dir === 0 && this.drop) {
       const d = this.drop;
       this.drop = null;
-      this.upScanner?.inject(pdataPdu(d.contextId, d.refusal));
+      this.scanners[1]?.inject(pdataPdu(d.contextId, d.refusal));
       return;
     }
-    const c = this.commitCapture[dir];
-    if (c) {
-      this.commitCapture[dir] = null;
-      this.recordCommitment(c);
-    }
-    const t = this.currentTransfer[dir];
-    if (t) {
-      this.currentTransfer[dir] = null;
-      // Its digest is taken when it is recorded: the bytes of this last chunk are relayed before they are
-      // hashed, like every other chunk's.
-      this.instances++;
-    }
+    this.evidence.dataSetComplete(dir);
+    // A success held toward the requestor of this data set goes out now that the data set is whole.
+    const to: Leg = dir;
+    const held = this.heldToward[to];
+    if (held && !this.evidence.incomplete(held.key)) this.releaseHeld(to);
   }
 
-  private checkContext(contextId: number, dir: 0 | 1): AcceptedContext {
+  private checkContext(contextId: number, dir: Leg): AcceptedContext {
     const ctx = this.accepted.get(contextId);
     if (!ctx) {
       throw new MessageSequenceError(
-        `PDV on presentation context ${contextId}, which was not accepted (from the ${dir === 0 ? 'modality' : 'archive'})`,
+        `PDV on presentation context ${contextId}, which was not accepted (from the ${SIDES[dir]})`,
         AbortReason.InvalidPduParameterValue,
       );
     }
     return ctx;
   }
 
-  /** A whole PDU from the modality that needs a decision (commands, multi-PDV, release, abort). */
-  private heldFromModality(raw: Buffer, type: number): void {
-    if (type !== PduType.PDataTf) {
-      this.controlPdu('modality', raw, type);
-      return;
-    }
+  /** DT-2 / AR-6: a whole P-DATA-TF PDU (commands, several PDVs) from `dir`. */
+  private onPData(dir: Leg, raw: Buffer): void {
+    if (dir === 0) this.fromModality(raw);
+    else this.fromArchive(raw);
+  }
+
+  /** A held P-DATA-TF from the modality: requests are judged by policy before any of them is relayed. */
+  private fromModality(raw: Buffer): void {
     const pdu = decodePdu(raw) as PDataPdu;
     let changed = false;
+    let holdAt = -1;
     const kept: Pdv[] = [];
     for (const pdv of pdu.pdvs) {
-      if (this.state === 'Sta13') return;
+      if (this.legs[0].state === ('Sta13' as string)) return;
       const ctx = this.checkContext(pdv.contextId, 0);
       if (pdv.command) {
-        const cmd = this.downAsm.command(pdv.contextId, pdv.value, pdv.last);
+        const cmd = this.asm[0].command(pdv.contextId, pdv.value, pdv.last);
         if (!pdv.last) {
           // Command split over several PDVs: keep everything from here until it is complete.
           kept.push(pdv);
           continue;
         }
-        if (cmd && this.decideRequest(cmd, pdv.contextId, ctx)) {
+        if (!cmd) continue;
+        if (isResponse(cmd.commandField)) {
+          if (this.onResponse(0, cmd) === 'hold' && holdAt < 0) holdAt = kept.length;
           kept.push(pdv);
           continue;
         }
+        if (this.decideRequest(cmd, pdv.contextId, ctx)) {
+          kept.push(pdv);
+          continue;
+        }
+        if (this.legs[0].state === ('Sta13' as string)) return;
         // Refused: drop this command (and the fragments held before it) and its data set.
         changed = true;
         this.discardSplitCommand(kept, pdv.contextId);
         continue;
       }
-      this.downAsm.data(pdv.contextId, pdv.last);
+      this.asm[0].data(pdv.contextId, pdv.last);
       if (this.drop) {
         changed = true;
         if (pdv.last) this.dataSetComplete(0);
         continue;
       }
-      const t = this.currentTransfer[0];
-      if (t) {
-        t.bytes += pdv.value.length;
-        if (t.hash) this.hashLater(t.hash, pdv.value, 0, pdv.value.length);
-      } else if (this.commitCapture[0]) this.capture(0, pdv.value, 0, pdv.value.length);
+      this.evidence.data(0, pdv.value, 0, pdv.value.length);
       kept.push(pdv);
       if (pdv.last) this.dataSetComplete(0);
     }
-    if (this.downAsm.midCommand) {
+    if (this.asm[0].midCommand) {
       // Hold until the command is whole: the policy must see it before any of it reaches the archive.
       (this.splitCommand ??= []).push({ type: PduType.PDataTf, pdvs: kept });
       return;
@@ -999,11 +1200,36 @@ export class Association {
     if (this.splitCommand) {
       const held = this.splitCommand;
       this.splitCommand = null;
-      for (const p of held) if (p.pdvs.length > 0) this.writeUp(encodePdu(p));
+      for (const p of held) if (p.pdvs.length > 0) this.relay(1, encodePdu(p));
       changed = true;
     }
-    if (!changed) this.writeUp(raw);
-    else if (kept.length > 0) this.writeUp(encodePdu({ type: PduType.PDataTf, pdvs: kept }));
+    const out = changed ? (kept.length > 0 ? encodePdu({ type: PduType.PDataTf, pdvs: kept }) : null) : raw;
+    if (out) this.relayOrHold(1, out, holdAt >= 0);
+  }
+
+  /** A held P-DATA-TF from the archive: relayed unchanged once its responses are known to answer requests. */
+  private fromArchive(raw: Buffer): void {
+    const pdu = decodePdu(raw) as PDataPdu;
+    let hold = false;
+    for (const pdv of pdu.pdvs) {
+      const ctx = this.checkContext(pdv.contextId, 1);
+      if (pdv.command) {
+        const cmd = this.asm[1].command(pdv.contextId, pdv.value, pdv.last);
+        if (cmd) {
+          if (isResponse(cmd.commandField)) {
+            if (this.onResponse(1, cmd) === 'hold') hold = true;
+          } else {
+            this.count(commandName(cmd.commandField));
+            this.onRequest(1, cmd, ctx);
+          }
+        }
+        continue;
+      }
+      this.asm[1].data(pdv.contextId, pdv.last);
+      this.evidence.data(1, pdv.value, 0, pdv.value.length);
+      if (pdv.last) this.dataSetComplete(1);
+    }
+    this.relayOrHold(0, raw, hold);
   }
 
   private discardSplitCommand(kept: Pdv[], contextId: number): void {
@@ -1023,378 +1249,203 @@ export class Association {
    */
   private decideRequest(cmd: CommandSet, contextId: number, ctx: AcceptedContext): boolean {
     const name = commandName(cmd.commandField);
-    if (isResponse(cmd.commandField)) {
-      this.onResponse(0, cmd);
+    this.count(name);
+    const decision = (this.requestPolicy as RequestPolicy).decide(cmd, contextId, ctx.abstractSyntax);
+    if (decision.kind === 'forward') {
+      if (cmd.commandField !== CommandField.CCancelRq) this.onRequest(0, cmd, ctx);
       return true;
     }
-    this.count(name);
-    if (cmd.commandField === CommandField.CCancelRq) return true;
-    const ledger = this.host.ledger;
-    if (
-      cmd.commandField === CommandField.CStoreRq &&
-      ledger &&
-      !ledger.sink.healthy &&
-      ledger.onFailure === 'abort'
-    ) {
-      // The ledger cannot record right now: relay no instance that would go unrecorded.
+    if (decision.kind === 'abort') {
       this.host.events.emit('ledger-failed', {
         id: this.id,
         message: 'ledger unhealthy: C-STORE not relayed',
       });
-      this.abortBoth(
-        AbortReason.NotSpecified,
-        AbortReason.NotSpecified,
-        'aborted-by-proxy',
-        'ledger unavailable',
-      );
+      this.abortBoth('aborted-by-proxy', decision.reason);
       return false;
     }
     const peer = this.peer as PeerPolicy;
-    let status: number | null = null;
-    let reason = '';
-    // The accepted contexts are fixed for the association: remember each (context, command) answer.
-    const key = contextId * 0x10000 + cmd.commandField;
-    let mayInvoke = this.invokeCache.get(key);
-    if (mayInvoke === undefined) {
-      mayInvoke = peer.mayInvoke(ctx.abstractSyntax, cmd.commandField);
-      this.invokeCache.set(key, mayInvoke);
-    }
-    if (!mayInvoke) {
-      status = Status.RefusedNotAuthorized;
-      reason = `${name} on ${ctx.abstractSyntax} is not allowed for ${peer.aeTitle}`;
-    } else if (cmd.commandField === CommandField.CMoveRq) {
-      const dest = cmd.moveDestination ?? '';
-      if (!peer.mayMoveTo(dest)) {
-        // PS3.4 C.4.2.1.4 / PS3.7 9.1.4.1.9: A801 Refused: Move Destination unknown.
-        status = Status.MoveDestinationUnknown;
-        reason = `move destination ${dest} is not allowed for ${peer.aeTitle}`;
-      }
-    }
-    if (status === null) {
-      this.onRequest(0, cmd, ctx);
-      return true;
-    }
     this.host.events.emit('dimse-refused', {
       id: this.id,
       callingAeTitle: peer.aeTitle,
       command: name,
-      reason,
-      status,
+      reason: decision.reason,
+      status: decision.status,
       ...(cmd.moveDestination !== undefined ? { moveDestination: cmd.moveDestination } : {}),
     });
-    const refusal = encodeRefusalResponse(cmd, status, 'refused by proxy policy');
-    if (this.downAsm.expectingData) {
-      this.drop = { request: cmd, contextId, refusal }; // answer once its data set has been swallowed
+    const refusal = encodeRefusalResponse(cmd, decision.status, 'refused by proxy policy');
+    if (this.asm[0].expectingData) {
+      this.drop = { contextId, refusal }; // answer once its data set has been swallowed
     } else {
-      this.upScanner?.inject(pdataPdu(contextId, refusal));
+      this.scanners[1]?.inject(pdataPdu(contextId, refusal));
     }
     return false;
   }
 
-  /** A whole PDU from the archive: relayed unchanged; commands are followed for bookkeeping. */
-  private heldFromArchive(raw: Buffer, type: number): void {
-    if (type !== PduType.PDataTf) {
-      this.controlPdu('archive', raw, type);
-      return;
-    }
-    const pdu = decodePdu(raw) as PDataPdu;
-    // Nothing here needs a decision: the validated PDU goes out first (a response is on the modality's
-    // critical path), the bookkeeping follows. A sequence error found by it still aborts both sides.
-    this.writeDown(raw);
-    for (const pdv of pdu.pdvs) {
-      const ctx = this.checkContext(pdv.contextId, 1);
-      if (pdv.command) {
-        const cmd = this.upAsm.command(pdv.contextId, pdv.value, pdv.last);
-        if (cmd) {
-          if (isResponse(cmd.commandField)) this.onResponse(1, cmd);
-          else {
-            this.count(commandName(cmd.commandField));
-            this.onRequest(1, cmd, ctx);
-          }
-        }
-        continue;
-      }
-      this.upAsm.data(pdv.contextId, pdv.last);
-      const t = this.currentTransfer[1];
-      if (t) {
-        t.bytes += pdv.value.length;
-        if (t.hash) this.hashLater(t.hash, pdv.value, 0, pdv.value.length);
-      } else if (this.commitCapture[1]) this.capture(1, pdv.value, 0, pdv.value.length);
-      if (pdv.last) this.dataSetComplete(1);
-    }
-  }
-
-  private onRequest(dir: 0 | 1, cmd: CommandSet, ctx: AcceptedContext): void {
-    const direction: Direction = this.directions[dir];
+  private onRequest(dir: Leg, cmd: CommandSet, ctx: AcceptedContext): void {
     const key = messageKey(dir, cmd.messageId ?? 0);
     this.pending.set(key, { command: cmd, startedAt: performance.now() });
-    if (cmd.commandField === CommandField.CStoreRq) {
-      const t: Transfer = {
-        direction,
-        messageId: cmd.messageId ?? 0,
-        sopClassUid: cmd.affectedSopClassUid ?? '',
-        sopInstanceUid: cmd.affectedSopInstanceUid ?? '',
-        transferSyntaxUid: ctx.transferSyntax,
-        bytes: 0,
-        hash: this.host.ledger ? this.host.ledger.hasher.begin() : null,
-        moveOriginatorAeTitle: cmd.moveOriginatorAeTitle ?? null,
-        moveOriginatorMessageId: cmd.moveOriginatorMessageId ?? null,
-      };
-      this.transfers.set(key, t);
-      this.currentTransfer[dir] = t;
-    } else if (
-      cmd.commandField === CommandField.NEventReportRq &&
-      cmd.affectedSopClassUid === STORAGE_COMMITMENT_SOP_CLASS &&
-      (cmd.eventTypeId === 1 || cmd.eventTypeId === 2) &&
-      this.host.ledger?.sink.appendCommitted
-    ) {
-      // PS3.4 J.3.3: the archive reports the outcome of a commitment request (1 = all committed,
-      // 2 = failures exist); the instances it lists as committed get `committed` ledger records.
-      this.commitCapture[dir] = {
-        transferSyntaxUid: ctx.transferSyntax,
-        chunks: [],
-        bytes: 0,
-        overflow: false,
-      };
-    }
-  }
-
-  private capture(dir: 0 | 1, buf: Buffer, start: number, end: number): void {
-    const c = this.commitCapture[dir] as CommitmentCapture;
-    if (c.overflow) return;
-    c.bytes += end - start;
-    if (c.bytes > MAX_COMMITMENT_DATASET) {
-      c.overflow = true;
-      c.chunks = [];
-      return;
-    }
-    c.chunks.push(Buffer.from(buf.subarray(start, end))); // a copy: the bytes also go out unchanged
-  }
-
-  /** The N-EVENT-REPORT data set is complete: one `committed` ledger record per committed instance. */
-  private recordCommitment(c: CommitmentCapture): void {
-    const sink = this.host.ledger?.sink;
-    if (!sink?.appendCommitted) return;
-    let result: CommitmentResult;
-    try {
-      if (c.overflow) throw new Error(`data set larger than ${MAX_COMMITMENT_DATASET} bytes`);
-      result = parseCommitmentDataSet(c.chunks, c.transferSyntaxUid);
-    } catch (err) {
-      // The report is relayed regardless; the ledger just cannot say what it confirmed.
-      this.host.events.emit('commitment', {
-        id: this.id,
-        transactionUid: null,
-        committed: 0,
-        failed: 0,
-        error: (err as Error).message,
-      });
-      return;
-    }
-    this.host.events.emit('commitment', {
-      id: this.id,
-      transactionUid: result.transactionUid,
-      committed: result.committed.length,
-      failed: result.failed.length,
-      error: null,
-    });
-    for (const item of result.committed) {
-      const written = sink.appendCommitted({
-        sopClassUid: item.sopClassUid,
-        sopInstanceUid: item.sopInstanceUid,
-        transactionUid: result.transactionUid ?? '',
-      });
-      this.host.trackRecord(written.catch((err: unknown) => this.onLedgerFailure(err)));
-    }
-  }
-
-  /** A response travelling in direction dir answers a request that travelled the other way. */
-  private onResponse(dir: 0 | 1, cmd: CommandSet): void {
-    const reqDir = dir === 0 ? 1 : 0;
-    const key = messageKey(reqDir, cmd.messageIdBeingRespondedTo ?? 0);
-    const status = cmd.status ?? 0xffff;
-    const cls = statusClass(status);
-    if (cls === 'pending') return;
-    const req = this.pending.get(key);
-    this.pending.delete(key);
-    const direction: Direction = this.directions[reqDir];
-    if (req) {
-      this.host.events.emit('dimse-completed', {
-        id: this.id,
-        direction,
-        command: commandName(req.command.commandField),
-        sopClassUid: req.command.affectedSopClassUid ?? null,
-        status,
-        statusClass: cls,
-        durationMs: performance.now() - req.startedAt,
-      });
-    }
-    const t = this.transfers.get(key);
-    if (t) {
-      this.transfers.delete(key);
-      this.recordInstance(t, status);
-    }
+    this.evidence.request(dir, key, this.directions[dir], cmd, ctx.transferSyntax);
   }
 
   /**
-   * Report one transferred instance (event) and, with a ledger, append its evidence. Called when its
-   * C-STORE-RSP has been relayed, or with status null when the association ended without one.
+   * A response travelling in direction dir must answer a request that travelled the other way and is
+   * still outstanding (PS3.7 9.3: Message ID Being Responded To; for C-STORE also the Affected SOP
+   * Instance UID, PS3.7 9.3.1.2). Returns 'hold' for a success whose request's data set is incomplete.
    */
-  private recordInstance(t: Transfer, status: number | null): void {
-    const ledger = this.host.ledger;
-    if (!ledger) {
-      this.emitInstance(t, status, null);
-      return;
+  private onResponse(dir: Leg, cmd: CommandSet): 'relay' | 'hold' {
+    const reqDir: Leg = dir === 0 ? 1 : 0;
+    const answered = cmd.messageIdBeingRespondedTo ?? -1;
+    const key = messageKey(reqDir, answered);
+    const name = commandName(cmd.commandField);
+    const req = this.pending.get(key);
+    if (!req) {
+      throw new CorrelationError(
+        `${name} from the ${SIDES[dir]} answers Message ID ${answered}, which no outstanding request on this association has (outstanding: ${this.outstandingIds(reqDir)})`,
+      );
     }
-    // A data set cut short still gets the digest of what passed: the ledger is the truth of what happened.
-    this.drainHashes();
-    const digest = (t.hash ?? ledger.hasher.begin()).digest();
-    t.hash = null;
-    const rq = this.rq as AssociatePdu;
-    const upstream = this.upstream;
-    const time = new Date().toISOString();
-    const targetAddress = upstream ? `${upstream.host}:${upstream.port}` : '';
-    const forward = this.listener === 'forward';
-    const written = digest.then((sha256) => {
-      this.emitInstance(t, status, sha256);
-      const evidence: InstanceEvidence = {
-        time,
-        association: this.id,
-        direction: t.direction,
-        callingAeTitle: aeTitleText(rq.callingAeTitle),
-        calledAeTitle: aeTitleText(rq.calledAeTitle),
-        upstreamAeTitle: upstream?.aeTitle ?? null,
-        // Return path: the "peer" is the receiver (destination) and the archive is the caller.
-        peerAddress: forward ? this.remoteAddress : targetAddress,
-        archiveAddress: forward ? targetAddress : this.remoteAddress,
-        archiveCertSha256: this.tlsInfo?.peerFingerprint256?.replace(/:/g, '').toLowerCase() ?? null,
-        clientCertSha256: null, // the modality / receiver leg is plaintext
-        sopClassUid: t.sopClassUid,
-        sopInstanceUid: t.sopInstanceUid,
-        transferSyntaxUid: t.transferSyntaxUid,
-        bytes: t.bytes,
-        sha256,
-        status,
-        outcome: status === null ? 'no response: aborted' : statusClass(status),
-        moveOriginatorAeTitle: t.moveOriginatorAeTitle,
-        moveOriginatorMessageId: t.moveOriginatorMessageId,
-      };
-      return ledger.sink.append(evidence);
+    const expected = req.command.commandField | 0x8000;
+    if (cmd.commandField !== expected) {
+      throw new CorrelationError(
+        `${name} from the ${SIDES[dir]} answers Message ID ${answered}, which is a ${commandName(req.command.commandField)}`,
+      );
+    }
+    if (
+      cmd.commandField === CommandField.CStoreRsp &&
+      cmd.affectedSopInstanceUid !== undefined &&
+      cmd.affectedSopInstanceUid !== req.command.affectedSopInstanceUid
+    ) {
+      throw new CorrelationError(
+        `C-STORE-RSP from the ${SIDES[dir]} for Message ID ${answered} names SOP instance ${cmd.affectedSopInstanceUid}, the request ${req.command.affectedSopInstanceUid ?? '(none)'}`,
+      );
+    }
+    const status = cmd.status ?? 0xffff;
+    const cls = statusClass(status);
+    if (cls === 'pending') return 'relay';
+    this.pending.delete(key);
+    this.host.events.emit('dimse-completed', {
+      id: this.id,
+      direction: this.directions[reqDir],
+      command: commandName(req.command.commandField),
+      sopClassUid: req.command.affectedSopClassUid ?? null,
+      status,
+      statusClass: cls,
+      durationMs: performance.now() - req.startedAt,
     });
-    this.host.trackRecord(written.catch((err: unknown) => this.onLedgerFailure(err)));
+    // The record waits for the data set anyway (evidence.ts); only the relaying of a success is held.
+    this.evidence.responded(key, status);
+    if (cls === 'success' && this.evidence.incomplete(key)) {
+      // Never relay a success for a data set not yet relayed whole: held until its last fragment passed.
+      this.host.events.emit('protocol-error', {
+        id: this.id,
+        side: SIDES[dir],
+        code: 'EARLY_RESPONSE',
+        message: `${name} (success) for Message ID ${answered} arrived before the last fragment of its data set was relayed; held until it is`,
+        abortReason: AbortReason.NotSpecified,
+      });
+      this.pendingHold = key;
+      return 'hold';
+    }
+    return 'relay';
   }
 
-  private emitInstance(t: Transfer, status: number | null, sha256: string | null): void {
-    this.host.events.emit('instance', {
-      id: this.id,
-      direction: t.direction,
-      messageId: t.messageId,
-      sopClassUid: t.sopClassUid,
-      sopInstanceUid: t.sopInstanceUid,
-      transferSyntaxUid: t.transferSyntaxUid,
-      bytes: t.bytes,
-      sha256,
-      status,
-    });
+  /** The request key of the early success found while judging the PDU being handled now. */
+  private pendingHold: number | null = null;
+
+  private outstandingIds(reqDir: Leg): string {
+    const ids: number[] = [];
+    for (const k of this.pending.keys()) if (k >> 16 === reqDir) ids.push(k & 0xffff);
+    return ids.length > 0 ? ids.slice(0, 10).join(', ') : 'none';
   }
+
+  /** Relay a held PDU toward `to`, or start holding at it (an early success response is in it). */
+  private relayOrHold(to: Leg, pdu: Buffer, hold: boolean): void {
+    const key = this.pendingHold;
+    this.pendingHold = null;
+    // PS3.8 Annex E: one data set at a time per direction, so at most one early success is held.
+    if (!hold || key === null || this.heldToward[to] !== null) {
+      this.relay(to, pdu);
+      return;
+    }
+    if (!this.legs[to].sendsData) return;
+    this.heldToward[to] = { key, queue: [Buffer.from(pdu)] };
+    // What the responder sends next waits behind the held response: stop reading it meanwhile.
+    this.sourceOf(to)?.pause();
+  }
+
+  private releaseHeld(to: Leg): void {
+    const held = this.heldToward[to] as HeldResponse;
+    this.heldToward[to] = null;
+    for (const b of held.queue) this.relay(to, b);
+    if (!this.blocked[to]) this.sourceOf(to)?.resume();
+  }
+
+  // ---------------------------------------------------------------- ledger
 
   /** A record that cannot be written is an alarm; by default the association stops relaying. */
   private onLedgerFailure(err: unknown): void {
     const ledger = this.host.ledger;
     this.host.events.emit('ledger-failed', { id: this.id, message: (err as Error)?.message ?? String(err) });
-    if (ledger?.onFailure === 'abort' && !this.completed) {
-      this.abortBoth(
-        AbortReason.NotSpecified,
-        AbortReason.NotSpecified,
-        'aborted-by-proxy',
-        'ledger write failed',
-      );
-    }
+    if (ledger?.onFailure === 'abort' && !this.completed)
+      this.abortBoth('aborted-by-proxy', 'ledger write failed');
+  }
+
+  private recordContext(): RecordContext {
+    const rq = this.rq as AssociatePdu;
+    const upstream = this.upstream;
+    const targetAddress = upstream ? `${upstream.host}:${upstream.port}` : '';
+    const forward = this.listener === 'forward';
+    return {
+      callingAeTitle: aeTitleText(rq.callingAeTitle),
+      calledAeTitle: aeTitleText(rq.calledAeTitle),
+      upstreamAeTitle: upstream?.aeTitle ?? null,
+      // Return path: the "peer" is the receiver (destination) and the archive is the caller.
+      peerAddress: forward ? this.remoteAddress : targetAddress,
+      archiveAddress: forward ? targetAddress : this.remoteAddress,
+      tls: this.tlsInfo,
+    };
   }
 
   private count(name: string): void {
     this.operations[name] = (this.operations[name] ?? 0) + 1;
   }
 
-  /** A-RELEASE-RQ/RP and A-ABORT in Sta6/Sta7 (PS3.8 9.2): forwarded, state followed. */
-  private controlPdu(from: 'modality' | 'archive', raw: Buffer, type: number): void {
-    const toArchive = from === 'modality';
-    const write = (b: Buffer): void => (toArchive ? this.writeUp(b) : this.writeDown(b));
-    switch (type) {
-      case PduType.ReleaseRq:
-        this.state = 'Sta7';
-        write(raw);
-        return;
-      case PduType.ReleaseRp:
-        write(raw);
-        this.finish('released', null);
-        this.state = 'Sta13';
-        // PS3.8 9.2: the requestor closes the transport after A-RELEASE-RP; bound the wait.
-        this.armTimer(this.snapshot.config.limits.associationRequestTimeoutMs, () => this.destroyAll());
-        return;
-      case PduType.Abort: {
-        const src = raw[PDU_HEADER_LENGTH + 2] ?? 0;
-        const rsn = raw[PDU_HEADER_LENGTH + 3] ?? 0;
-        this.finish(
-          toArchive ? 'aborted-by-modality' : 'aborted-by-archive',
-          `A-ABORT source ${src} reason ${rsn}`,
-        );
-        write(raw);
-        this.state = 'Sta13';
-        this.endBoth();
-        return;
-      }
-      default:
-        throw new UnexpectedPduError(type);
-    }
+  // ---------------------------------------------------------------- transport and teardown
+
+  /**
+   * Sta13 after the proxy's last PDU on a leg (AE-8, AR-4, AA-1, AA-8): keep reading — a PDU may still
+   * come and is answered by the table (AA-6 / AA-7) — until the peer closes (AR-5) or ARTIM runs out (AA-2).
+   * PS3.8 9.2: it is the peer that closes the transport here.
+   */
+  private awaitClose(leg: Leg): void {
+    const socket = leg === 0 ? this.down : this.upstreamSocket;
+    socket?.resume();
+    this.startArtim(leg);
   }
 
-  // ---------------------------------------------------------------- errors, ends, teardown
-
-  private onProtocolError(side: 'modality' | 'archive', err: unknown): void {
-    if (this.finished && this.state === 'Sta13') return;
-    const e = err as Error & { code?: string; abortReason?: number };
-    const known =
-      err instanceof PduError || err instanceof MessageSequenceError || err instanceof UnexpectedPduError;
-    const reason = known && typeof e.abortReason === 'number' ? e.abortReason : AbortReason.NotSpecified;
-    this.host.events.emit('protocol-error', {
-      id: this.id,
-      side,
-      code: e.code ?? 'INTERNAL',
-      message: e.message,
-      abortReason: reason,
-    });
-    if (this.state === 'Sta5' && side === 'archive') {
-      this.failUpstream('protocol-error', e.message);
-      return;
-    }
-    // PS3.8 9.3.8: A-ABORT from the service provider (source 2) with the reason, to the side at fault;
-    // the other side learns of the abort with reason 0.
-    const toModality = side === 'modality' ? reason : AbortReason.NotSpecified;
-    const toArchive = side === 'archive' ? reason : AbortReason.NotSpecified;
-    this.abortBoth(toModality, toArchive, 'aborted-by-proxy', `${side} protocol error: ${e.message}`);
+  /** Half-close a leg once what is queued toward it is written (the peer then closes: Evt17). */
+  private endLeg(leg: Leg): void {
+    this.outs[leg]?.end();
+    // Read (and judge, then ignore) until the peer closes; nothing waits on backpressure any more.
+    const socket = leg === 0 ? this.down : this.upstreamSocket;
+    socket?.resume();
   }
 
-  /** Provider-initiated abort toward both legs (written only at a PDU boundary), then close both. */
-  abortBoth(toModality: number, toArchive: number, outcome: AssociationOutcome, reason: string): void {
-    this.finish(outcome, reason);
-    const inSta6 = this.downScanner !== null;
-    if (!this.down.destroyed && (!inSta6 || this.upScanner?.atBoundary)) {
-      this.downOut.write(encodeAbort(AbortSource.ServiceProvider, toModality));
-    }
-    const up = this.upstreamSocket;
-    if (up && !up.destroyed && (!inSta6 || this.downScanner?.atBoundary)) {
-      this.upOut?.write(encodeAbort(AbortSource.ServiceProvider, toArchive));
-    }
-    this.state = 'Sta13';
-    this.endBoth();
+  /** Close a leg's transport (AE-4, AR-3, AA-2, AA-3): end it, destroyed if it lingers past ARTIM. */
+  private closeLeg(leg: Leg): void {
+    this.endLeg(leg);
+    const socket = leg === 0 ? this.down : this.upstreamSocket;
+    if (!socket || socket.destroyed) return;
+    const t = this.clock.setTimeout(
+      () => socket.destroy(),
+      this.snapshot.config.limits.associationRequestTimeoutMs,
+    );
+    t.unref();
+    socket.once('close', () => this.clock.clearTimeout(t));
   }
 
-  private endBoth(): void {
-    this.downOut.end();
-    this.upOut?.end();
-    this.down.resume();
-    this.upstreamSocket?.resume();
-    this.armTimer(2000, () => this.destroyAll());
+  private destroyLeg(leg: Leg): void {
+    const socket = leg === 0 ? this.down : this.upstreamSocket;
+    socket?.destroy();
   }
 
   private destroyAll(): void {
@@ -1402,70 +1453,29 @@ export class Association {
     this.upstreamSocket?.destroy();
   }
 
-  private onDownEnd(): void {
-    if (this.state === 'Sta13' || this.outcome === 'released') {
-      this.upOut?.end();
-      this.downOut.end();
-      return;
-    }
-    // Transport closed by the modality without release or abort: a broken leg aborts the other.
-    if (this.upstreamSocket) {
-      this.abortBoth(
-        AbortReason.NotSpecified,
-        AbortReason.NotSpecified,
-        'closed',
-        'modality closed the connection',
-      );
-    } else {
-      this.finish('closed', 'modality closed the connection before the association was established');
-      this.downOut.end();
-    }
-  }
-
-  private onUpEnd(): void {
-    if (this.state === 'Sta13' || this.outcome === 'released') {
-      this.downOut.end();
-      this.upOut?.end();
-      return;
-    }
-    if (this.state === 'Sta5') {
-      this.failUpstream('closed', 'archive closed the connection before answering the A-ASSOCIATE-RQ');
-      return;
-    }
-    this.abortBoth(
-      AbortReason.NotSpecified,
-      AbortReason.NotSpecified,
-      'aborted-by-archive',
-      'archive closed the connection',
-    );
-  }
-
-  private onSocketError(side: 'modality' | 'archive', err: Error): void {
-    if (this.state === 'Sta5' && side === 'archive') {
+  private onSocketError(leg: Leg, err: Error): void {
+    if (this.legs[1].state === 'Sta5' && leg === 1) {
       this.failUpstream('closed', err.message);
-      return;
+    } else {
+      this.event(leg, 'transport-closed', { message: `${SIDES[leg]} socket error: ${err.message}` });
     }
-    if (!this.finished) {
-      this.finish(
-        side === 'modality' ? 'closed' : 'aborted-by-archive',
-        `${side} socket error: ${err.message}`,
-      );
-    }
-    this.abortBoth(AbortReason.NotSpecified, AbortReason.NotSpecified, 'closed', `${side} socket error`);
-    this.destroyAll();
+    this.destroyLeg(leg);
   }
 
   private onSocketClosed(): void {
-    this.closedSockets++;
-    const expected = this.upstreamSocket ? 2 : 1;
-    if (this.down.destroyed && (!this.upstreamSocket || this.upstreamSocket.destroyed)) {
-      this.complete();
-    } else if (this.closedSockets >= expected) {
-      this.complete();
-    } else if (!this.finished) {
-      // One leg closed: the other cannot go on.
-      this.abortBoth(AbortReason.NotSpecified, AbortReason.NotSpecified, 'closed', 'a connection closed');
-    }
+    const up = this.upstreamSocket;
+    // A transport closed: Evt17 for its leg if 'end' did not say so already (a cell then says nothing).
+    if (this.down.destroyed || this.down.closed) this.event(0, 'transport-closed');
+    if (up && (up.destroyed || up.closed)) this.event(1, 'transport-closed');
+    this.maybeComplete();
+  }
+
+  /** Both transports are gone (and no connect is under way): the association is over. */
+  private maybeComplete(): void {
+    const up = this.upstreamSocket;
+    const downGone = this.down.destroyed || this.down.closed;
+    const upGone = !up || up.destroyed || up.closed;
+    if (downGone && upGone && this.legs[1].state !== 'Sta4') this.complete();
   }
 
   /** Record the first outcome; the summary is emitted when both sockets are closed. */
@@ -1474,22 +1484,21 @@ export class Association {
       this.outcome = outcome;
       this.reason = reason;
     }
-    this.finished = true;
   }
-
-  private completed = false;
 
   private complete(): void {
     if (this.completed) return;
     this.completed = true;
-    if (this.timer) clearTimeout(this.timer);
+    this.stopArtim(0);
+    this.stopArtim(1);
+    this.stopConnectTimer();
+    this.stopIdleTimer();
     // Nothing of this association waits in memory any more.
     this.emptied(0);
     this.emptied(1);
     if (this.outcome === null) this.outcome = 'closed';
-    // Instances that never got their C-STORE-RSP are reported too: the truth of what happened.
-    for (const t of this.transfers.values()) this.recordInstance(t, null);
-    this.transfers.clear();
+    // Instances without a relayed response (or whose data set never completed) are reported too.
+    this.evidence.end();
     const rq = this.rq;
     this.host.events.emit('association-closed', {
       id: this.id,
@@ -1505,36 +1514,71 @@ export class Association {
       reason: this.reason,
       reject: this.reject,
       startedAt: new Date(this.startedAt).toISOString(),
-      durationMs: Date.now() - this.startedAt,
+      durationMs: this.clock.now() - this.startedAt,
       bytesFromModality: this.bytesFromModality,
       bytesFromArchive: this.bytesFromArchive,
-      instances: this.instances,
+      instances: this.evidence.instances,
       operations: this.operations,
       tls: this.tlsInfo,
     });
     this.host.finished(this);
   }
 
-  /** Used by the server on shutdown. */
+  /** Used by the server on shutdown: A-ABORT to both sides of an established association. */
   shutdown(): void {
     if (this.completed) return;
-    if (this.state === 'Sta6' || this.state === 'Sta7') {
-      this.abortBoth(
-        AbortReason.NotSpecified,
-        AbortReason.NotSpecified,
-        'aborted-by-proxy',
-        'proxy shutting down',
-      );
-    } else {
+    const s = this.legs[0].state;
+    if (s === 'Sta2' || s === 'Sta1') {
       this.finish('aborted-by-proxy', 'proxy shutting down');
       this.destroyAll();
+      return;
     }
+    this.abortBoth('aborted-by-proxy', 'proxy shutting down');
+    // Shutting down, the proxy does not wait ARTIM for the peers: each has 2 s to take its A-ABORT.
+    this.endLeg(0);
+    this.endLeg(1);
+    const t = this.clock.setTimeout(() => this.destroyAll(), 2000);
+    t.unref();
   }
 }
 
-function capMaxLength(requested: number | undefined, ceiling: number): number {
-  if (requested === undefined || requested === 0) return ceiling;
-  return Math.min(requested, ceiling);
+/** What an event carries to its action. */
+interface EventDetail {
+  /** The PDU that caused it, or the PDU an action sends. */
+  raw?: Buffer;
+  /** The A-ABORT to send (relay's abort request). */
+  abort?: AbortSpec;
+  /** PS3.8 9.3.8 A-ABORT reason toward the sender of a bad PDU. */
+  reason?: number;
+  code?: string;
+  message?: string;
 }
 
-export const __test = { capMaxLength, PDV_HEADER };
+/** Primitives the relay itself issues: a missing cell for one of them is a defect, not a peer's error. */
+const LOCAL_PRIMITIVES: ReadonlySet<UlEvent> = new Set<UlEvent>([
+  'associate-request',
+  'associate-accept',
+  'associate-reject',
+  'p-data-request',
+  'release-request',
+  'release-response',
+]);
+
+/** PS3.8 9.3.4: 2/3/1, temporary congestion (the modality retries later). */
+const TRANSIENT_REJECT: RejectSpec = {
+  result: RejectResult.Transient,
+  source: RejectSource.ServiceProviderPresentation,
+  reason: RejectReason.TemporaryCongestion,
+};
+
+/** PS3.8 9.3.4: 1/1/1, rejected permanently, no reason given. */
+const PERMANENT_NO_REASON: RejectSpec = {
+  result: RejectResult.Permanent,
+  source: RejectSource.ServiceUser,
+  reason: RejectReason.NoReasonGiven,
+};
+
+function describeDropped(dropped: ReadonlyArray<{ id: number; problem: string }>): string {
+  const shown = dropped.slice(0, 8).map((d) => `${d.id}: ${d.problem}`);
+  return dropped.length > 8 ? `${shown.join(', ')}, … ${dropped.length} in all` : shown.join(', ');
+}

@@ -33,8 +33,8 @@ export class UnexpectedPduError extends Error {
   readonly code = 'UNEXPECTED_PDU';
   readonly field = 'PDU-type';
   readonly abortReason = 2; // PS3.8 9.3.8: unexpected PDU
-  constructor(type: number) {
-    super(`PDU type 0x${type.toString(16).padStart(2, '0')} is not expected on an established association`);
+  constructor(readonly pduType: number) {
+    super(`PDU type 0x${pduType.toString(16).padStart(2, '0')} is not expected on an established association`);
     this.name = 'UnexpectedPduError';
   }
 }
@@ -74,7 +74,7 @@ export class PDataScanner {
 
   constructor(
     private readonly sink: ScannerSink,
-    /** Largest PDU length field accepted for P-DATA-TF (the proxy's advertised maximum). */
+    /** Largest PDU length field accepted for P-DATA-TF: the maximum the receiving side advertised (PS3.8 D.1), capped by the proxy. */
     private readonly maxPDataLength: number,
   ) {}
 
@@ -273,7 +273,7 @@ export class PDataScanner {
           throw new PduError(
             'PDU_TOO_LARGE',
             'P-DATA-TF.length',
-            `P-DATA-TF length ${length} exceeds the maximum PDU length ${this.maxPDataLength} this proxy advertised`,
+            `P-DATA-TF length ${length} exceeds the maximum PDU length ${this.maxPDataLength} advertised to its sender`,
           );
         }
         if (length < 6) {

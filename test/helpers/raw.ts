@@ -1,5 +1,6 @@
 // A raw DICOM UL client for hostile and edge-case tests: sends exact bytes, reads whole PDUs.
 import * as net from 'node:net';
+import * as tls from 'node:tls';
 import { PduFramer } from '../../src/pdu/framer.js';
 import { decodePdu, encodePdu, aeTitleField } from '../../src/pdu/codec.js';
 import type { AssociateItem, AssociatePdu, Pdu, UserInfoSubItem } from '../../src/pdu/types.js';
@@ -83,6 +84,20 @@ export class RawScu {
     });
   }
 
+  /** Wrap a connected socket (an accepted one, or a TLS client). */
+  static attach(socket: net.Socket): RawScu {
+    socket.setNoDelay(true);
+    return new RawScu(socket);
+  }
+
+  /** A mutual-TLS client (the archive calling the return listener). */
+  static connectTls(port: number, options: tls.ConnectionOptions): Promise<RawScu> {
+    return new Promise((resolve, reject) => {
+      const s = tls.connect({ port, host: '127.0.0.1', ...options }, () => resolve(new RawScu(s)));
+      s.once('error', reject);
+    });
+  }
+
   static connect(port: number, host = '127.0.0.1'): Promise<RawScu> {
     return new Promise((resolve, reject) => {
       const s = net.connect({ port, host, noDelay: true }, () => resolve(new RawScu(s)));
@@ -124,4 +139,48 @@ export class RawScu {
   destroy(): void {
     this.socket.destroy();
   }
+}
+
+/** A listening raw DICOM UL peer (an archive over mutual TLS, or a plaintext receiver): each accepted
+ * connection is handed out as a RawScu, in order. */
+export interface RawServer {
+  port: number;
+  accept(timeoutMs?: number): Promise<RawScu>;
+  close(): void;
+}
+
+export async function startRawServer(tlsOptions: tls.TlsOptions | null): Promise<RawServer> {
+  const accepted: RawScu[] = [];
+  const all: net.Socket[] = [];
+  let waiter: (() => void) | null = null;
+  const onSocket = (socket: net.Socket): void => {
+    all.push(socket);
+    accepted.push(RawScu.attach(socket));
+    waiter?.();
+  };
+  const server = tlsOptions ? tls.createServer(tlsOptions, onSocket) : net.createServer(onSocket);
+  server.on('tlsClientError', () => undefined);
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    async accept(timeoutMs = 5000) {
+      const deadline = Date.now() + timeoutMs;
+      while (accepted.length === 0) {
+        if (Date.now() > deadline) throw new Error(`no connection within ${timeoutMs} ms`);
+        await new Promise<void>((r) => {
+          const t = setTimeout(r, 50);
+          waiter = () => {
+            clearTimeout(t);
+            r();
+          };
+        });
+        waiter = null;
+      }
+      return accepted.shift() as RawScu;
+    },
+    close() {
+      for (const s of all) s.destroy();
+      server.close();
+    },
+  };
 }

@@ -22,7 +22,8 @@ test('a stalled archive stalls the modality; the proxy holds a bounded amount; a
   });
   const scu = await RawScu.connect(proxy.port);
   try {
-    scu.send(associateRq('SCU', 'DICOM_PROXY', [{ id: 1, abstractSyntax: CT_IMAGE }]));
+    // The stalled archive echoes the requested maximum PDU length; 64 KiB lets 16 KiB PDVs through (PS3.8 D.1).
+    scu.send(associateRq('SCU', 'DICOM_PROXY', [{ id: 1, abstractSyntax: CT_IMAGE }], 65536));
     const ac = await scu.next();
     assert.equal(ac?.type, 0x02);
     const { sent, stalled } = await storeUntilStalled(scu, PDU_VALUE, TARGET);

@@ -27,7 +27,8 @@ async function stalledAssociations(relayBufferTotal: number, count: number): Pro
     for (let i = 0; i < count; i++) {
       const scu = await RawScu.connect(proxy.port);
       scus.push(scu);
-      scu.send(associateRq('SCU', 'DICOM_PROXY', [{ id: 1, abstractSyntax: CT_IMAGE }]));
+      // The stalled archive echoes the requested maximum PDU length; 64 KiB lets 16 KiB PDVs through (PS3.8 D.1).
+      scu.send(associateRq('SCU', 'DICOM_PROXY', [{ id: 1, abstractSyntax: CT_IMAGE }], 65536));
       assert.equal((await scu.next())?.type, 0x02);
     }
     // One after the other, so each later association finds the total already used by the earlier ones.
