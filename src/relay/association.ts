@@ -304,6 +304,8 @@ export class Association {
     /** Bytes written toward the archive (upstream) / modality (downstream) that the kernel has not taken. */
     queuedTowardArchive: number;
     queuedTowardModality: number;
+    /** Success responses held until the data set they answer has passed whole. */
+    heldResponses: number;
   } {
     return {
       state: this.legs[0].state,
@@ -312,6 +314,7 @@ export class Association {
       instances: this.evidence.instances,
       queuedTowardArchive: this.outs[1]?.pending ?? 0,
       queuedTowardModality: this.outs[0].pending,
+      heldResponses: (this.heldToward[0] ? 1 : 0) + (this.heldToward[1] ? 1 : 0),
     };
   }
 

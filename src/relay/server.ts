@@ -7,6 +7,7 @@ import { Association, type AssociationHost, type LedgerBinding } from './associa
 import { RelayBudget } from './outbound.js';
 import { classifyClientHandshakeError, peerIdentities } from '../tls/identity.js';
 import { ProxyEvents } from '../observe/events.js';
+import { systemClock, type Clock } from '../util/clock.js';
 import type { RuntimeSnapshot } from '../runtime/snapshot.js';
 
 /** Bind `server` to host:port; resolves with the bound address. */
@@ -43,14 +44,17 @@ export class ProxyServer implements AssociationHost {
   private closing = false;
 
   readonly ledger: LedgerBinding | null;
+  /** Time source of every association's timers (tests drive it). */
+  private readonly clock: Clock;
   /** Bytes queued toward slower sockets over every live association (limits.relayBufferTotal). */
   readonly relayBudget: RelayBudget;
 
   constructor(
     snapshot: RuntimeSnapshot,
-    options: { events?: ProxyEvents; ledger?: LedgerBinding | null } = {},
+    options: { events?: ProxyEvents; ledger?: LedgerBinding | null; clock?: Clock } = {},
   ) {
     this.snapshot = snapshot;
+    this.clock = options.clock ?? systemClock;
     this.events = options.events ?? new ProxyEvents();
     this.ledger = options.ledger ?? null;
     this.relayBudget = new RelayBudget(snapshot.config.limits.relayBufferTotal);
@@ -199,6 +203,7 @@ export class ProxyServer implements AssociationHost {
     const identities = peerIdentities(socket);
     const cipher = socket.getCipher();
     const assoc = new Association(socket, this.snapshot, this, {
+      clock: this.clock,
       listener: 'return',
       downTls: {
         identities,
@@ -224,7 +229,7 @@ export class ProxyServer implements AssociationHost {
       socket.destroy();
       return;
     }
-    const assoc = new Association(socket, this.snapshot, this);
+    const assoc = new Association(socket, this.snapshot, this, { clock: this.clock });
     this.live.add(assoc);
     assoc.start();
   }

@@ -8,6 +8,7 @@ import { buildRuntimeSnapshot } from '../../src/runtime/snapshot.js';
 import { ProxyServer } from '../../src/relay/server.js';
 import type { LedgerBinding } from '../../src/relay/association.js';
 import type { ProxyEventMap } from '../../src/observe/events.js';
+import type { Clock } from '../../src/util/clock.js';
 
 export interface TestPki {
   dir: string;
@@ -88,6 +89,8 @@ export interface ProxyTestOptions {
   tlsExtra?: string;
   /** Extra top-level YAML (e.g. a `returnListener:` section). */
   extra?: string;
+  /** Time source of the associations' timers (a ManualClock in timer tests). */
+  clock?: Clock;
 }
 
 export function proxyYaml(o: ProxyTestOptions): string {
@@ -120,7 +123,10 @@ export function proxyYaml(o: ProxyTestOptions): string {
 
 export async function startProxy(o: ProxyTestOptions): Promise<ProxyUnderTest> {
   const config = parseConfig(proxyYaml(o), null);
-  const server = new ProxyServer(buildRuntimeSnapshot(config), { ledger: o.ledger ?? null });
+  const server = new ProxyServer(buildRuntimeSnapshot(config), {
+    ledger: o.ledger ?? null,
+    ...(o.clock ? { clock: o.clock } : {}),
+  });
   const events: ProxyUnderTest['events'] = {};
   const waiters: Array<() => void> = [];
   for (const name of [
