@@ -93,7 +93,12 @@ describe('relay options', () => {
   });
 
   test('an idle association is aborted after idleTimeout (A-ABORT to the modality)', async () => {
-    const proxy = await startProxy({ archivePort: archive.port, pki, limits: '{ idleTimeout: 700ms }' });
+    // After its A-ABORT the proxy waits ARTIM for the modality to close (PS3.8 Sta13), then closes.
+    const proxy = await startProxy({
+      archivePort: archive.port,
+      pki,
+      limits: '{ idleTimeout: 700ms, associationRequestTimeout: 1s }',
+    });
     try {
       const scu = await RawScu.connect(proxy.port);
       scu.send(associateRq('SCU', 'DICOM_PROXY', [{ id: 1, abstractSyntax: VERIFICATION }]));
