@@ -942,7 +942,12 @@ export class Association {
     // connectTimeout covers the TCP connect, the TLS handshake and the wait for the A-ASSOCIATE-AC.
     this.connectTimer = this.clock.setTimeout(() => {
       this.connectTimer = null;
-      const waiting = this.legs[1].state === 'Sta5' ? 'answer the A-ASSOCIATE-RQ' : 'accept the connection';
+      const waiting =
+        this.legs[1].state === 'Sta5'
+          ? 'answer the A-ASSOCIATE-RQ'
+          : upstream.tls
+            ? 'complete the TCP connect and TLS handshake'
+            : 'accept the TCP connection';
       this.failUpstream('timeout', `archive did not ${waiting} within ${upstream.connectTimeoutMs} ms`);
     }, upstream.connectTimeoutMs);
     this.connectTimer.unref();

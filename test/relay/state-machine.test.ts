@@ -4,6 +4,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
+import * as net from 'node:net';
 import { decodePdu, encodePdu, encodeReleaseRp, withMaxLength } from '../../src/pdu/codec.js';
 import type { AssociatePdu, PDataPdu } from '../../src/pdu/types.js';
 import { decodeCommand, encodeCommand } from '../../src/dimse/command.js';
@@ -135,6 +136,36 @@ describe('the relay state machine against broken and hostile peers', { timeout: 
     assert.match(summary.reason ?? '', /^timeout: archive did not answer the A-ASSOCIATE-RQ within 10000 ms/);
     const failed = (proxy.events['upstream-failed'] ?? []).at(-1);
     assert.equal(failed?.reason, 'timeout');
+  });
+
+  test('an archive that accepts TCP and never completes the TLS handshake: 2/3/1 at connectTimeout, not a bare close', async () => {
+    const silent = net.createServer(() => undefined);
+    await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
+    const silentProxy = await startProxy({
+      archivePort: (silent.address() as net.AddressInfo).port,
+      pki,
+      clock,
+      connectTimeout: '10s',
+      limits: '{ associationRequestTimeout: 10s }',
+    });
+    try {
+      const armed = clock.armed;
+      const modality = await RawScu.connect(silentProxy.port);
+      modality.send(associateRq('SCU', 'DICOM_PROXY', [{ id: 1, abstractSyntax: VERIFICATION }]));
+      await clock.untilArmed(armed + 2); // ARTIM at accept, then the connect timer at the A-ASSOCIATE-RQ
+      clock.advance(10_000);
+      assert.deepEqual(await modality.next(), { type: 0x03, result: 2, source: 3, reason: 1 });
+      modality.destroy();
+      const summary = await silentProxy.closed();
+      assert.equal(summary.outcome, 'upstream-failed');
+      assert.match(
+        summary.reason ?? '',
+        /did not complete the TCP connect and TLS handshake within 10000 ms/,
+      );
+    } finally {
+      await silentProxy.close();
+      silent.close();
+    }
   });
 
   test('the idle timeout fires at its setting (8 s, within 1 s), and activity postpones it', async () => {
