@@ -1,14 +1,18 @@
 // The core emits facts; logs, metrics, audit and the ledger subscribe. Nothing here calls back into the core.
 import { EventEmitter } from 'node:events';
 
-/**
- * Which way an instance travelled: forward listener (modality <-> archive) or return listener
- * (archive -> destination for C-MOVE sub-operations; destination -> archive for answers on it).
- */
-export type Direction =
-  'modality-to-archive' | 'archive-to-modality' | 'archive-to-destination' | 'destination-to-archive';
+import type {
+  AssociationOutcome,
+  Direction,
+  ListenerKind,
+  ProtocolErrorCode,
+  ProtocolErrorSide,
+  Refusal,
+  TlsClientRejection,
+  UpstreamFailure,
+} from '../vocabulary/outcomes.js';
 
-export type ListenerKind = 'forward' | 'return';
+export type { AssociationOutcome, Direction, ListenerKind } from '../vocabulary/outcomes.js';
 
 export interface RejectSpec {
   result: number;
@@ -22,16 +26,6 @@ export interface TlsSessionInfo {
   peerSubject: string | null;
   peerFingerprint256: string | null;
 }
-
-export type AssociationOutcome =
-  | 'released'
-  | 'rejected'
-  | 'aborted-by-modality'
-  | 'aborted-by-archive'
-  | 'aborted-by-proxy'
-  | 'upstream-failed'
-  | 'closed'
-  | 'timeout';
 
 export interface AssociationSummary {
   id: string;
@@ -62,7 +56,7 @@ export interface ProxyEventMap {
       remoteAddress: string;
       callingAeTitle: string;
       calledAeTitle: string;
-      refusal: string;
+      refusal: Refusal;
       reject: RejectSpec;
       message: string;
       listener: ListenerKind;
@@ -83,7 +77,7 @@ export interface ProxyEventMap {
       tls: TlsSessionInfo;
     },
   ];
-  'upstream-failed': [{ id: string; upstream: string; reason: string; message: string }];
+  'upstream-failed': [{ id: string; upstream: string; reason: UpstreamFailure; message: string }];
   /** The upstream (archive, or a receiver on the return path) connection is up: TCP and TLS timings. */
   'upstream-connected': [
     {
@@ -137,12 +131,14 @@ export interface ProxyEventMap {
     { id: string; transactionUid: string | null; committed: number; failed: number; error: string | null },
   ];
   'protocol-error': [
-    { id: string; side: 'modality' | 'archive'; code: string; message: string; abortReason: number },
+    { id: string; side: ProtocolErrorSide; code: ProtocolErrorCode; message: string; abortReason: number },
   ];
   'association-closed': [AssociationSummary];
   'listener-error': [{ message: string }];
   /** A TLS client of the return listener failed the handshake (no certificate, unknown CA, expired…). */
-  'tls-client-rejected': [{ listener: ListenerKind; remoteAddress: string; reason: string; message: string }];
+  'tls-client-rejected': [
+    { listener: ListenerKind; remoteAddress: string; reason: TlsClientRejection; message: string },
+  ];
 }
 
 export class ProxyEvents extends EventEmitter<ProxyEventMap> {}

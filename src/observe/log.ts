@@ -1,7 +1,8 @@
 // Structured JSON logs (winston), one line per association plus one per refusal or failure.
 // Subscribes to the core's events; nothing here is on the per-PDU path.
 import winston from 'winston';
-import type { ProxyEvents } from './events.js';
+import { PROTOCOL_ERROR_ABORT_REASONS, type ProtocolErrorCode } from '../vocabulary/outcomes.js';
+import type { ProxyEventMap, ProxyEvents } from './events.js';
 
 export type LogLevel = 'error' | 'warn' | 'info' | 'debug';
 
@@ -38,36 +39,36 @@ function meta(e: object): Record<string, unknown> {
   return message === undefined ? rest : { ...rest, detail: message };
 }
 
+/** A protocol error that ends the association says so; a finding the association survives does not. */
+function protocolErrorMessage(code: ProtocolErrorCode): string {
+  return PROTOCOL_ERROR_ABORT_REASONS[code] === null
+    ? 'protocol finding, association continues'
+    : 'protocol error, association aborted';
+}
+
 /** Wire the core's events to log lines. Returns a function that unsubscribes. */
 export function logEvents(events: ProxyEvents, log: winston.Logger): () => void {
   const off: Array<() => void> = [];
-  const handlers = {
-    'association-refused': (e: object) =>
+  // Typed by the event map: each line's `refusal`, `reason`, `code` and `outcome` are the vocabulary's names.
+  const handlers: { [K in keyof ProxyEventMap]?: (e: ProxyEventMap[K][0]) => void } = {
+    'association-refused': (e) =>
       log.warn('association rejected', { event: 'association-rejected', ...meta(e) }),
-    'association-accepted': (e: {
-      id: string;
-      callingAeTitle: string;
-      calledAeTitle: string;
-      upstream: string;
-      acceptedContexts: number;
-      refusedContexts: number;
-    }) => log.debug('association accepted', { event: 'association-accepted', ...meta(e) }),
-    'upstream-failed': (e: { id: string; upstream: string; reason: string; message: string }) =>
+    'association-accepted': (e) =>
+      log.debug('association accepted', { event: 'association-accepted', ...meta(e) }),
+    'upstream-failed': (e) =>
       log.error('archive unreachable, association rejected 2/3/1', { event: 'upstream-failed', ...meta(e) }),
-    'dimse-refused': (e: object) =>
+    'dimse-refused': (e) =>
       log.warn('DIMSE request refused by policy', { event: 'dimse-refused', ...meta(e) }),
-    'protocol-error': (e: object) =>
-      log.warn('protocol error, association aborted', { event: 'protocol-error', ...meta(e) }),
-    instance: (e: object) => log.debug('instance', { event: 'instance', ...meta(e) }),
-    'association-closed': (e: { outcome: string }) => {
+    'protocol-error': (e) => log.warn(protocolErrorMessage(e.code), { event: 'protocol-error', ...meta(e) }),
+    instance: (e) => log.debug('instance', { event: 'instance', ...meta(e) }),
+    'association-closed': (e) => {
       const level = e.outcome === 'released' || e.outcome === 'rejected' ? 'info' : 'warn';
       log.log(level, 'association', { event: 'association', ...meta(e) });
     },
-    'tls-client-rejected': (e: object) =>
+    'tls-client-rejected': (e) =>
       log.warn('TLS client rejected by the return listener', { event: 'tls-client-rejected', ...meta(e) }),
-    'listener-error': (e: { message: string }) =>
-      log.error('listener error', { event: 'listener-error', ...meta(e) }),
-  } as const;
+    'listener-error': (e) => log.error('listener error', { event: 'listener-error', ...meta(e) }),
+  };
   // winston formats a message before its transports filter by level: per-instance debug lines would cost
   // a JSON serialisation each even when debug is off, so they are only subscribed when enabled.
   const debugOnly = new Set(['association-accepted', 'instance']);

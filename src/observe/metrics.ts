@@ -2,95 +2,71 @@
 // everything from the core's events (see events.ts) plus a few public methods for facts that have no
 // event. Nothing here is on the per-PDU path: counters move once per association, operation or instance.
 //
-// Cardinality is bounded by construction: every label value is either taken from a fixed list in this
-// file or from the configuration snapshot (peer AE titles, routes, upstream names, certificate files);
-// anything else collapses to "unknown" / "other". A modality cannot create series by choosing its AE title.
+// Cardinality is bounded by construction: every label value is either a name of src/vocabulary/ (typed,
+// so nothing else can be emitted), from a fixed list in this file, or from the configuration snapshot (peer
+// AE titles, routes, upstream names, certificate files); a calling AE, route or upstream the snapshot does
+// not know is "unknown", an open-ended value (DIMSE command, status class, TLS version or cipher) outside
+// its list is "other". A modality cannot create series by choosing its AE title. Counters of fixed label
+// sets start at 0 for every combination (boundedSeries), so dashboards show 0 rather than no data.
 import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { ProxyConfig } from '../config/types.js';
 import { statusClass } from '../dimse/command.js';
 import { TLS_PROFILES } from '../tls/profiles.js';
-import type { Direction, ProxyEvents, ProxyEventMap } from './events.js';
+import {
+  ABORT_REASONS,
+  DIMSE_DENIAL_STATUSES,
+  DIMSE_DENIALS,
+  DIRECTIONS,
+  FAR_SIDE_REFUSALS,
+  LISTENERS,
+  PROTOCOL_ERROR_ABORT_REASONS,
+  PROTOCOL_ERROR_CODES,
+  PROTOCOL_ERROR_SIDES,
+  PROXY_REFUSALS,
+  REFUSALS,
+  TLS_CLIENT_REJECTIONS,
+  UPSTREAM_FAILURES,
+  type AbortReason,
+  type AssociationOutcome,
+  type DimseDenial,
+  type Direction,
+  type ListenerKind,
+  type Refusal,
+  type UpstreamFailure,
+} from '../vocabulary/outcomes.js';
+import type { ProxyEvents, ProxyEventMap } from './events.js';
 import type { ReadinessStatus } from './readiness.js';
 
 /** Label value for a calling AE, route or upstream the snapshot does not know. */
 export const UNKNOWN = 'unknown';
-/** Label value for anything outside a fixed list. */
+/** Label value for an open-ended value (a DIMSE command, TLS version or cipher) outside its fixed list. */
 export const OTHER = 'other';
 /** Label value when there is no reason (e.g. a released association). */
 export const NONE = 'none';
 
-/** Refusals by the association's far side (the archive, or a receiver on the return path): not policy. */
-const FAR_SIDE_REFUSALS = ['rejected-by-archive', 'rejected-by-receiver'] as const;
-
-/** Association-level refusals (policy.ts AdmitRefusal and ReturnAdmitRefusal) and the far side's A-ASSOCIATE-RJ. */
-export const REFUSAL_REASONS = Object.freeze([
-  'unknown-calling-ae',
-  'address-not-allowed',
-  'unknown-called-ae',
-  'too-many-associations',
-  'too-many-peer-associations',
-  'no-client-certificate',
-  'certificate-identity-mismatch',
-  'unknown-destination',
-  ...FAR_SIDE_REFUSALS,
-] as const);
-
-/** tls/identity.ts ClientHandshakeFailure: why a TLS client of the return listener failed the handshake. */
-export const TLS_CLIENT_REJECTION_REASONS = Object.freeze([
-  'client-certificate-expired',
-  'client-certificate-untrusted',
-  'no-client-certificate',
-  'handshake-timeout',
-  'protocol-or-cipher-mismatch',
-  'handshake-failed',
-] as const);
-
-/** events.ts ListenerKind: the forward listener (modalities) or the return listener (the archive). */
-export const LISTENERS = Object.freeze(['forward', 'return'] as const);
-
-/** events.ts Direction. */
-export const DIRECTIONS = Object.freeze([
-  'modality-to-archive',
-  'archive-to-modality',
-  'archive-to-destination',
-  'destination-to-archive',
-] as const);
-
-/** tls/upstream.ts UpstreamFailureReason plus the relay's own reasons for failUpstream. */
-export const UPSTREAM_FAILURE_REASONS = Object.freeze([
-  'refused',
-  'timeout',
-  'unreachable',
-  'certificate-expired',
-  'certificate-not-yet-valid',
-  'unknown-ca',
-  'hostname-mismatch',
-  'client-certificate-rejected',
-  'handshake-failed',
-  'closed',
-  'protocol-error',
-] as const);
-
-/** Reasons other than a refusal or an upstream failure that end an association early. */
-const OTHER_END_REASONS = ['protocol-error', 'ledger-failed'] as const;
-
+/** The `reason` label of dimse_proxy_associations_total: refusals, upstream failures, abort reasons, none. */
 export const ASSOCIATION_REASONS = Object.freeze([
-  ...new Set<string>([...REFUSAL_REASONS, ...UPSTREAM_FAILURE_REASONS, ...OTHER_END_REASONS, NONE, OTHER]),
+  ...new Set<AssociationReason>([...REFUSALS, ...UPSTREAM_FAILURES, ...ABORT_REASONS, NONE]),
 ]);
+export type AssociationReason = Refusal | UpstreamFailure | AbortReason | typeof NONE;
 
-/** events.ts AssociationOutcome. */
-export const ASSOCIATION_OUTCOMES = Object.freeze([
-  'released',
-  'rejected',
-  'aborted-by-modality',
-  'aborted-by-archive',
-  'aborted-by-proxy',
-  'upstream-failed',
-  'closed',
-  'timeout',
-] as const);
+/**
+ * The reasons each outcome is counted with (the series a fresh registry starts at 0): a rejection by its
+ * refusal, an upstream failure by its reason, a release without one, every other end by an abort reason or
+ * none. Exhaustive over the outcomes.
+ */
+export const OUTCOME_REASONS = Object.freeze({
+  released: [NONE],
+  rejected: REFUSALS,
+  'upstream-failed': UPSTREAM_FAILURES,
+  'aborted-by-modality': [NONE, ...ABORT_REASONS],
+  'aborted-by-archive': [NONE, ...ABORT_REASONS],
+  'aborted-by-proxy': [NONE, ...ABORT_REASONS],
+  closed: [NONE, ...ABORT_REASONS],
+  timeout: [NONE, ...ABORT_REASONS],
+} as const satisfies Record<AssociationOutcome, readonly AssociationReason[]>);
 
 /** DIMSE services (command names without -RQ / -RSP). */
 export const DIMSE_COMMANDS = Object.freeze([
@@ -112,33 +88,25 @@ export const DIMSE_COMMANDS = Object.freeze([
 export const STATUS_CLASSES = Object.freeze(['success', 'warning', 'failure', 'cancel', 'pending'] as const);
 
 /** DIMSE-level policy denials, by the status the proxy answered (PS3.7 C.5.x, PS3.4 C.4.2.1.4). */
-const DIMSE_DENIAL_REASONS: Record<number, string> = {
-  0x0124: 'service-not-allowed',
-  0xa801: 'move-destination-not-allowed',
-};
+const DIMSE_DENIAL_BY_STATUS: ReadonlyMap<number, DimseDenial> = new Map(
+  DIMSE_DENIALS.map((d) => [DIMSE_DENIAL_STATUSES[d], d]),
+);
 
-export const POLICY_DENIAL_REASONS = Object.freeze([
-  ...REFUSAL_REASONS.filter((r) => !(FAR_SIDE_REFUSALS as readonly string[]).includes(r)),
-  'service-not-allowed',
-  'move-destination-not-allowed',
-  OTHER,
-]);
-
-export const PROTOCOL_ERROR_CODES = Object.freeze([
-  'UNRECOGNIZED_PDU',
-  'PDU_TOO_LARGE',
-  'INVALID_LENGTH',
-  'INVALID_VALUE',
-  'MISSING_ITEM',
-  'TRUNCATED',
-  'UNEXPECTED_PDU',
-  'MESSAGE_SEQUENCE',
-  'INVALID_COMMAND_SET',
-  'DATASET_MALFORMED',
-  'INTERNAL',
-] as const);
+/** The `reason` label of dimse_proxy_policy_denials_total: the proxy's association refusals and DIMSE denials. */
+export const POLICY_DENIAL_REASONS = Object.freeze([...PROXY_REFUSALS, ...DIMSE_DENIALS] as const);
 
 export const TLS_PROTOCOLS = Object.freeze(['TLSv1.2', 'TLSv1.3'] as const);
+
+/** status_class of dimse_proxy_dimse_operations_total a final response can have, and `refused` (by policy). */
+const OPERATION_STATUS_CLASSES = ['success', 'warning', 'failure', 'cancel', 'refused'] as const;
+/** status_class of dimse_proxy_instances_relayed_total: of the C-STORE-RSP, or none when there was none. */
+const INSTANCE_STATUS_CLASSES = ['success', 'warning', 'failure', NONE] as const;
+/** result of dimse_proxy_config_reloads_total. */
+const RELOAD_RESULTS = ['success', 'failure'] as const;
+/** result of dimse_proxy_storage_commitment_reports_total (PS3.4 J.3.3). */
+const COMMITMENT_REPORT_RESULTS = ['success', 'failures', 'error'] as const;
+/** result of dimse_proxy_storage_commitment_instances_total. */
+const COMMITMENT_INSTANCE_RESULTS = ['committed', 'failed'] as const;
 
 // IANA (RFC) names of the TLS 1.2 suites the profiles allow: Node reports cipher.standardName.
 const IANA_CIPHER_NAMES: Record<string, string> = {
@@ -187,7 +155,8 @@ export const PROXY_METRICS = Object.freeze({
       'title of a configured route (or receiving peer) else "unknown"; calling_ae = a configured peer or ' +
       'return caller AE title else "unknown"; outcome = released, rejected, aborted-by-modality, ' +
       'aborted-by-archive, aborted-by-proxy, upstream-failed, closed (closed without release), timeout; ' +
-      'reason = refusal code, upstream failure reason, protocol-error, ledger-failed or none.',
+      'reason = the refusal (rejected), the upstream failure reason (upstream-failed), the abort reason ' +
+      '(unexpected-pdu, pdu-too-long, unmatched-response, ledger-failed, ...) or none.',
     labels: ['listener', 'route', 'calling_ae', 'outcome', 'reason'],
   },
   associationsAccepted: {
@@ -286,14 +255,18 @@ export const PROXY_METRICS = Object.freeze({
     help:
       'Requests refused by the proxy policy: associations (unknown-calling-ae, address-not-allowed, ' +
       'unknown-called-ae, too-many-associations, too-many-peer-associations; on the return listener also ' +
-      'no-client-certificate, certificate-identity-mismatch, unknown-destination) and DIMSE requests ' +
-      '(service-not-allowed, move-destination-not-allowed).',
+      'no-client-certificate, certificate-identity-mismatch, unknown-destination; from the request itself ' +
+      'protocol-version-not-supported, application-context-not-supported, no-valid-presentation-context, ' +
+      'no-permitted-presentation-context) and DIMSE requests (service-not-allowed, ' +
+      'move-destination-not-allowed).',
     labels: ['reason'],
   },
   protocolErrors: {
     name: 'dimse_proxy_protocol_errors_total',
     type: 'counter',
-    help: 'Protocol errors that aborted an association, by the side at fault and error code.',
+    help:
+      'Protocol errors and findings, by the side at fault and code (EARLY_RESPONSE and ' +
+      'INVALID_PRESENTATION_CONTEXT are logged and the association goes on; the others abort it).',
     labels: ['side', 'code'],
   },
   configReloads: {
@@ -516,12 +489,65 @@ function commandLabel(command: string): string {
   return (DIMSE_COMMANDS as readonly string[]).includes(base) ? base : OTHER;
 }
 
+/** A counter and one combination of its labels. */
+export interface BoundedSeries {
+  metric: keyof typeof PROXY_METRICS;
+  labels: Record<string, string>;
+}
+
+/** Every combination of the values in `sets`, one label each. */
+function combinations(sets: Record<string, readonly string[]>): Record<string, string>[] {
+  let out: Record<string, string>[] = [{}];
+  for (const [label, values] of Object.entries(sets)) {
+    out = out.flatMap((partial) => values.map((v) => ({ ...partial, [label]: v })));
+  }
+  return out;
+}
+
+/**
+ * The series of counters with bounded label sets a fresh registry exports at 0: every combination of the
+ * fixed lists (the vocabulary, directions, status classes, results), with `unknown` for the configured
+ * route and calling AE (their product with every peer would multiply the series for no dashboard's
+ * benefit) and every configured upstream for upstream failures. Counters without labels start at 0 anyway.
+ */
+export function boundedSeries(bounds: MetricBounds): BoundedSeries[] {
+  const of = (metric: BoundedSeries['metric'], sets: Record<string, readonly string[]>): BoundedSeries[] =>
+    combinations(sets).map((labels) => ({ metric, labels }));
+  const unknownCaller = { route: [UNKNOWN], calling_ae: [UNKNOWN] };
+  return [
+    ...Object.entries(OUTCOME_REASONS).flatMap(([outcome, reasons]) =>
+      of('associations', { listener: LISTENERS, ...unknownCaller, outcome: [outcome], reason: reasons }),
+    ),
+    ...of('associationsAccepted', { listener: LISTENERS, ...unknownCaller }),
+    ...of('dimseOperations', {
+      command: DIMSE_COMMANDS,
+      direction: DIRECTIONS,
+      status_class: OPERATION_STATUS_CLASSES,
+    }),
+    ...of('bytesRelayed', { direction: DIRECTIONS }),
+    ...of('instances', { direction: DIRECTIONS, status_class: INSTANCE_STATUS_CLASSES }),
+    ...of('instanceBytes', { direction: DIRECTIONS }),
+    ...of('upstreamFailures', { upstream: bounds.upstreams, reason: UPSTREAM_FAILURES }),
+    ...of('tlsSessions', { listener: LISTENERS, protocol: TLS_PROTOCOLS, cipher: TLS_CIPHERS }),
+    ...of('tlsClientRejections', { listener: LISTENERS, reason: TLS_CLIENT_REJECTIONS }),
+    ...of('policyDenials', { reason: POLICY_DENIAL_REASONS }),
+    ...of('protocolErrors', { side: PROTOCOL_ERROR_SIDES, code: PROTOCOL_ERROR_CODES }),
+    ...of('configReloads', { result: RELOAD_RESULTS }),
+    ...of('commitmentReports', { result: COMMITMENT_REPORT_RESULTS }),
+    ...of('commitmentInstances', { result: COMMITMENT_INSTANCE_RESULTS }),
+  ];
+}
+
+function isFarSide(refusal: Refusal): boolean {
+  return (FAR_SIDE_REFUSALS as readonly Refusal[]).includes(refusal);
+}
+
 function oneOf(value: string | null | undefined, allowed: readonly string[]): string {
   return value !== null && value !== undefined && allowed.includes(value) ? value : OTHER;
 }
 
 /** Direction of the bytes from the caller's side, and toward it, per listener (as association.ts). */
-const BYTE_DIRECTIONS: Record<(typeof LISTENERS)[number], [Direction, Direction]> = {
+const BYTE_DIRECTIONS: Record<ListenerKind, [Direction, Direction]> = {
   forward: ['modality-to-archive', 'archive-to-modality'],
   return: ['archive-to-destination', 'destination-to-archive'],
 };
@@ -576,8 +602,8 @@ export class ProxyMetrics {
   // Associations waiting for their end: refused ones (already counted), accepted ones (active), reasons.
   private readonly counted = new PendingById<true>();
   /** Accepted and not yet ended, with their listener. */
-  private readonly active = new PendingById<string>();
-  private readonly endReasons = new PendingById<string>();
+  private readonly active = new PendingById<ListenerKind>();
+  private readonly endReasons = new PendingById<UpstreamFailure | AbortReason>();
 
   private readonly m: {
     [K in keyof typeof PROXY_METRICS]: (typeof PROXY_METRICS)[K]['type'] extends 'counter'
@@ -589,7 +615,6 @@ export class ProxyMetrics {
 
   constructor(opts: ProxyMetricsOptions) {
     this.registry = new Registry();
-    this.setBounds(opts);
     // Readiness is read when scraped, so the gauges never lag behind /readyz.
     const collectReadiness = (): void => this.collectReadiness();
     const make = (key: string, def: MetricDef): Counter<string> | Gauge<string> | Histogram<string> => {
@@ -609,6 +634,9 @@ export class ProxyMetrics {
       metrics[key] = make(key, def);
     }
     this.m = metrics as typeof this.m;
+    // Every counter of a bounded label set starts at 0 for each combination: a dashboard shows 0, not no data.
+    for (const { metric, labels } of boundedSeries(opts)) (this.m[metric] as Counter<string>).inc(labels, 0);
+    this.setBounds(opts);
 
     this.m.configLastReloadSuccess.set((opts.loadedAt ?? new Date()).getTime() / 1000);
     this.m.configLastReloadSuccessful.set(1);
@@ -636,6 +664,9 @@ export class ProxyMetrics {
     this.peers = new Set(bounds.knownPeers);
     this.routes = new Set(bounds.routes);
     this.upstreams = new Set(bounds.upstreams);
+    // Upstreams added by a reload start at 0 too (inc by 0 leaves an existing series as it is).
+    for (const upstream of this.upstreams)
+      for (const reason of UPSTREAM_FAILURES) this.m.upstreamFailures.inc({ upstream, reason }, 0);
   }
 
   /** The text exposition (Prometheus format). */
@@ -688,20 +719,20 @@ export class ProxyMetrics {
   }
 
   private onRefused(e: ProxyEventMap['association-refused'][0]): void {
-    const reason = oneOf(e.refusal, REFUSAL_REASONS);
+    const reason = e.refusal;
     this.m.associations.inc({
-      listener: oneOf(e.listener, LISTENERS),
+      listener: e.listener,
       route: this.routeLabel(e.calledAeTitle),
       calling_ae: this.callingLabel(e.callingAeTitle),
       outcome: 'rejected',
       reason,
     });
-    if (!(FAR_SIDE_REFUSALS as readonly string[]).includes(e.refusal)) this.m.policyDenials.inc({ reason });
+    if (!isFarSide(reason)) this.m.policyDenials.inc({ reason });
     this.counted.set(e.id, true);
   }
 
   private onAccepted(e: ProxyEventMap['association-accepted'][0]): void {
-    const listener = oneOf(e.listener, LISTENERS);
+    const listener = e.listener;
     this.m.associationsAccepted.inc({
       listener,
       route: this.routeLabel(e.calledAeTitle),
@@ -722,30 +753,33 @@ export class ProxyMetrics {
 
   private onTlsClientRejected(e: ProxyEventMap['tls-client-rejected'][0]): void {
     this.m.tlsClientRejections.inc({
-      listener: oneOf(e.listener, LISTENERS),
-      reason: oneOf(e.reason, TLS_CLIENT_REJECTION_REASONS),
+      listener: e.listener,
+      reason: e.reason,
     });
   }
 
   private onCommitment(e: CommitmentFact): void {
-    const result = e.error !== null ? 'error' : e.failed > 0 ? 'failures' : 'success';
+    const result: (typeof COMMITMENT_REPORT_RESULTS)[number] =
+      e.error !== null ? 'error' : e.failed > 0 ? 'failures' : 'success';
     this.m.commitmentReports.inc({ result });
     if (e.committed > 0) this.m.commitmentInstances.inc({ result: 'committed' }, e.committed);
     if (e.failed > 0) this.m.commitmentInstances.inc({ result: 'failed' }, e.failed);
   }
 
   private onUpstreamFailed(e: ProxyEventMap['upstream-failed'][0]): void {
-    const reason = oneOf(e.reason, UPSTREAM_FAILURE_REASONS);
+    const reason = e.reason;
     this.m.upstreamFailures.inc({ upstream: this.upstreamLabel(e.upstream), reason });
     this.endReasons.set(e.id, reason);
   }
 
   private onProtocolError(e: ProxyEventMap['protocol-error'][0]): void {
     this.m.protocolErrors.inc({
-      side: e.side === 'archive' ? 'archive' : 'modality',
-      code: oneOf(e.code, PROTOCOL_ERROR_CODES),
+      side: e.side,
+      code: e.code,
     });
-    if (!this.endReasons.has(e.id)) this.endReasons.set(e.id, 'protocol-error');
+    // Only a finding that aborts the association is its end reason; the first one is kept.
+    const abort: AbortReason | null = PROTOCOL_ERROR_ABORT_REASONS[e.code];
+    if (abort !== null && !this.endReasons.has(e.id)) this.endReasons.set(e.id, abort);
   }
 
   private onLedgerFailed(e: ProxyEventMap['ledger-failed'][0]): void {
@@ -755,7 +789,8 @@ export class ProxyMetrics {
   }
 
   private onDimseRefused(e: ProxyEventMap['dimse-refused'][0]): void {
-    this.m.policyDenials.inc({ reason: DIMSE_DENIAL_REASONS[e.status] ?? OTHER });
+    // The status is a number on the wire's terms: one the proxy never answers with has no name of its own.
+    this.m.policyDenials.inc({ reason: DIMSE_DENIAL_BY_STATUS.get(e.status) ?? OTHER });
     // The refused request came from the caller's side of its association.
     const listener = this.active.get(e.id) === 'return' ? 'return' : 'forward';
     this.m.dimseOperations.inc({
@@ -769,7 +804,7 @@ export class ProxyMetrics {
     const command = commandLabel(e.command);
     this.m.dimseOperations.inc({
       command,
-      direction: oneOf(e.direction, DIRECTIONS),
+      direction: e.direction,
       status_class: oneOf(e.statusClass, STATUS_CLASSES),
     });
     if (Number.isFinite(e.durationMs) && e.durationMs >= 0)
@@ -777,7 +812,7 @@ export class ProxyMetrics {
   }
 
   private onInstance(e: ProxyEventMap['instance'][0]): void {
-    const direction = oneOf(e.direction, DIRECTIONS);
+    const direction = e.direction;
     const cls = e.status === null ? NONE : statusClass(e.status);
     this.m.instances.inc({ direction, status_class: cls });
     if (e.bytes > 0) this.m.instanceBytes.inc({ direction }, e.bytes);
@@ -786,9 +821,9 @@ export class ProxyMetrics {
   private onClosed(e: ProxyEventMap['association-closed'][0]): void {
     const reason = this.endReasons.take(e.id);
     if (this.active.take(e.id) !== undefined) this.m.activeAssociations.dec();
-    const listener = oneOf(e.listener, LISTENERS);
+    const listener = e.listener;
     // bytesFromModality: from the caller's side (the archive on the return listener); bytesFromArchive: toward it.
-    const [fromCaller, toCaller] = BYTE_DIRECTIONS[listener === 'return' ? 'return' : 'forward'];
+    const [fromCaller, toCaller] = BYTE_DIRECTIONS[listener];
     if (e.bytesFromModality > 0) this.m.bytesRelayed.inc({ direction: fromCaller }, e.bytesFromModality);
     if (e.bytesFromArchive > 0) this.m.bytesRelayed.inc({ direction: toCaller }, e.bytesFromArchive);
     if (this.counted.take(e.id)) return; // a rejection, counted at its refusal
@@ -796,8 +831,8 @@ export class ProxyMetrics {
       listener,
       route: this.routeLabel(e.calledAeTitle),
       calling_ae: this.callingLabel(e.callingAeTitle),
-      outcome: oneOf(e.outcome, ASSOCIATION_OUTCOMES),
-      reason: e.outcome === 'released' ? NONE : oneOf(reason ?? NONE, ASSOCIATION_REASONS),
+      outcome: e.outcome,
+      reason: e.outcome === 'released' ? NONE : (reason ?? NONE),
     });
   }
 

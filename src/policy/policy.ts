@@ -24,6 +24,7 @@ import {
   isStorageSopClass,
   servicesForAbstractSyntax,
 } from './services.js';
+import type { AdmitRefusal, PolicyRefusal, ReturnAdmitRefusal } from '../vocabulary/outcomes.js';
 
 /** A-ASSOCIATE-RJ fields, PS3.8 9.3.4 (Table 9-21). */
 export interface RejectSpec {
@@ -42,12 +43,7 @@ export const REJECTS = Object.freeze({
   localLimitExceeded: Object.freeze({ result: 2, source: 3, reason: 2 }),
 }) satisfies Record<string, RejectSpec>;
 
-export type AdmitRefusal =
-  | 'unknown-calling-ae'
-  | 'address-not-allowed'
-  | 'unknown-called-ae'
-  | 'too-many-associations'
-  | 'too-many-peer-associations';
+export type { AdmitRefusal, ReturnAdmitRefusal } from '../vocabulary/outcomes.js';
 
 export type AdmitDecision =
   | { accepted: true; peer: PeerPolicy; route: RouteConfig; upstream: UpstreamConfig }
@@ -108,15 +104,6 @@ export interface PeerPolicy {
    */
   mayInvoke(abstractSyntax: string, commandField: number): boolean;
 }
-
-export type ReturnAdmitRefusal =
-  | 'unknown-calling-ae'
-  | 'no-client-certificate'
-  | 'certificate-identity-mismatch'
-  | 'address-not-allowed'
-  | 'unknown-destination'
-  | 'too-many-associations'
-  | 'too-many-peer-associations';
 
 export interface ReturnAdmitRequest extends AdmitRequest {
   /** The identities of the certificate the caller presented on the return listener (verified by TLS). */
@@ -272,14 +259,14 @@ export function compilePolicy(config: ProxyConfig): Policy {
     if (peer.receiver) receivers.set(stripWirePadding(peer.aeTitle), peer.receiver);
   }
 
-  type Refused<R extends string> = {
+  type Refused<R extends PolicyRefusal> = {
     accepted: false;
     refusal: R;
     reject: RejectSpec;
     message: string;
     peerAeTitle: string | null;
   };
-  const refuse = <R extends string>(
+  const refuse = <R extends PolicyRefusal>(
     refusal: R,
     reject: RejectSpec,
     message: string,

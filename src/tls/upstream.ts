@@ -4,6 +4,7 @@ import { X509Certificate } from 'node:crypto';
 import * as net from 'node:net';
 import * as tls from 'node:tls';
 import { TLS_PROFILES, type TlsProfileName } from './profiles.js';
+import type { UpstreamConnectFailure } from '../vocabulary/outcomes.js';
 
 export interface UpstreamTlsSettings {
   ca: string;
@@ -87,17 +88,8 @@ export function buildUpstreamTlsContext(settings: UpstreamTlsSettings): Upstream
   };
 }
 
-export type UpstreamFailureReason =
-  | 'refused'
-  | 'timeout'
-  | 'unreachable'
-  | 'certificate-expired'
-  | 'certificate-not-yet-valid'
-  | 'unknown-ca'
-  | 'hostname-mismatch'
-  | 'client-certificate-rejected'
-  | 'handshake-failed'
-  | 'closed';
+/** vocabulary/outcomes.ts UPSTREAM_CONNECT_FAILURES. */
+export type UpstreamFailureReason = UpstreamConnectFailure;
 
 /** Map a socket/TLS error to a stable reason an admin can act on (log field, later a metric label). */
 export function classifyUpstreamError(err: unknown): UpstreamFailureReason {

@@ -1163,7 +1163,7 @@ describe('(g) AuditTrail.subscribe maps the core events end to end', { timeout: 
     events.emit('tls-client-rejected', {
       listener: 'return',
       remoteAddress: '10.6.6.6',
-      reason: 'unknown-ca',
+      reason: 'client-certificate-untrusted',
       message: 'certificate verification failed: UNABLE_TO_GET_ISSUER_CERT',
     });
     events.emit('association-refused', {
@@ -1239,7 +1239,7 @@ describe('(g) AuditTrail.subscribe maps the core events end to end', { timeout: 
     );
     assert.match(
       kid(kid(alerts[2] as XNode, 'EventIdentification'), 'EventOutcomeDescription').text,
-      /return listener.*10\.6\.6\.6.*unknown-ca/,
+      /return listener.*10\.6\.6\.6.*client-certificate-untrusted/,
     );
     const mismatch = kid(alerts[3] as XNode, 'ParticipantObjectIdentification');
     assert.equal(mismatch.attrs['ParticipantObjectID'], '10.0.0.3');

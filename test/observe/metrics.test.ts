@@ -53,10 +53,18 @@ function find(all: Sample[], name: string, labels: Record<string, string> = {}):
   return all.filter((s) => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v));
 }
 
+/** The series that counted something (a fresh registry has every bounded combination at 0). */
+function counted(all: Sample[], name: string, labels: Record<string, string> = {}): Sample[] {
+  return find(all, name, labels).filter((s) => s.value !== 0);
+}
+
 function value(all: Sample[], name: string, labels: Record<string, string> = {}): number | undefined {
-  const found = find(all, name, labels);
+  // Labels left out match any value: among the series at 0 that every bounded combination starts with,
+  // at most one may have counted something.
+  const all0 = find(all, name, labels);
+  const found = all0.length > 1 ? all0.filter((s) => s.value !== 0) : all0;
   assert.ok(found.length <= 1, `${name} ${JSON.stringify(labels)} matches ${found.length} series`);
-  return found[0]?.value;
+  return found[0]?.value ?? (all0.length > 0 ? 0 : undefined);
 }
 
 const BOUNDS = { knownPeers: ['CT1', 'MR1'], routes: ['DICOM_PROXY'], upstreams: ['archive'] };
@@ -187,7 +195,7 @@ test('association events: known peers keep their AE title, unknown calling AEs c
     'association-closed',
     summary({ id: 'u1', callingAeTitle: 'STRANGER', outcome: 'upstream-failed' }),
   );
-  events.emit('upstream-failed', { id: 'u2', upstream: 'gone', reason: 'made-up', message: 'x' });
+  events.emit('upstream-failed', { id: 'u2', upstream: 'gone', reason: 'refused', message: 'x' });
 
   all = await samples(metrics);
   const A = 'dimse_proxy_associations_total';
@@ -203,7 +211,7 @@ test('association events: known peers keep their AE title, unknown calling AEs c
     1,
   );
   assert.equal(value(all, A, { calling_ae: 'unknown', outcome: 'upstream-failed', reason: 'unknown-ca' }), 1);
-  assert.equal(find(all, A).length, 5);
+  assert.equal(counted(all, A).length, 5);
   for (const s of all) {
     if (s.labels.calling_ae !== undefined)
       assert.ok(['CT1', 'MR1', 'unknown'].includes(s.labels.calling_ae), JSON.stringify(s));
@@ -225,7 +233,7 @@ test('association events: known peers keep their AE title, unknown calling AEs c
     1,
   );
   assert.equal(
-    value(all, 'dimse_proxy_upstream_failures_total', { upstream: 'unknown', reason: 'other' }),
+    value(all, 'dimse_proxy_upstream_failures_total', { upstream: 'unknown', reason: 'refused' }),
     1,
   );
   assert.equal(value(all, 'dimse_proxy_policy_denials_total', { reason: 'unknown-calling-ae' }), 1);
@@ -244,7 +252,7 @@ test('association events: known peers keep their AE title, unknown calling AEs c
     message: 'busy',
     listener: 'forward',
   });
-  assert.equal(find(await samples(metrics), A, { reason: 'too-many-associations' }).length, 0);
+  assert.equal(counted(await samples(metrics), A, { reason: 'too-many-associations' }).length, 0);
   assert.equal(events.listenerCount('association-refused'), 0);
 });
 
@@ -365,7 +373,7 @@ test('DIMSE, instance, ledger and protocol events', async () => {
     1,
   );
   assert.equal(
-    value(all, 'dimse_proxy_associations_total', { outcome: 'aborted-by-proxy', reason: 'protocol-error' }),
+    value(all, 'dimse_proxy_associations_total', { outcome: 'aborted-by-proxy', reason: 'pdu-too-long' }),
     1,
   );
 });
@@ -434,7 +442,7 @@ test('return listener: callers, receivers, TLS client rejections, storage commit
   events.emit('tls-client-rejected', {
     listener: 'return',
     remoteAddress: '10.1.1.1',
-    reason: 'zzz',
+    reason: 'handshake-timeout',
     message: 'x',
   });
   events.emit('commitment', { id: 'c', transactionUid: '1.2', committed: 3, failed: 0, error: null });
@@ -478,7 +486,7 @@ test('return listener: callers, receivers, TLS client rejections, storage commit
   );
   const R = 'dimse_proxy_tls_client_rejections_total';
   assert.equal(value(all, R, { listener: 'return', reason: 'no-client-certificate' }), 1);
-  assert.equal(value(all, R, { listener: 'return', reason: 'other' }), 1);
+  assert.equal(value(all, R, { listener: 'return', reason: 'handshake-timeout' }), 1);
   assert.equal(value(all, 'dimse_proxy_storage_commitment_reports_total', { result: 'success' }), 1);
   assert.equal(value(all, 'dimse_proxy_storage_commitment_reports_total', { result: 'failures' }), 1);
   assert.equal(value(all, 'dimse_proxy_storage_commitment_reports_total', { result: 'error' }), 1);
@@ -634,4 +642,43 @@ test('metricBoundsFromConfig and certificateFilesFromConfig follow the configura
     upstreams: ['archive', 'WS1'],
   });
   assert.deepEqual(certificateFilesFromConfig(config), ['/tmp/ca.pem', '/tmp/c.pem', '/tmp/s.pem']);
+});
+
+test('refusals the relay decides itself are counted under their own names, not "other"', async () => {
+  const events = new ProxyEvents();
+  const metrics = new ProxyMetrics({ ...BOUNDS, defaultMetrics: false });
+  metrics.subscribe(events);
+  const refusals = [
+    'protocol-version-not-supported',
+    'application-context-not-supported',
+    'no-permitted-presentation-context',
+    'no-valid-presentation-context',
+  ] as const;
+  for (const [i, refusal] of refusals.entries()) {
+    events.emit('association-refused', {
+      id: `n${i}`,
+      remoteAddress: '127.0.0.1',
+      callingAeTitle: 'CT1',
+      calledAeTitle: 'DICOM_PROXY',
+      refusal,
+      reject: { result: 1, source: 1, reason: 1 },
+      message: refusal,
+      listener: 'forward',
+    });
+  }
+  const all = await samples(metrics);
+  for (const reason of refusals) {
+    assert.equal(
+      value(all, 'dimse_proxy_associations_total', { calling_ae: 'CT1', outcome: 'rejected', reason }),
+      1,
+      `associations_total reason=${reason}`,
+    );
+    assert.equal(
+      value(all, 'dimse_proxy_policy_denials_total', { reason }),
+      1,
+      `policy_denials_total ${reason}`,
+    );
+  }
+  assert.equal(value(all, 'dimse_proxy_associations_total', { reason: 'other' }) ?? 0, 0);
+  assert.equal(value(all, 'dimse_proxy_policy_denials_total', { reason: 'other' }) ?? 0, 0);
 });

@@ -25,6 +25,7 @@ import { EventEmitter } from 'node:events';
 import { hostname as osHostname, userInfo } from 'node:os';
 import type { AuditConfig } from '../../config/audit.js';
 import { statusClass } from '../../dimse/command.js';
+import type { UpstreamFailure } from '../../vocabulary/outcomes.js';
 import type {
   AssociationSummary,
   Direction,
@@ -124,15 +125,23 @@ export interface AuditTrailOptions {
   now?: () => Date;
 }
 
-/** 'upstream-failed' reasons that are a failed TLS node authentication (src/tls/upstream.ts). */
-const TLS_AUTH_FAILURES = new Set([
-  'certificate-expired',
-  'certificate-not-yet-valid',
-  'unknown-ca',
-  'hostname-mismatch',
-  'client-certificate-rejected',
-  'handshake-failed',
-]);
+/**
+ * Which 'upstream-failed' reasons are a failed TLS node authentication (Security Alert 110126); the others
+ * are not security events. Exhaustive: a new upstream failure reason needs its answer here.
+ */
+const TLS_AUTH_FAILURES = {
+  refused: false,
+  timeout: false,
+  unreachable: false,
+  'certificate-expired': true,
+  'certificate-not-yet-valid': true,
+  'unknown-ca': true,
+  'hostname-mismatch': true,
+  'client-certificate-rejected': true,
+  'handshake-failed': true,
+  closed: false,
+  'protocol-error': false,
+} as const satisfies Record<UpstreamFailure, boolean>;
 
 /** Distinct SOP classes in one Transferred message (a bound, like maxInstancesPerMessage). */
 const MAX_SOP_CLASSES_PER_MESSAGE = 64;
@@ -351,7 +360,7 @@ export class AuditTrail extends EventEmitter<AuditTrailEvents> {
         });
       },
       'upstream-failed': (e) => {
-        if (!TLS_AUTH_FAILURES.has(e.reason)) return;
+        if (!TLS_AUTH_FAILURES[e.reason]) return;
         this.record(
           tlsAuthenticationFailureMessage({
             ...this.context(),

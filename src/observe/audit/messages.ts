@@ -21,6 +21,7 @@
  *    data set is given, ParticipantObjectName is written.
  */
 import { isIP } from 'node:net';
+import type { Refusal } from '../../vocabulary/outcomes.js';
 
 /** EventOutcomeIndicator (PS3.15 A.5.1): 0 success, 4 minor, 8 serious, 12 major failure. */
 export type EventOutcome = 0 | 4 | 8 | 12;
@@ -575,18 +576,31 @@ export function securityAlertMessage(input: SecurityAlertInput): string {
   });
 }
 
-/** Association refusals that are a failed node authentication; other refusals are a restricted function. */
-const NODE_AUTHENTICATION_REFUSALS = new Set([
-  'unknown-calling-ae',
-  'address-not-allowed',
-  'no-client-certificate',
-  'certificate-identity-mismatch',
-  'rejected-by-archive',
-]);
+/**
+ * The Security Alert type of each association refusal: a failed node authentication (the caller is not who
+ * or where it must be, or the far side refused the proxy's own identity) or a use of a restricted function
+ * (a known node asking for what it may not have). Exhaustive: a new refusal needs its alert type here.
+ */
+const REFUSAL_ALERT_TYPES = {
+  'unknown-calling-ae': 'node-authentication',
+  'address-not-allowed': 'node-authentication',
+  'unknown-called-ae': 'restricted-function',
+  'too-many-associations': 'restricted-function',
+  'too-many-peer-associations': 'restricted-function',
+  'no-client-certificate': 'node-authentication',
+  'certificate-identity-mismatch': 'node-authentication',
+  'unknown-destination': 'restricted-function',
+  'protocol-version-not-supported': 'restricted-function',
+  'application-context-not-supported': 'restricted-function',
+  'no-valid-presentation-context': 'restricted-function',
+  'no-permitted-presentation-context': 'restricted-function',
+  'rejected-by-archive': 'node-authentication',
+  'rejected-by-receiver': 'restricted-function',
+} as const satisfies Record<Refusal, 'node-authentication' | 'restricted-function'>;
 
 /** The Security Alert type for an association refusal ('association-refused' event `refusal`). */
-export function alertTypeForRefusal(refusal: string): CodedValue {
-  return NODE_AUTHENTICATION_REFUSALS.has(refusal)
+export function alertTypeForRefusal(refusal: Refusal): CodedValue {
+  return REFUSAL_ALERT_TYPES[refusal] === 'node-authentication'
     ? EVENT_TYPE.nodeAuthentication
     : EVENT_TYPE.useOfRestrictedFunction;
 }
@@ -595,7 +609,7 @@ export interface AssociationRejectedInput extends MessageContext {
   remoteAddress: string;
   callingAeTitle: string;
   calledAeTitle: string;
-  refusal: string;
+  refusal: Refusal;
   reject: { result: number; source: number; reason: number };
   message: string;
   /** Which listener refused ("forward", "return"). */
