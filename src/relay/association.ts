@@ -44,6 +44,7 @@ import {
 import type { AssociatePdu, PDataPdu, Pdv, PresentationContextRq } from '../pdu/types.js';
 import { MessageAssembler, MessageSequenceError } from '../dimse/assembler.js';
 import {
+  CommandError,
   CommandField,
   commandName,
   encodeRefusalResponse,
@@ -73,7 +74,13 @@ import type {
 } from '../observe/events.js';
 import type { RuntimeSnapshot } from '../runtime/snapshot.js';
 import { systemClock, type Clock, type TimerHandle } from '../util/clock.js';
-import { pduEvent, UlMachine, type Step, type UlEvent } from './fsm.js';
+import type {
+  PolicyRefusal,
+  ProtocolErrorCode,
+  ProxyRefusal,
+  UpstreamFailure,
+} from '../vocabulary/outcomes.js';
+import { pduEvent, UL_EVENTS, UlMachine, type Step, type UlEvent } from './fsm.js';
 import { answerRequestor, checkPresentationContexts, forwardRequest, maxLengths } from './negotiation.js';
 import { Evidence, type LedgerBinding, type RecordContext } from './evidence.js';
 import { RequestPolicy } from './requests.js';
@@ -439,7 +446,7 @@ export class Association {
       case 'AA-1': {
         // The relay's abort request, or an unexpected PDU in Sta2: send A-ABORT, ARTIM.
         const inSta2 = step.from === 'Sta2';
-        if (inSta2) this.protocolFinding(leg, d);
+        if (inSta2) this.protocolFinding(leg, d, step);
         const fallback = inSta2 ? AbortReason.UnexpectedPdu : AbortReason.NotSpecified;
         if (this.atBoundaryToward(leg)) {
           this.send(leg, (d.abort ?? providerAbort(d.reason ?? fallback)).pdu);
@@ -478,14 +485,14 @@ export class Association {
       case 'AA-6': // a PDU after the association ended: ignored
         return;
       case 'AA-7': // an A-ASSOCIATE-RQ or an invalid PDU after it ended: A-ABORT
-        this.protocolFinding(leg, d);
+        this.protocolFinding(leg, d, step);
         if (this.atBoundaryToward(leg))
           this.send(leg, providerAbort(d.reason ?? AbortReason.UnexpectedPdu).pdu);
         return;
       case 'AA-8': // an unexpected or invalid PDU: A-ABORT (source 2) to its sender, A-P-ABORT to the other
         if (leg === 1 && step.from === 'Sta5')
           this.failUpstream('protocol-error', d.message ?? 'unexpected PDU');
-        this.protocolFinding(leg, d);
+        this.protocolFinding(leg, d, step);
         if (this.atBoundaryToward(leg)) {
           this.send(leg, providerAbort(d.reason ?? AbortReason.UnexpectedPdu).pdu);
           this.awaitClose(leg);
@@ -500,9 +507,10 @@ export class Association {
    * with source 2 and the reason, like AA-8: a source-0 (service-user) abort would tell the modality that
    * the archive aborted, which has not even been contacted.
    */
-  private protocolFinding(leg: Leg, d: EventDetail): void {
+  private protocolFinding(leg: Leg, d: EventDetail, step: Step): void {
     const reason = d.reason ?? AbortReason.UnexpectedPdu;
-    const message = d.message ?? 'unexpected PDU';
+    // The log line names the cell: what arrived, in which state, and the action taken.
+    const message = `${d.message ?? 'unexpected PDU'} (PS3.8 Table 9-10: ${UL_EVENTS[step.event]} ${step.event} in ${step.from}, ${step.action})`;
     this.host.events.emit('protocol-error', {
       id: this.id,
       side: SIDES[leg],
@@ -634,12 +642,13 @@ export class Association {
 
   /** A PDU that cannot be framed or decoded: Evt19, or the event of its type when only its place is wrong. */
   private onReadError(leg: Leg, err: unknown): void {
-    const e = err as Error & { code?: string; abortReason?: number; field?: string };
+    const e = err as Error & { code?: ProtocolErrorCode; abortReason?: number; field?: string };
     const known =
       err instanceof PduError ||
       err instanceof MessageSequenceError ||
       err instanceof UnexpectedPduError ||
-      err instanceof CorrelationError;
+      err instanceof CorrelationError ||
+      err instanceof CommandError;
     if (!known) {
       // A defect of ours, not the peer's: both legs aborted, the daemon carries on.
       this.host.events.emit('protocol-error', {
@@ -861,7 +870,7 @@ export class Association {
     called: string,
   ):
     | { accepted: true; peer: PeerPolicy; route: RouteConfig | null; target: RelayTarget }
-    | { accepted: false; reject: RejectSpec; refusal: string; message: string } {
+    | { accepted: false; reject: RejectSpec; refusal: PolicyRefusal; message: string } {
     const base = {
       callingAeTitle: calling,
       calledAeTitle: called,
@@ -910,7 +919,7 @@ export class Association {
   }
 
   /** The proxy refuses the association itself: A-ASSOCIATE-RJ (AE-8) and an association-refused event. */
-  private refuse(reject: RejectSpec, refusal: string, message: string): void {
+  private refuse(reject: RejectSpec, refusal: ProxyRefusal, message: string): void {
     const rq = this.rq;
     this.host.events.emit('association-refused', {
       id: this.id,
@@ -1008,7 +1017,7 @@ export class Association {
   }
 
   /** The archive cannot be reached or did not answer: A-ASSOCIATE-RJ 2/3/1 so the modality retries. */
-  private failUpstream(reason: string, message: string): void {
+  private failUpstream(reason: UpstreamFailure, message: string): void {
     if (this.legs[0].state !== 'Sta3') return; // already answered
     this.stopConnectTimer();
     this.host.events.emit('upstream-failed', {
@@ -1558,7 +1567,7 @@ interface EventDetail {
   abort?: AbortSpec;
   /** PS3.8 9.3.8 A-ABORT reason toward the sender of a bad PDU. */
   reason?: number;
-  code?: string;
+  code?: ProtocolErrorCode;
   message?: string;
 }
 

@@ -48,7 +48,6 @@ export const UL_EVENTS = {
   'invalid-pdu': 'Evt19', // Unrecognized or invalid PDU received
 } as const;
 export type UlEvent = keyof typeof UL_EVENTS;
-export const UL_EVENT_NAMES = Object.keys(UL_EVENTS) as UlEvent[];
 
 /** The events that are a PDU arriving from the peer of the leg (what the conformance test sends). */
 export const PDU_EVENTS = [
