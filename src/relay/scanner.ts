@@ -34,7 +34,9 @@ export class UnexpectedPduError extends Error {
   readonly field = 'PDU-type';
   readonly abortReason = 2; // PS3.8 9.3.8: unexpected PDU
   constructor(readonly pduType: number) {
-    super(`PDU type 0x${pduType.toString(16).padStart(2, '0')} is not expected on an established association`);
+    super(
+      `PDU type 0x${pduType.toString(16).padStart(2, '0')} is not expected on an established association`,
+    );
     this.name = 'UnexpectedPduError';
   }
 }
