@@ -45,8 +45,13 @@ export interface CommitmentEvidence {
 }
 
 export interface LedgerSink {
-  /** Append one instance record; resolves once written (and synced, per the fsync policy). */
-  append(evidence: InstanceEvidence): Promise<void>;
+  /**
+   * Append one instance record; resolves once written (and synced, per the fsync policy). `onWritten`,
+   * when the sink supports it, is called as soon as the record has been handed to the OS (its write()
+   * returned), which with a batched fsync is before the promise resolves: the relay holds the archive's
+   * success for the instance until then (whichever comes first).
+   */
+  append(evidence: InstanceEvidence, onWritten?: () => void): Promise<void>;
   /**
    * Append a `committed` record for an instance the archive reports committed; the sink finds the
    * instance record it confirms. Optional: a sink without it records instances only.

@@ -160,6 +160,10 @@ interface DropState {
 interface HeldResponse {
   /** messageKey of the request it answers. */
   key: number;
+  /** Released only once the instance's ledger record has been handed to the OS (onFailure: abort). */
+  untilRecorded: boolean;
+  /** Bytes in `queue`. */
+  bytes: number;
   /** PDUs toward the requestor, in order, from the held response on. */
   queue: Buffer[];
 }
@@ -287,6 +291,7 @@ export class Association {
       recordContext: () => this.recordContext(),
       currentLease: () => this.lease,
       ledgerFailed: (err) => this.onLedgerFailure(err),
+      recordWritten: (key) => this.onRecordWritten(key),
     });
   }
 
@@ -716,6 +721,11 @@ export class Association {
     if (held) {
       // A success is held toward this leg: what follows it waits behind it, in order (a copy: rare).
       held.queue.push(Buffer.from(bytes));
+      held.bytes += bytes.length;
+      if (held.bytes > RELAY_BUFFER_FLOOR && !this.pausedForHold[to]) {
+        this.pausedForHold[to] = true;
+        this.sourceOf(to)?.pause();
+      }
       return;
     }
     const lease = this.lease;
@@ -766,7 +776,7 @@ export class Association {
     }
     if (this.blocked[to]) {
       this.blocked[to] = false;
-      if (this.heldToward[to] === null) this.sourceOf(to)?.resume();
+      if (!this.pausedForHold[to]) this.sourceOf(to)?.resume();
     }
   }
 
@@ -1145,9 +1155,8 @@ export class Association {
     }
     this.evidence.dataSetComplete(dir);
     // A success held toward the requestor of this data set goes out now that the data set is whole.
-    const to: Leg = dir;
-    const held = this.heldToward[to];
-    if (held && !this.evidence.incomplete(held.key)) this.releaseHeld(to);
+    const held = this.heldToward[dir];
+    if (held) this.maybeRelease(dir, held.key, false);
   }
 
   private checkContext(contextId: number, dir: Leg): AcceptedContext {
@@ -1349,8 +1358,16 @@ export class Association {
       durationMs: performance.now() - req.startedAt,
     });
     // The record waits for the data set anyway (evidence.ts); only the relaying of a success is held.
+    const ledger = this.host.ledger;
+    const untilRecorded =
+      ledger !== null &&
+      ledger.onFailure === 'abort' &&
+      cmd.commandField === CommandField.CStoreRsp &&
+      (cls === 'success' || cls === 'warning') &&
+      this.evidence.tracks(key);
+    const incomplete = this.evidence.incomplete(key) !== null;
     this.evidence.responded(key, status);
-    if (cls === 'success' && this.evidence.incomplete(key)) {
+    if (cls === 'success' && incomplete) {
       // Never relay a success for a data set not yet relayed whole: held until its last fragment passed.
       this.host.events.emit('protocol-error', {
         id: this.id,
@@ -1359,14 +1376,19 @@ export class Association {
         message: `${name} (success) for Message ID ${answered} arrived before the last fragment of its data set was relayed; held until it is`,
         abortReason: AbortReason.NotSpecified,
       });
-      this.pendingHold = key;
+      this.pendingHold = { key, untilRecorded };
+      return 'hold';
+    }
+    if (untilRecorded) {
+      // The record before the success: the modality learns "stored" only once the ledger has it.
+      this.pendingHold = { key, untilRecorded };
       return 'hold';
     }
     return 'relay';
   }
 
-  /** The request key of the early success found while judging the PDU being handled now. */
-  private pendingHold: number | null = null;
+  /** The success to hold found while judging the PDU being handled now. */
+  private pendingHold: { key: number; untilRecorded: boolean } | null = null;
 
   private outstandingIds(reqDir: Leg): string {
     const ids: number[] = [];
@@ -1374,27 +1396,45 @@ export class Association {
     return ids.length > 0 ? ids.slice(0, 10).join(', ') : 'none';
   }
 
-  /** Relay a held PDU toward `to`, or start holding at it (an early success response is in it). */
+  /** Relay a held PDU toward `to`, or start holding at it (a success to hold is in it). */
   private relayOrHold(to: Leg, pdu: Buffer, hold: boolean): void {
-    const key = this.pendingHold;
+    const ph = this.pendingHold;
     this.pendingHold = null;
-    // PS3.8 Annex E: one data set at a time per direction, so at most one early success is held.
-    if (!hold || key === null || this.heldToward[to] !== null) {
+    // PS3.8 Annex E: one data set at a time per direction, so at most one success is held per direction.
+    if (!hold || ph === null || this.heldToward[to] !== null) {
       this.relay(to, pdu);
       return;
     }
     if (!this.legs[to].sendsData) return;
-    this.heldToward[to] = { key, queue: [Buffer.from(pdu)] };
-    // What the responder sends next waits behind the held response: stop reading it meanwhile.
-    this.sourceOf(to)?.pause();
+    this.heldToward[to] = {
+      key: ph.key,
+      untilRecorded: ph.untilRecorded,
+      bytes: pdu.length,
+      queue: [Buffer.from(pdu)],
+    };
   }
 
-  private releaseHeld(to: Leg): void {
-    const held = this.heldToward[to] as HeldResponse;
+  /** The instance's data set passed whole or its record was written: release a success held for it. */
+  private maybeRelease(to: Leg, key: number, recorded: boolean): void {
+    const held = this.heldToward[to];
+    if (!held || held.key !== key) return;
+    if (held.untilRecorded ? !recorded : this.evidence.incomplete(key) !== null) return;
     this.heldToward[to] = null;
     for (const b of held.queue) this.relay(to, b);
-    if (!this.blocked[to]) this.sourceOf(to)?.resume();
+    if (this.pausedForHold[to]) {
+      this.pausedForHold[to] = false;
+      if (!this.blocked[to]) this.sourceOf(to)?.resume();
+    }
   }
+
+  private onRecordWritten(key: number): void {
+    if (this.completed) return;
+    this.maybeRelease(0, key, true);
+    this.maybeRelease(1, key, true);
+  }
+
+  /** Sources paused because what they sent queued behind a held success. */
+  private readonly pausedForHold: [boolean, boolean] = [false, false];
 
   // ---------------------------------------------------------------- ledger
 

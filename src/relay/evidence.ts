@@ -39,9 +39,13 @@ export interface EvidenceHost {
   currentLease(): ChunkLease | null;
   /** A record could not be written. */
   ledgerFailed(err: unknown): void;
+  /** The record of the transfer under `key` has been handed to the OS (may be called more than once). */
+  recordWritten(key: number): void;
 }
 
 export interface Transfer {
+  /** messageKey of its request. */
+  key: number;
   direction: Direction;
   messageId: number;
   sopClassUid: string;
@@ -150,6 +154,7 @@ export class Evidence {
   request(dir: 0 | 1, key: number, direction: Direction, cmd: CommandSet, transferSyntaxUid: string): void {
     if (cmd.commandField === 0x0001) {
       const t: Transfer = {
+        key,
         direction,
         messageId: cmd.messageId ?? 0,
         sopClassUid: cmd.affectedSopClassUid ?? '',
@@ -222,13 +227,13 @@ export class Evidence {
   }
 
   private recordKey(t: Transfer): void {
-    for (const [k, v] of this.transfers) {
-      if (v === t) {
-        this.transfers.delete(k);
-        break;
-      }
-    }
+    this.transfers.delete(t.key);
     this.record(t, t.status ?? null);
+  }
+
+  /** True while a transfer is known under `key` (not yet recorded). */
+  tracks(key: number): boolean {
+    return this.transfers.has(key);
   }
 
   /**
@@ -271,7 +276,12 @@ export class Evidence {
         moveOriginatorAeTitle: t.moveOriginatorAeTitle,
         moveOriginatorMessageId: t.moveOriginatorMessageId,
       };
-      return ledger.sink.append(evidence);
+      const key = t.key;
+      return ledger.sink
+        .append(evidence, () => this.host.recordWritten(key))
+        .then(() => {
+          this.host.recordWritten(key);
+        });
     });
     this.host.trackRecord(written.catch((err: unknown) => this.host.ledgerFailed(err)));
   }
