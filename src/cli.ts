@@ -136,6 +136,8 @@ program
           `  upstream ${name}: client certificate ${t.clientCertSubject.replace(/\n/g, ', ')} valid until ${t.clientCertNotAfter.toISOString()}\n`,
         );
       }
+      for (const w of snapshot.certificateWarnings)
+        process.stdout.write(`  warning: ${w.path} ${w.message}\n`);
     } catch (err) {
       process.stderr.write(`${explain(err)}\n`);
       process.exit(1);

@@ -17,6 +17,7 @@ import { LedgerWriter } from '../integrity/writer.js';
 import { InlineHasher } from '../integrity/hasher.js';
 import type { CommitmentEvidence, InstanceEvidence, LedgerSink } from '../integrity/types.js';
 import { tuneRuntime } from '../util/gc.js';
+import { formatWindow } from '../tls/keys.js';
 
 export interface StartHooks {
   /** Print a load failure (file:line key: message) and exit 1. */
@@ -309,10 +310,14 @@ function reportCertificates(
   log: ReturnType<typeof createLogger>,
 ): void {
   const { certificates, errors } = metrics.setCertificates(certificateFilesFromConfig(config));
-  const soon = Date.now() + 30 * 86_400_000;
+  const window = config.tls.expiryWarningMs;
+  const soon = Date.now() + window;
   for (const c of certificates) {
     if (c.notAfter.getTime() < soon) {
-      log.warn('certificate expires within 30 days', { event: 'certificate-expiring', ...c });
+      log.warn(`certificate expires within tls.expiryWarning (${formatWindow(window)})`, {
+        event: 'certificate-expiring',
+        ...c,
+      });
     }
   }
   for (const e of errors)

@@ -51,6 +51,9 @@ export const DEFAULTS = deepFreeze({
     relayBuffer: 1_048_576,
     relayBufferTotal: 16_777_216,
   },
+  tls: {
+    expiryWarning: '30d',
+  },
   reload: {
     watch: true,
     pollInterval: '2s',

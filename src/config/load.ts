@@ -18,6 +18,7 @@ import { aeTitleError, trimAeTitle } from './syntax.js';
 import { parseAddressRange } from './address.js';
 import { applyAdminDefaults } from './admin.js';
 import { auditCrossIssues, resolveAuditConfig } from './audit.js';
+import { parseExpiryWindow } from './tls-policy.js';
 import type {
   CertificateIdentityKind,
   LedgerConfig,
@@ -325,6 +326,12 @@ function defaultDurationMs(value: string): number {
   return result.ms;
 }
 
+function defaultExpiryWindowMs(value: string): number {
+  const result = parseExpiryWindow(value);
+  if (!result.ok) throw new Error(`internal error: bad default expiry window ${value}`);
+  return result.ms;
+}
+
 function buildProxyConfig(validated: ValidatedRoot, sourcePath: string | null, baseDir: string): ProxyConfig {
   const { root } = validated;
   const file = (p: string): string => resolve(baseDir, p);
@@ -452,6 +459,7 @@ function buildProxyConfig(validated: ValidatedRoot, sourcePath: string | null, b
     returnListener,
     admin: applyAdminDefaults(root.admin, sourcePath),
     audit: root.audit ? resolveAuditConfig(root.audit, baseDir) : null,
+    tls: { expiryWarningMs: root.tls?.expiryWarning ?? defaultExpiryWindowMs(DEFAULTS.tls.expiryWarning) },
     reload: {
       watch: root.reload?.watch ?? DEFAULTS.reload.watch,
       pollIntervalMs: root.reload?.pollInterval ?? defaultDurationMs(DEFAULTS.reload.pollInterval),

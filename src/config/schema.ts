@@ -3,6 +3,7 @@ import { describeValue } from './messages.js';
 import { parseAddressRange } from './address.js';
 import { adminSchema } from './admin.js';
 import { auditSchema } from './audit.js';
+import { tlsPolicySchema } from './tls-policy.js';
 import { parseDuration } from './duration.js';
 import { clientTlsSchema, durationSchema, filePathSchema, hostSchema } from './primitives.js';
 import { aeTitleError, trimAeTitle, uidError } from './syntax.js';
@@ -192,6 +193,7 @@ export const rootSchema = z.strictObject({
   reload: reloadSchema.nullable().optional(),
   admin: adminSchema.nullable().optional(),
   audit: auditSchema.nullable().optional(),
+  tls: tlsPolicySchema.nullable().optional(),
 });
 
 export type RawUpstream = z.output<typeof upstreamSchema>;

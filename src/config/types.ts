@@ -199,4 +199,11 @@ export interface ProxyConfig {
   admin: AdminConfig | null;
   /** The DICOM audit trail (PS3.15 A.5); null = no audit messages. */
   audit: AuditConfig | null;
+  /** Settings of every TLS endpoint (config/tls-policy.ts). */
+  tls: TlsPolicyConfig;
+}
+
+export interface TlsPolicyConfig {
+  /** tls.expiryWarning: one of the proxy's own certificates expiring within this window is a warning. */
+  expiryWarningMs: number;
 }

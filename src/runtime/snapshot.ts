@@ -11,6 +11,7 @@ import { createRequire } from 'node:module';
 import { compilePolicy, type Policy } from '../policy/policy.js';
 import { buildServerTlsContext, type ServerTlsContext } from '../tls/identity.js';
 import { buildUpstreamTlsContext, TlsMaterialError, type UpstreamTlsContext } from '../tls/upstream.js';
+import { checkOwnCertificate, type MaterialFinding, type OwnCertificateSpec } from '../tls/keys.js';
 
 export interface RuntimeSnapshot {
   readonly config: ProxyConfig;
@@ -20,7 +21,17 @@ export interface RuntimeSnapshot {
   readonly returnTls: ServerTlsContext | null;
   /** The ledger's Ed25519 signing key (PEM), read and checked at load; null when not configured. */
   readonly ledgerSigningKeyPem: string | null;
+  /** The proxy's own certificates that expire within tls.expiryWarning (logged at start and reload). */
+  readonly certificateWarnings: readonly CertificateWarning[];
   readonly loadedAt: Date;
+}
+
+export interface CertificateWarning {
+  /** The config key naming the certificate, e.g. "upstreams.archive.tls.cert". */
+  path: string;
+  file: string;
+  message: string;
+  notAfter: Date;
 }
 
 /** Read `ledger.signingKey` and check it is an Ed25519 private key; errors name the key and its line. */
@@ -41,23 +52,72 @@ function loadSigningKey(config: ProxyConfig, file: string): string {
 const requireLocal = createRequire(import.meta.url);
 
 function configProblem(config: ProxyConfig, path: string[], message: string): ConfigError {
-  let pos = null;
+  return configProblems(config, [{ keyPath: path, message }]);
+}
+
+/** A ConfigError listing each problem at the key that names it (and its line, when the file is known). */
+function configProblems(
+  config: ProxyConfig,
+  problems: readonly { keyPath: string[]; message: string }[],
+): ConfigError {
+  let text: string | null = null;
+  let locateInText: typeof import('../config/locate.js').locateInText | null = null;
   try {
     if (config.sourcePath) {
-      const { locateInText } = requireLocal('../config/locate.js') as typeof import('../config/locate.js');
-      pos = locateInText(readFileSync(config.sourcePath, 'utf8'), path);
+      locateInText = (requireLocal('../config/locate.js') as typeof import('../config/locate.js'))
+        .locateInText;
+      text = readFileSync(config.sourcePath, 'utf8');
     }
   } catch {
-    pos = null;
+    text = null;
   }
-  return new ConfigError(config.sourcePath, [
-    { path: path.join('.'), line: pos?.line ?? null, column: pos?.column ?? null, message },
-  ]);
+  return new ConfigError(
+    config.sourcePath,
+    problems.map(({ keyPath, message }) => {
+      let pos: ReturnType<typeof import('../config/locate.js').locateInText> = null;
+      try {
+        if (text !== null && locateInText) pos = locateInText(text, keyPath);
+      } catch {
+        // the problem is still reported, without its line
+      }
+      return { path: keyPath.join('.'), line: pos?.line ?? null, column: pos?.column ?? null, message };
+    }),
+  );
+}
+
+/** Every certificate/key pair the proxy presents: upstream client, return listener server, audit client. */
+export function ownCertificateSpecs(config: ProxyConfig): OwnCertificateSpec[] {
+  const specs: OwnCertificateSpec[] = [];
+  const pair = (at: string[], t: { cert: string; key: string }, role: 'client' | 'server'): void => {
+    specs.push({ cert: t.cert, key: t.key, certPath: [...at, 'cert'], keyPath: [...at, 'key'], role });
+  };
+  for (const [name, u] of Object.entries(config.upstreams)) pair(['upstreams', name, 'tls'], u.tls, 'client');
+  if (config.returnListener) pair(['returnListener', 'tls'], config.returnListener.tls, 'server');
+  if (config.audit?.syslog) pair(['audit', 'syslog', 'tls'], config.audit.syslog.tls, 'client');
+  return specs;
+}
+
+/**
+ * Check the proxy's own certificates and keys (tls/keys.ts checkOwnCertificate); throws a ConfigError with
+ * every problem, each at the key naming the file, and returns the expiry warnings.
+ */
+function checkOwnCertificates(config: ProxyConfig): CertificateWarning[] {
+  const errors: MaterialFinding[] = [];
+  const warnings: CertificateWarning[] = [];
+  for (const spec of ownCertificateSpecs(config)) {
+    const r = checkOwnCertificate(spec, { warningMs: config.tls.expiryWarningMs });
+    errors.push(...r.errors);
+    for (const w of r.warnings)
+      warnings.push({ path: w.path, file: w.file, message: w.message, notAfter: w.notAfter });
+  }
+  if (errors.length > 0) throw configProblems(config, errors);
+  return warnings;
 }
 
 /** Build a snapshot; throws (ConfigError-like or TlsMaterialError) without side effects on failure. */
 export function buildRuntimeSnapshot(config: ProxyConfig): RuntimeSnapshot {
   const policy = compilePolicy(config);
+  const certificateWarnings = checkOwnCertificates(config);
   const upstreamTls = new Map<string, UpstreamTlsContext>();
   for (const [name, upstream] of Object.entries(config.upstreams)) {
     try {
@@ -89,6 +149,7 @@ export function buildRuntimeSnapshot(config: ProxyConfig): RuntimeSnapshot {
     upstreamTls,
     returnTls,
     ledgerSigningKeyPem,
+    certificateWarnings,
     loadedAt: new Date(),
   });
 }

@@ -50,7 +50,14 @@ export interface LeafOptions {
   usage: CertificateUsage;
   notBefore?: Date;
   notAfter?: Date;
+  /**
+   * The leaf's key: ECDSA P-256 (default), or RSA of 2048 bits; 'rsa-1024' is below BCP 195 and exists only
+   * so that tests can show such a certificate refused.
+   */
+  keyType?: LeafKeyType;
 }
+
+export type LeafKeyType = 'ec-p256' | 'rsa-2048' | 'rsa-1024';
 
 export interface DemoPkiPaths {
   dir: string;
@@ -107,8 +114,15 @@ function toPem(label: string, der: ArrayBuffer): string {
   return `-----BEGIN ${label}-----\n${(b64.match(/.{1,64}/g) ?? []).join('\n')}\n-----END ${label}-----\n`;
 }
 
-async function generateKeyPair(): Promise<CryptoKeyPair> {
-  return subtle.generateKey(KEY_ALGORITHM, true, ['sign', 'verify']);
+async function generateKeyPair(type: LeafKeyType = 'ec-p256'): Promise<CryptoKeyPair> {
+  if (type === 'ec-p256') return subtle.generateKey(KEY_ALGORITHM, true, ['sign', 'verify']);
+  const rsa: webcrypto.RsaHashedKeyGenParams = {
+    name: 'RSASSA-PKCS1-v1_5',
+    modulusLength: type === 'rsa-1024' ? 1024 : 2048,
+    publicExponent: new Uint8Array([1, 0, 1]),
+    hash: 'SHA-256',
+  };
+  return subtle.generateKey(rsa, true, ['sign', 'verify']);
 }
 
 async function exportPrivateKey(key: CryptoKey): Promise<string> {
@@ -190,7 +204,7 @@ function altNames(opts: LeafOptions): JsonGeneralName[] {
 export async function issueCertificate(ca: PemPair, opts: LeafOptions): Promise<PemPair> {
   const caCert = new X509Certificate(ca.cert);
   const signer = await importSigningKey(ca.key);
-  const keys = await generateKeyPair();
+  const keys = await generateKeyPair(opts.keyType);
 
   const usages: ExtendedKeyUsage[] = [];
   if (opts.usage !== 'client') usages.push(ExtendedKeyUsage.serverAuth);
