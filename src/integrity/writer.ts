@@ -7,7 +7,6 @@
 import { type KeyObject, sign } from 'node:crypto';
 import { type FileHandle, mkdir, open, readFile, unlink } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { performance } from 'node:perf_hooks';
 import { type ChainState, START_STATE, listLedgerFiles, scanFile } from './chain.js';
 import { LedgerError, describeFsError } from './errors.js';
 import {
@@ -28,6 +27,7 @@ import { keyIdOf, loadSigningKey } from './keys.js';
 import type { InstanceEvidence, LedgerSink } from './types.js';
 import { syncDir } from '../util/fs.js';
 import { processAlive } from '../util/process.js';
+import { monotonicClock, type Clock, type TimerHandle } from '../util/clock.js';
 import type { LedgerConfig } from '../config/types.js';
 
 export { LedgerError, type LedgerErrorCode } from './errors.js';
@@ -46,6 +46,12 @@ export interface LedgerOptions {
   /** Ed25519 private key (PKCS#8 PEM); null = checkpoints unsigned. */
   signingKeyPem: string | null;
   now?: () => Date;
+  /**
+   * Time source of the batch sync timer and the checkpoint interval (default the process's timers with a
+   * monotonic now(), so a step of the wall clock neither hurries nor holds back a checkpoint). Record
+   * times come from `now`.
+   */
+  clock?: Clock;
   /**
    * Most SOP Instance UIDs the index behind lookupInstance() and appendCommitted() holds (default
    * DEFAULT_INDEX_SIZE; 0 = no index). The UID whose record was written longest ago is evicted first.
@@ -182,6 +188,7 @@ const openHere = new Set<string>();
 
 export class LedgerWriter implements LedgerSink {
   private readonly now: () => Date;
+  private readonly clock: Clock;
   private readonly signing: { key: KeyObject; keyId: string } | null;
 
   private fh: FileHandle | null = null;
@@ -207,11 +214,12 @@ export class LedgerWriter implements LedgerSink {
   private pending: Pending[] = [];
   /** Written, waiting for the next batch sync. */
   private waiters: Waiter[] = [];
-  private syncTimer: NodeJS.Timeout | null = null;
-  private checkpointTimer: NodeJS.Timeout | null = null;
+  private syncTimer: TimerHandle | null = null;
+  private checkpointTimer: TimerHandle | null = null;
   /** A checkpoint is scheduled or queued. */
   private checkpointDue = false;
-  private lastCheckpointAt = performance.now();
+  /** clock.now() when the last checkpoint was written (or the writer was made). */
+  private lastCheckpointAt: number;
   private closed = false;
   private closing: Promise<void> | null = null;
   private _healthy = true;
@@ -223,6 +231,8 @@ export class LedgerWriter implements LedgerSink {
 
   private constructor(private readonly opts: LedgerOptions) {
     this.now = opts.now ?? (() => new Date());
+    this.clock = opts.clock ?? monotonicClock;
+    this.lastCheckpointAt = this.clock.now();
     this.index = new InstanceIndex(opts.indexSize ?? DEFAULT_INDEX_SIZE);
     if (opts.signingKeyPem === null) this.signing = null;
     else {
@@ -834,9 +844,9 @@ export class LedgerWriter implements LedgerSink {
     // In the chain now (even if a sync below fails, the next record chains to them).
     if (run.indexed) for (const [uid, seq] of run.indexed) this.index.set(uid, seq);
     if (run.checkpoint) {
-      this.lastCheckpointAt = performance.now();
+      this.lastCheckpointAt = this.clock.now();
       if (this.checkpointTimer) {
-        clearTimeout(this.checkpointTimer);
+        this.clock.clearTimeout(this.checkpointTimer);
         this.checkpointTimer = null;
         this.checkpointDue = false;
       }
@@ -864,7 +874,7 @@ export class LedgerWriter implements LedgerSink {
     for (const p of run.entries) this.waiters.push(p);
     if (!this.syncTimer) {
       // Not unref'd: someone is waiting for this sync, and it is at most fsyncIntervalMs away.
-      this.syncTimer = setTimeout(this.syncDue, this.opts.fsyncIntervalMs);
+      this.syncTimer = this.clock.setTimeout(this.syncDue, this.opts.fsyncIntervalMs);
     }
   }
 
@@ -917,13 +927,13 @@ export class LedgerWriter implements LedgerSink {
   private scheduleCheckpoint(): void {
     if (this.checkpointDue || this.closed) return;
     this.checkpointDue = true;
-    const wait = Math.max(0, this.lastCheckpointAt + this.opts.checkpointIntervalMs - performance.now());
-    this.checkpointTimer = setTimeout(() => {
+    const wait = Math.max(0, this.lastCheckpointAt + this.opts.checkpointIntervalMs - this.clock.now());
+    this.checkpointTimer = this.clock.setTimeout(() => {
       this.checkpointTimer = null;
       this.enqueue(async () => {
         this.checkpointDue = false;
         if (this.closed || this.headType === 'checkpoint') return;
-        if (performance.now() - this.lastCheckpointAt < this.opts.checkpointIntervalMs) {
+        if (this.clock.now() - this.lastCheckpointAt < this.opts.checkpointIntervalMs) {
           this.scheduleCheckpoint(); // one was written meanwhile (rotation, checkpoint())
           return;
         }
@@ -938,8 +948,8 @@ export class LedgerWriter implements LedgerSink {
   }
 
   private clearTimers(): void {
-    if (this.checkpointTimer) clearTimeout(this.checkpointTimer);
-    if (this.syncTimer) clearTimeout(this.syncTimer);
+    this.clock.clearTimeout(this.checkpointTimer);
+    this.clock.clearTimeout(this.syncTimer);
     this.checkpointTimer = null;
     this.syncTimer = null;
   }

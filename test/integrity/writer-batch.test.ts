@@ -12,6 +12,7 @@ import { type LedgerRecord, parseLine } from '../../src/integrity/format.js';
 import { verifyLedger } from '../../src/integrity/verify.js';
 import { LedgerError, LedgerWriter } from '../../src/integrity/writer.js';
 import { KEYS, evidence, ledgerFiles, options, readLinesOf, removeDir, tempDir } from './helpers.js';
+import { ManualClock } from '../helpers/clock.js';
 
 const SRC = fileURLToPath(new URL('../../src/integrity/', import.meta.url));
 
@@ -123,7 +124,8 @@ function track(promises: Array<Promise<void>>): { settled: () => number } {
   return { settled: () => settled };
 }
 
-const tick = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+/** Lets pending I/O callbacks and promise jobs run (one turn of the event loop). */
+const settle = (): Promise<void> => new Promise((r) => setImmediate(r));
 
 describe('LedgerWriter batching', () => {
   let root: string;
@@ -192,16 +194,19 @@ describe('LedgerWriter batching', () => {
     await spy.install(join(root, `probe-${n}`));
     let release!: () => void;
     const gate = new Promise<void>((r) => (release = r));
+    let syncing!: () => void;
+    const syncStarted = new Promise<void>((r) => (syncing = r));
     spy.onDatasync = async (original, fh) => {
+      syncing();
       await gate;
       await original.call(fh);
     };
     const burst = [0, 1, 2, 3].map((i) => w.append(evidence(i)));
     const state = track(burst);
-    await tick(80);
-    assert.equal(state.settled(), 0, 'resolved before the sync completed');
+    await syncStarted; // written; the sync is held
     assert.equal((await records(dir)).length, 5, 'file-start and the 4 lines are written');
     assert.deepEqual(spy.writes, [4]);
+    assert.equal(state.settled(), 0, 'resolved before the sync completed');
     release();
     await Promise.all(burst);
     spy.restore();
@@ -228,31 +233,52 @@ describe('LedgerWriter batching', () => {
     assert.equal((await verifyLedger(dir)).ok, true);
   });
 
-  it('fsync batch: a burst is one write; every append resolves after a sync that follows it, within fsyncIntervalMs', async () => {
+  it('fsync batch: a burst is one write; every append resolves after a sync that follows it, fsyncIntervalMs after the write', async () => {
     const dir = fresh();
     const interval = 120;
-    const w = await LedgerWriter.open(options(dir, { fsync: 'batch', fsyncIntervalMs: interval }));
+    const clock = new ManualClock();
+    const w = await LedgerWriter.open(options(dir, { fsync: 'batch', fsyncIntervalMs: interval, clock }));
     await spy.install(join(root, `probe-${n}`));
-    const t0 = performance.now();
+    const t0 = clock.now();
+    let armed = clock.armed;
     const burst = [0, 1, 2, 3].map((i) => w.append(evidence(i)));
     const resolvedAt: number[] = [];
     burst.forEach((p, i) =>
       p.then(() => {
-        resolvedAt[i] = performance.now() - t0;
+        resolvedAt[i] = clock.now() - t0;
         spy.events.push(`resolved ${i}`);
       }),
     );
-    await tick(40);
+    await clock.untilArmed(armed + 1); // written; the sync is scheduled
+    assert.ok(clock.dueIn().includes(interval), `timers due in ${clock.dueIn().join()} ms`);
+    clock.advance(interval - 1);
+    await settle();
     assert.deepEqual(spy.events, ['write 4'], 'written at once, not synced yet');
+    clock.advance(1);
     await Promise.all(burst);
     assert.deepEqual(spy.events, ['write 4', 'sync', 'synced', ...burst.map((_, i) => `resolved ${i}`)]);
-    for (const t of resolvedAt) assert.ok(t >= interval - 5 && t < interval + 250, `resolved after ${t} ms`);
+    assert.deepEqual(resolvedAt, [interval, interval, interval, interval]);
 
     // Bursts while the first waits for its sync share that sync.
     spy.reset();
+    armed = clock.armed;
     const first = [10, 11].map((i) => w.append(evidence(i)));
-    await tick(30);
+    await clock.untilArmed(armed + 1);
+    clock.advance(30);
+    let written!: () => void;
+    const secondWritten = new Promise<void>((r) => (written = r));
+    spy.onWrite = async (original, fh, buf) => {
+      const done = await original.call(fh, buf, 0, buf.length, null);
+      written();
+      return done;
+    };
     const second = [12, 13].map((i) => w.append(evidence(i)));
+    await secondWritten;
+    await settle();
+    assert.equal(clock.armed, armed + 1, 'no second sync timer');
+    assert.ok(clock.dueIn().includes(interval - 30), `timers due in ${clock.dueIn().join()} ms`);
+    assert.deepEqual(spy.events, ['write 2', 'write 2']);
+    clock.advance(interval - 30);
     await Promise.all([...first, ...second]);
     assert.deepEqual(spy.events.slice(0, 4), ['write 2', 'write 2', 'sync', 'synced']);
     spy.restore();

@@ -22,6 +22,7 @@ import {
   tempDir,
   writeLines,
 } from './helpers.js';
+import { ManualClock } from '../helpers/clock.js';
 
 const SRC = fileURLToPath(new URL('../../src/integrity/', import.meta.url));
 
@@ -36,6 +37,19 @@ async function records(dir: string): Promise<Array<{ file: string; line: number;
     });
   }
   return out;
+}
+
+/** Lets pending I/O callbacks and promise jobs run (one turn of the event loop). */
+const settle = (): Promise<void> => new Promise((r) => setImmediate(r));
+
+/** Resolves once the writer's head reaches `seq` (a record written by a timer of its own). */
+async function untilHead(w: LedgerWriter, seq: number, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (w.head.seq < seq) {
+    if (Date.now() > deadline)
+      assert.fail(`head at seq ${w.head.seq}, waited for ${seq} for ${timeoutMs} ms`);
+    await settle();
+  }
 }
 
 function isLedgerError(code: string, pattern?: RegExp): (err: unknown) => boolean {
@@ -230,49 +244,68 @@ describe('LedgerWriter', () => {
     assert.equal((await verifyLedger(dir)).ok, true);
   });
 
-  it('batch fsync: append resolves at the next sync, within fsyncIntervalMs', async () => {
+  it('batch fsync: append resolves at the next sync, fsyncIntervalMs after the write', async () => {
     const dir = fresh();
-    const w = await LedgerWriter.open(options(dir, { fsync: 'batch', fsyncIntervalMs: 150 }));
-    const t0 = performance.now();
+    const clock = new ManualClock();
+    const w = await LedgerWriter.open(options(dir, { fsync: 'batch', fsyncIntervalMs: 150, clock }));
     let resolved = false;
+    const armed = clock.armed;
     const p = w.append(evidence(1)).then(() => {
       resolved = true;
     });
-    await new Promise((r) => setTimeout(r, 60));
-    assert.equal(resolved, false, 'resolved before the batch sync');
+    await clock.untilArmed(armed + 1); // written; the sync is scheduled
+    assert.ok(clock.dueIn().includes(150), `timers due in ${clock.dueIn().join()} ms`);
     // The record is written (one write) before it is synced.
     assert.equal((await records(dir)).length, 2);
+    clock.advance(149);
+    await settle();
+    assert.equal(resolved, false, 'resolved before the batch sync');
+    clock.advance(1);
     await p;
-    const elapsed = performance.now() - t0;
-    assert.ok(elapsed >= 140 && elapsed < 150 + 250, `resolved after ${elapsed.toFixed(0)} ms`);
-    // A burst shares one sync.
-    const t1 = performance.now();
-    await Promise.all(Array.from({ length: 20 }, (_, i) => w.append(evidence(i + 2))));
-    assert.ok(performance.now() - t1 < 150 + 250);
+    // A burst shares one sync: one timer, and every append resolves when it fires.
+    const burstArmed = clock.armed;
+    const burst = Promise.all(Array.from({ length: 20 }, (_, i) => w.append(evidence(i + 2))));
+    await clock.untilArmed(burstArmed + 1);
+    clock.advance(150);
+    await burst;
+    assert.equal(clock.armed, burstArmed + 1, 'one sync timer for the burst');
     await w.close();
+    assert.equal(clock.pending, 0, 'close clears the timers');
   });
 
   it('writes a checkpoint at most every checkpointIntervalMs while records come, none when idle', async () => {
     const dir = fresh();
-    const w = await LedgerWriter.open(options(dir, { checkpointIntervalMs: 80 }));
+    const clock = new ManualClock();
+    const start = clock.now();
+    const w = await LedgerWriter.open(
+      options(dir, { checkpointIntervalMs: 80, clock, now: () => new Date(clock.now()) }),
+    );
     await w.append(evidence(1));
-    await new Promise((r) => setTimeout(r, 200));
+    clock.advance(79);
+    assert.deepEqual(clock.dueIn(), [1], 'the checkpoint waits for the interval');
+    assert.equal(w.head.seq, 2);
+    clock.advance(1);
+    await untilHead(w, 3);
     const types = (await records(dir)).map((r) => r.record.type);
     assert.deepEqual(types, ['file-start', 'instance', 'checkpoint']);
-    await new Promise((r) => setTimeout(r, 200));
+    assert.equal(clock.pending, 0, 'nothing scheduled while idle');
+    clock.advance(1000);
     assert.equal((await records(dir)).length, 3, 'no checkpoint while idle');
     for (let i = 0; i < 8; i++) {
       await w.append(evidence(i + 2));
-      await new Promise((r) => setTimeout(r, 10));
+      clock.advance(10);
     }
-    await new Promise((r) => setTimeout(r, 200));
+    // Due 80 ms after the checkpoint that came with the first append of the burst.
+    assert.deepEqual(clock.dueIn(), [10]);
+    clock.advance(10); // not past it: the checkpoint's time is read when it is written
+    await untilHead(w, 13);
     const all = (await records(dir)).map((r) => r.record);
     assert.equal(all.at(-1)!.type, 'checkpoint', 'the burst is sealed by a checkpoint');
-    const times = all.filter((r) => r.type === 'checkpoint').map((r) => Date.parse(r.time));
-    assert.ok(times.length >= 3, `${times.length} checkpoints`);
-    for (let i = 1; i < times.length; i++) {
-      assert.ok(times[i]! - times[i - 1]! >= 78, `checkpoints ${times[i]! - times[i - 1]!} ms apart`);
-    }
+    // The first append after the idle time gets a checkpoint at once (the interval has long passed);
+    // the rest wait for the next interval.
+    const times = all.filter((r) => r.type === 'checkpoint').map((r) => Date.parse(r.time) - start);
+    assert.deepEqual(times, [80, 1090, 1170]);
+    assert.equal(clock.pending, 0);
     const count = all.length;
     await w.close();
     assert.equal((await records(dir)).length, count, 'close adds no checkpoint after a checkpoint');
