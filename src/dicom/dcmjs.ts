@@ -156,7 +156,8 @@ export interface ArchiveOptions {
   port: number;
   aeTitle: string;
   storageDir: string;
-  tls?: PeerTls & { requireClientCert: boolean };
+  /** `ciphers`: an OpenSSL cipher string, e.g. with @SECLEVEL=0 to serve a key the default level refuses. */
+  tls?: PeerTls & { requireClientCert: boolean; ciphers?: string };
   /** Status answered to C-STORE (default success). */
   storeStatus?: () => number;
   onStored?: (instance: ReceivedInstance) => void;
@@ -286,6 +287,7 @@ export function startArchive(opts: ArchiveOptions): Promise<ArchiveHandle> {
           requestCert: opts.tls.requireClientCert,
           rejectUnauthorized: opts.tls.requireClientCert,
           minVersion: 'TLSv1.2',
+          ...(opts.tls.ciphers ? { ciphers: opts.tls.ciphers } : {}),
         },
         onSocket,
       )

@@ -137,7 +137,16 @@ export interface ProxyEventMap {
   'listener-error': [{ message: string }];
   /** A TLS client of the return listener failed the handshake (no certificate, unknown CA, expired…). */
   'tls-client-rejected': [
-    { listener: ListenerKind; remoteAddress: string; reason: TlsClientRejection; message: string },
+    {
+      listener: ListenerKind;
+      remoteAddress: string;
+      /** The client's source port, when known. */
+      remotePort?: number;
+      reason: TlsClientRejection;
+      message: string;
+      /** The certificate the client presented; null when it presented none or it is not known. */
+      certificate?: { subject: string; issuer: string; fingerprint256: string } | null;
+    },
   ];
 }
 

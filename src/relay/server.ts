@@ -5,7 +5,12 @@ import * as net from 'node:net';
 import * as tls from 'node:tls';
 import { Association, type AssociationHost, type LedgerBinding } from './association.js';
 import { RelayBudget } from './outbound.js';
-import { classifyClientHandshakeError, peerIdentities } from '../tls/identity.js';
+import {
+  classifyClientHandshakeError,
+  peerIdentities,
+  refuseClient,
+  remoteEndpoint,
+} from '../tls/identity.js';
 import { ProxyEvents } from '../observe/events.js';
 import { systemClock, type Clock } from '../util/clock.js';
 import type { RuntimeSnapshot } from '../runtime/snapshot.js';
@@ -79,7 +84,9 @@ export class ProxyServer implements AssociationHost {
       {
         ...snapshot.returnTls.options,
         requestCert: true,
-        rejectUnauthorized: true,
+        // The chain is verified in the handshake, the verdict given in onReturnConnection (refuseClient):
+        // there the refused certificate can still be read, named in the log and the Security Alert.
+        rejectUnauthorized: false,
         handshakeTimeout: rl.tls.handshakeTimeoutMs,
         noDelay: true,
       },
@@ -88,7 +95,8 @@ export class ProxyServer implements AssociationHost {
     server.on('tlsClientError', (err, socket) => {
       this.events.emit('tls-client-rejected', {
         listener: 'return',
-        remoteAddress: socket.remoteAddress ?? '',
+        ...remoteEndpoint(socket),
+        certificate: null,
         reason: classifyClientHandshakeError(err, socket.authorizationError),
         message: socket.authorizationError
           ? `certificate verification failed: ${String(socket.authorizationError)}`
@@ -196,6 +204,15 @@ export class ProxyServer implements AssociationHost {
   }
 
   private onReturnConnection(socket: tls.TLSSocket): void {
+    // No byte is read from a client refused here (tls/identity.ts refuseClient: no certificate, failed
+    // verification, weak key).
+    const refusal = refuseClient(socket);
+    if (refusal) {
+      const endpoint = remoteEndpoint(socket);
+      socket.destroy();
+      this.events.emit('tls-client-rejected', { listener: 'return', ...endpoint, ...refusal });
+      return;
+    }
     if (this.closing || this.live.size >= this.snapshot.config.limits.maxAssociations * 2) {
       socket.destroy();
       return;

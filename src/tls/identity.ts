@@ -4,6 +4,8 @@ import * as tls from 'node:tls';
 import ipaddr from 'ipaddr.js';
 import { TLS_PROFILES, type TlsProfileName } from './profiles.js';
 import { TlsMaterialError } from './upstream.js';
+import { peerKeyProblem, presentedCertificate, type PresentedCertificate } from './keys.js';
+import type { TlsClientRejection } from '../vocabulary/outcomes.js';
 
 /** What a verified peer certificate says about who the peer is (RFC 5280 4.2.1.6 subjectAltName, subject CN). */
 export interface CertificateIdentities {
@@ -132,13 +134,17 @@ export function buildServerTlsContext(settings: ServerTlsSettings): ServerTlsCon
   return { settings, options };
 }
 
-export type ClientHandshakeFailure =
-  | 'no-client-certificate'
-  | 'client-certificate-untrusted'
-  | 'client-certificate-expired'
-  | 'handshake-timeout'
-  | 'protocol-or-cipher-mismatch'
-  | 'handshake-failed';
+/** vocabulary/outcomes.ts TLS_CLIENT_REJECTIONS. */
+export type ClientHandshakeFailure = TlsClientRejection;
+
+/** OpenSSL verification results (X509_V_ERR_*, as Node names them) that have a reason of their own. */
+const VERIFY_REASONS: Record<string, ClientHandshakeFailure> = {
+  CERT_HAS_EXPIRED: 'client-certificate-expired',
+  CERT_NOT_YET_VALID: 'client-certificate-not-yet-valid',
+  INVALID_PURPOSE: 'client-certificate-wrong-key-usage',
+  EE_KEY_TOO_SMALL: 'client-certificate-weak-key',
+  CA_KEY_TOO_SMALL: 'client-certificate-weak-key',
+};
 
 /**
  * Map a listener-side TLS handshake error to a stable reason (log field, audit, metric label).
@@ -152,8 +158,7 @@ export function classifyClientHandshakeError(
   const verify = authorizationError
     ? String((authorizationError as { code?: string }).code ?? authorizationError)
     : '';
-  if (verify === 'CERT_HAS_EXPIRED') return 'client-certificate-expired';
-  if (verify !== '') return 'client-certificate-untrusted';
+  if (verify !== '') return VERIFY_REASONS[verify] ?? 'client-certificate-untrusted';
   const e = err as NodeJS.ErrnoException;
   const code = e?.code ?? '';
   const msg = String(e?.message ?? '');
@@ -165,4 +170,47 @@ export function classifyClientHandshakeError(
   if (/no shared cipher|unsupported protocol|version too low|wrong version number/i.test(msg))
     return 'protocol-or-cipher-mismatch';
   return 'handshake-failed';
+}
+
+/** The remote address and port of a (possibly already destroyed) socket of a TLS server. */
+export function remoteEndpoint(socket: tls.TLSSocket): { remoteAddress: string; remotePort: number } {
+  // A TLS socket destroyed during its handshake no longer knows its peer; the TCP socket it wraps
+  // (read when the connection was accepted) still does.
+  const parent = (socket as unknown as { _parent?: { remoteAddress?: string; remotePort?: number } })._parent;
+  return {
+    remoteAddress: socket.remoteAddress ?? parent?.remoteAddress ?? '',
+    remotePort: socket.remotePort ?? parent?.remotePort ?? 0,
+  };
+}
+
+/** Why a TLS client that completed the handshake is refused, with the certificate it presented. */
+export interface ClientRefusal {
+  reason: TlsClientRejection;
+  message: string;
+  certificate: PresentedCertificate | null;
+}
+
+/**
+ * The return listener's verdict on a client once the handshake is complete (the listener verifies the
+ * chain but lets the handshake finish, so that a refused certificate can be named): no certificate, a
+ * certificate that failed verification (expired, not yet valid, wrong extended key usage, untrusted) or a
+ * key below BCP 195 strength is a refusal; null when the client may go on.
+ */
+export function refuseClient(socket: tls.TLSSocket): ClientRefusal | null {
+  const certificate = presentedCertificate(socket);
+  if (!certificate) {
+    return { reason: 'no-client-certificate', message: 'the client presented no certificate', certificate };
+  }
+  // Before the verification verdict: OpenSSL's security level reports a weak key only as UNSPECIFIED.
+  const weak = peerKeyProblem(socket);
+  if (weak) return { reason: 'client-certificate-weak-key', message: weak, certificate };
+  if (!socket.authorized) {
+    const verify = socket.authorizationError;
+    return {
+      reason: classifyClientHandshakeError(null, verify ?? 'UNABLE_TO_VERIFY_LEAF_SIGNATURE'),
+      message: `certificate verification failed: ${String((verify as { code?: string } | null)?.code ?? verify)}`,
+      certificate,
+    };
+  }
+  return null;
 }

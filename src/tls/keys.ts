@@ -168,7 +168,10 @@ export function checkOwnCertificate(
   try {
     cert = new X509Certificate(readFileSync(spec.cert));
   } catch (err) {
-    report.errors.push(certFinding(`cannot read the certificate: ${(err as Error).message}`));
+    report.errors.push({
+      ...certFinding(''),
+      message: `cannot read ${spec.role} certificate ${spec.cert}: ${(err as Error).message}`,
+    });
     return report;
   }
   const notBefore = cert.validFromDate;
@@ -205,7 +208,7 @@ export function checkOwnCertificate(
       path: spec.keyPath.join('.'),
       keyPath: spec.keyPath,
       file: spec.key,
-      message: `${spec.key}: cannot read the private key: ${(err as Error).message}`,
+      message: `cannot read ${spec.role} key ${spec.key}: ${(err as Error).message}`,
     });
   }
   if (report.errors.length === 0 && notAfter.getTime() - now.getTime() < opts.warningMs) {

@@ -5,6 +5,7 @@ import * as net from 'node:net';
 import * as tls from 'node:tls';
 import { TLS_PROFILES, type TlsProfileName } from './profiles.js';
 import type { UpstreamConnectFailure } from '../vocabulary/outcomes.js';
+import { peerKeyProblem } from './keys.js';
 
 export interface UpstreamTlsSettings {
   ca: string;
@@ -91,6 +92,41 @@ export function buildUpstreamTlsContext(settings: UpstreamTlsSettings): Upstream
 /** vocabulary/outcomes.ts UPSTREAM_CONNECT_FAILURES. */
 export type UpstreamFailureReason = UpstreamConnectFailure;
 
+/**
+ * The TLS alerts (RFC 8446 section 6.2, as OpenSSL's error codes name them) a server sends about the
+ * client's certificate: bad_certificate, unsupported_certificate, certificate_revoked, certificate_expired,
+ * certificate_unknown, unknown_ca, access_denied, certificate_required.
+ */
+const CLIENT_CERTIFICATE_ALERT =
+  /^ERR_SSL_(SSLV3|TLSV1|TLSV13)_ALERT_(BAD_CERTIFICATE|UNSUPPORTED_CERTIFICATE|CERTIFICATE_REVOKED|CERTIFICATE_EXPIRED|CERTIFICATE_UNKNOWN|UNKNOWN_CA|ACCESS_DENIED|CERTIFICATE_REQUIRED)$/;
+
+/**
+ * For an error on an upstream socket after connectUpstream resolved (before the A-ASSOCIATE-AC): the
+ * reason when it is the archive refusing the proxy's client certificate (a TLS alert naming it), else
+ * null (the caller keeps its own classification, e.g. 'closed').
+ */
+export function classifyUpstreamSocketError(err: unknown): 'client-certificate-rejected' | null {
+  const e = err as { code?: unknown; message?: unknown } | null;
+  const code = typeof e?.code === 'string' ? e.code : '';
+  const msg = typeof e?.message === 'string' ? e.message : '';
+  if (CLIENT_CERTIFICATE_ALERT.test(code)) return 'client-certificate-rejected';
+  if (
+    /alert (bad certificate|certificate required|unknown ca|certificate unknown|certificate expired|certificate revoked|unsupported certificate|access denied)/i.test(
+      msg,
+    )
+  )
+    return 'client-certificate-rejected';
+  return null;
+}
+
+/**
+ * TLS 1.3 (RFC 8446 section 4.4.2): the client's handshake completes before the server has checked the
+ * client certificate; a server that refuses it sends an alert (or just closes) after that. connectUpstream
+ * resolves only once the server has shown it accepted the session (its NewSessionTicket, Node's 'session'
+ * event) or after this long, so a refusal is classified as such and not as a later 'closed'.
+ */
+export const UPSTREAM_TLS13_SETTLE_MS = 250;
+
 /** Map a socket/TLS error to a stable reason an admin can act on (log field, later a metric label). */
 export function classifyUpstreamError(err: unknown): UpstreamFailureReason {
   const e = err as NodeJS.ErrnoException & { reason?: string };
@@ -120,9 +156,20 @@ export function classifyUpstreamError(err: unknown): UpstreamFailureReason {
       return 'unknown-ca';
     case 'ERR_TLS_CERT_ALTNAME_INVALID':
       return 'hostname-mismatch';
+    case 'INVALID_PURPOSE':
+      return 'certificate-wrong-key-usage';
+    case 'EE_KEY_TOO_SMALL':
+    case 'CA_KEY_TOO_SMALL':
+    case 'UPSTREAM_WEAK_KEY':
+      return 'weak-key';
+    case 'UPSTREAM_SESSION_REFUSED':
+      return 'client-certificate-rejected';
     default:
       break;
   }
+  if (CLIENT_CERTIFICATE_ALERT.test(code)) return 'client-certificate-rejected';
+  // OpenSSL's security level refused the archive's key ("EE certificate key too weak", "ee key too small").
+  if (/key too (weak|small)/i.test(msg)) return 'weak-key';
   if (/certificate required|bad certificate|unknown ca|certificate unknown|alert number 4[0-9]/i.test(msg)) {
     return /handshake failure/i.test(msg) ? 'handshake-failed' : 'client-certificate-rejected';
   }
@@ -189,9 +236,17 @@ export function connectUpstream(opts: UpstreamConnectOptions): Promise<tls.TLSSo
       if (settled) return;
       settled = true;
       clearTimeout(timer);
+      clearTimeout(settle);
+      const classified = classifyUpstreamError(err);
+      // A reset while waiting for the TLS 1.3 session to be accepted is the archive refusing it.
+      const reason =
+        settle !== undefined && classified === 'closed' ? 'client-certificate-rejected' : classified;
+      let detail = (err as Error)?.message ?? String(err);
+      if (reason === 'weak-key' && (err as { code?: string })?.code !== 'UPSTREAM_WEAK_KEY') {
+        const weak = peerKeyProblem(socket); // OpenSSL's security level refused it: say which key
+        if (weak) detail = `${detail}: the archive's certificate: ${weak}`;
+      }
       socket.destroy();
-      const reason = classifyUpstreamError(err);
-      const detail = (err as Error)?.message ?? String(err);
       reject(
         new UpstreamConnectError(
           reason,
@@ -212,16 +267,48 @@ export function connectUpstream(opts: UpstreamConnectOptions): Promise<tls.TLSSo
     socket.once('close', () =>
       fail(Object.assign(new Error('closed during TLS handshake'), { code: 'ECONNRESET' })),
     );
-    socket.once('secureConnect', () => {
+    const established = (): void => {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
+      clearTimeout(settle);
       socket.removeListener('error', fail);
       socket.removeAllListeners('close');
+      socket.removeListener('session', established);
       socket.setNoDelay(true);
       const total = performance.now() - started;
       timings.set(socket, { connectMs: Math.max(tcpMs, 0), handshakeMs: total - Math.max(tcpMs, 0) });
       resolve(socket);
+    };
+    let settle: NodeJS.Timeout | undefined;
+    socket.once('secureConnect', () => {
+      if (settled) return;
+      // BCP 195 / RFC 9325 section 4.5: the archive's key must be strong enough, whatever OpenSSL's
+      // security level allowed.
+      const weak = peerKeyProblem(socket);
+      if (weak) {
+        fail(Object.assign(new Error(`the archive's certificate: ${weak}`), { code: 'UPSTREAM_WEAK_KEY' }));
+        return;
+      }
+      if (socket.getProtocol() !== 'TLSv1.3') {
+        established();
+        return;
+      }
+      // A close now (without an alert of its own) is the archive refusing the session after reading the
+      // proxy's certificate: the only thing it has not accepted yet.
+      socket.removeAllListeners('close');
+      socket.once('close', () =>
+        fail(
+          Object.assign(
+            new Error(
+              'the archive closed the connection after the TLS 1.3 handshake without accepting the session: it refused the client certificate',
+            ),
+            { code: 'UPSTREAM_SESSION_REFUSED' },
+          ),
+        ),
+      );
+      socket.once('session', established);
+      settle = setTimeout(established, UPSTREAM_TLS13_SETTLE_MS);
     });
   });
 }

@@ -102,9 +102,11 @@ export const UPSTREAM_CONNECT_FAILURES = [
   'unreachable', // no route, or the host name did not resolve
   'certificate-expired', // the archive's certificate is expired
   'certificate-not-yet-valid', // the archive's certificate is not yet valid
+  'certificate-wrong-key-usage', // the archive's certificate's extended key usage does not allow serverAuth
+  'weak-key', // the archive's certificate key is below BCP 195 (RSA < 2048 bits, EC < 256 bits)
   'unknown-ca', // the archive's certificate does not chain to the configured CA bundle
   'hostname-mismatch', // the archive's certificate does not name serverName
-  'client-certificate-rejected', // the archive refused the proxy's client certificate (TLS alert)
+  'client-certificate-rejected', // the archive refused the proxy's client certificate (TLS alert; TLS 1.3: closed before accepting the session)
   'handshake-failed', // any other TLS handshake failure
   'closed', // the connection closed before the A-ASSOCIATE-AC / A-ASSOCIATE-RJ
 ] as const;
@@ -182,6 +184,9 @@ export type ProtocolErrorSide = (typeof PROTOCOL_ERROR_SIDES)[number];
 /** 'tls-client-rejected' event `reason`: why a TLS client of the return listener failed the handshake. */
 export const TLS_CLIENT_REJECTIONS = [
   'client-certificate-expired', // the client's certificate is expired (verification CERT_HAS_EXPIRED)
+  'client-certificate-not-yet-valid', // the client's certificate is not valid yet (CERT_NOT_YET_VALID)
+  'client-certificate-wrong-key-usage', // its extended key usage does not allow clientAuth (INVALID_PURPOSE)
+  'client-certificate-weak-key', // its key is below BCP 195 (RSA < 2048 bits, EC < 256 bits)
   'client-certificate-untrusted', // the client's certificate does not chain to the return listener's CA bundle
   'no-client-certificate', // the client presented no certificate (the return listener requires one)
   'handshake-timeout', // returnListener.tls.handshakeTimeout ran out

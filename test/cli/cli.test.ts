@@ -6,7 +6,7 @@ import { cp, mkdir, readFile, readdir, rm, stat, writeFile } from 'node:fs/promi
 import { dirname, join, resolve } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { type DemoPkiPaths, writeDemoPki } from '../../src/tls/pki.js';
+import { type DemoPkiPaths, issueCertificate, writeDemoPki } from '../../src/tls/pki.js';
 import { eventually, portIsFree } from '../helpers/interop.js';
 import {
   Procs,
@@ -218,6 +218,68 @@ describe('dimse-tls-proxy command line', { timeout: 80_000 }, () => {
       const r = await cli(['check-config', '-c', file]);
       assert.equal(r.code, 1, describeRun(r));
       assert.ok(r.stderr.includes(join(dir, 'pki', 'no-such-cert.pem')), describeRun(r));
+    });
+  });
+
+  describe("check-config and start: the proxy's own certificates", () => {
+    const DAY = 86_400_000;
+    /** A client certificate from the demo CA with the given validity, written under pki/ as <name>.pem/.key. */
+    async function clientCert(name: string, notBefore: Date, notAfter: Date): Promise<void> {
+      const ca = { cert: await readFile(pki.caCert, 'utf8'), key: await readFile(pki.caKey, 'utf8') };
+      const pair = await issueCertificate(ca, {
+        commonName: 'dimse-tls-proxy',
+        usage: 'client',
+        notBefore,
+        notAfter,
+      });
+      await writeFile(join(dir, 'pki', `${name}.pem`), pair.cert);
+      await writeFile(join(dir, 'pki', `${name}.key`), pair.key, { mode: 0o600 });
+    }
+    const withClient = (name: string, extra = ''): string =>
+      configYaml({ listenPort: 11112, archivePort: 2762, certDir: 'pki' })
+        .replace('pki/proxy-client.pem', `pki/${name}.pem`)
+        .replace('pki/proxy-client.key', `pki/${name}.key`) + extra;
+
+    it('an expired client certificate: check-config exits 1 naming the file and upstreams.archive.tls.cert', async () => {
+      await clientCert('expired-client', new Date(Date.now() - 60 * DAY), new Date(Date.now() - DAY));
+      const file = join(dir, 'expired-client.yaml');
+      const text = withClient('expired-client');
+      await writeFile(file, text);
+      const r = await cli(['check-config', '-c', file]);
+      assert.equal(r.code, 1, describeRun(r));
+      assert.equal(r.stdout, '');
+      const line = text.split('\n').indexOf('      cert: pki/expired-client.pem') + 1;
+      assert.ok(r.stderr.includes(`${file}:${line}:`), describeRun(r));
+      assert.match(r.stderr, /upstreams\.archive\.tls\.cert/);
+      assert.ok(r.stderr.includes(join(dir, 'pki', 'expired-client.pem')), describeRun(r));
+      assert.match(r.stderr, /expired/);
+    });
+
+    it('an expired client certificate: start exits 1 before listening', async () => {
+      const listenPort = await freePort();
+      const file = join(dir, 'expired-client-start.yaml');
+      await writeFile(file, withClient('expired-client').replace('port: 11112', `port: ${listenPort}`));
+      const r = await cli(['start', '-c', file], { timeoutMs: 15_000 });
+      assert.equal(r.code, 1, describeRun(r));
+      assert.match(r.stderr, /cannot start.*upstreams\.archive\.tls\.cert/s);
+      assert.ok(await portIsFree(listenPort), 'nothing may be left listening');
+    });
+
+    it('a client certificate expiring within tls.expiryWarning: exit 0 with a warning; none with a shorter window', async () => {
+      await clientCert('expiring-client', new Date(Date.now() - DAY), new Date(Date.now() + 10 * DAY));
+      const file = join(dir, 'expiring-client.yaml');
+      await writeFile(file, withClient('expiring-client'));
+      const r = await cli(['check-config', '-c', file]);
+      assert.equal(r.code, 0, describeRun(r));
+      assert.match(
+        r.stdout,
+        /warning: upstreams\.archive\.tls\.cert .*expiring-client\.pem: certificate expires on \d{4}-.* \(in \d+ days; tls\.expiryWarning is 30d\)/,
+      );
+      const short = join(dir, 'expiring-client-5d.yaml');
+      await writeFile(short, withClient('expiring-client', 'tls: { expiryWarning: 5d }\n'));
+      const quiet = await cli(['check-config', '-c', short]);
+      assert.equal(quiet.code, 0, describeRun(quiet));
+      assert.doesNotMatch(quiet.stdout, /warning/);
     });
   });
 

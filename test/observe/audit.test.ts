@@ -463,6 +463,38 @@ describe('PS3.15 A.5 message builders', () => {
       '110126',
       '8',
     );
+    // A refused certificate: the source address and port, and the certificate it presented.
+    const refused = alert(
+      tlsAuthenticationFailureMessage({
+        ...CTX,
+        remoteAddress: '10.0.0.9',
+        remotePort: 51234,
+        reason: 'client-certificate-not-yet-valid: certificate verification failed: CERT_NOT_YET_VALID',
+        listener: 'return listener',
+        certificate: { subject: 'CN=archive.local', issuer: 'CN=Test CA', fingerprint256: 'AA:BB:CC' },
+      }),
+      '110126',
+      '8',
+    ).root;
+    const performer = (kids(refused, 'ActiveParticipant') as XNode[])[1] as XNode;
+    assert.deepEqual(
+      [performer.attrs['UserID'], performer.attrs['NetworkAccessPointID'], performer.attrs['UserName']],
+      ['10.0.0.9:51234', '10.0.0.9', 'CN=archive.local; issuer=CN=Test CA; SHA-256=AA:BB:CC'],
+    );
+    const refusedDetails = Object.fromEntries(
+      kids(kid(refused, 'ParticipantObjectIdentification'), 'ParticipantObjectDetail').map((d) => [
+        d.attrs['type'],
+        b64(d.attrs['value']),
+      ]),
+    );
+    assert.equal(refusedDetails['SourcePort'], '51234');
+    assert.equal(refusedDetails['CertificateSubject'], 'CN=archive.local');
+    assert.equal(refusedDetails['CertificateIssuer'], 'CN=Test CA');
+    assert.equal(refusedDetails['CertificateSHA256'], 'AA:BB:CC');
+    assert.match(
+      kid(kid(refused, 'EventIdentification'), 'EventOutcomeDescription').text,
+      /10\.0\.0\.9:51234.*client-certificate-not-yet-valid/,
+    );
     const cfg = alert(
       configurationChangeMessage({ ...CTX, description: 'policy reloaded', file: '/etc/dimse/proxy.yaml' }),
       '110129',
@@ -570,7 +602,12 @@ class Collector {
 
   private constructor(readonly server: tls.Server) {}
 
-  static async start(opts: { cert: PemPair; ca: string; port?: number }): Promise<Collector> {
+  static async start(opts: {
+    cert: PemPair;
+    ca: string;
+    port?: number;
+    ciphers?: string;
+  }): Promise<Collector> {
     const server = tls.createServer({
       cert: opts.cert.cert,
       key: opts.cert.key,
@@ -578,6 +615,7 @@ class Collector {
       requestCert: true,
       rejectUnauthorized: true,
       minVersion: 'TLSv1.2',
+      ...(opts.ciphers ? { ciphers: opts.ciphers } : {}),
     });
     const c = new Collector(server);
     server.on('secureConnection', (socket) => {
@@ -925,6 +963,33 @@ describe('syslog over TLS with a durable spool', { timeout: 120_000 }, () => {
     );
   });
 
+  test('(f) a collector with an RSA-1024 certificate gets nothing (weak key); RSA-2048 receives', async () => {
+    const server = { commonName: 'audit.local', ipAddresses: ['127.0.0.1'], usage: 'server' as const };
+    const weakCert = await issueCertificate(pki.ca, { ...server, keyType: 'rsa-1024' });
+    // Only below OpenSSL's default security level can the collector serve a 1024-bit key.
+    const weak = await Collector.start({ cert: weakCert, ca: pki.ca.cert, ciphers: 'DEFAULT:@SECLEVEL=0' });
+    cleanup.push(() => weak.close());
+    const s = sender(weak.port, { clock: new ManualClock() });
+    const error = nextTransportError(s);
+    await s.start();
+    s.send(xmlNo(0));
+    assert.match(await error, /key too weak|RSA 1024-bit/);
+    assert.equal(weak.frames.length, 0);
+    assert.equal(s.stats().delivered, 0);
+
+    const strong = await collector(
+      await issueCertificate(pki.ca, { ...server, keyType: 'rsa-2048' }),
+      pki.ca.cert,
+    );
+    const twin = sender(strong.port);
+    await twin.start();
+    twin.send(xmlNo(1));
+    await until(
+      () => strong.frames.length === 1,
+      () => JSON.stringify(twin.stats()),
+    );
+  });
+
   test('(f) twin: a collector that does not trust the client certificate gets nothing either', async () => {
     const strict = await collector(pki.collector, pki.otherCa.cert); // trusts only the other CA's clients
     const clock = new ManualClock();
@@ -1163,8 +1228,10 @@ describe('(g) AuditTrail.subscribe maps the core events end to end', { timeout: 
     events.emit('tls-client-rejected', {
       listener: 'return',
       remoteAddress: '10.6.6.6',
+      remotePort: 40000,
       reason: 'client-certificate-untrusted',
       message: 'certificate verification failed: UNABLE_TO_GET_ISSUER_CERT',
+      certificate: { subject: 'CN=rogue-pacs', issuer: 'CN=Rogue CA', fingerprint256: 'DE:AD' },
     });
     events.emit('association-refused', {
       id: 'r3',
@@ -1239,8 +1306,11 @@ describe('(g) AuditTrail.subscribe maps the core events end to end', { timeout: 
     );
     assert.match(
       kid(kid(alerts[2] as XNode, 'EventIdentification'), 'EventOutcomeDescription').text,
-      /return listener.*10\.6\.6\.6.*client-certificate-untrusted/,
+      /return listener.*10\.6\.6\.6:40000.*client-certificate-untrusted/,
     );
+    const tlsPerformer = (kids(alerts[2] as XNode, 'ActiveParticipant') as XNode[])[1] as XNode;
+    assert.equal(tlsPerformer.attrs['UserID'], '10.6.6.6:40000', 'not "unknown"');
+    assert.match(tlsPerformer.attrs['UserName'] ?? '', /CN=rogue-pacs; issuer=CN=Rogue CA; SHA-256=DE:AD/);
     const mismatch = kid(alerts[3] as XNode, 'ParticipantObjectIdentification');
     assert.equal(mismatch.attrs['ParticipantObjectID'], '10.0.0.3');
     assert.ok(

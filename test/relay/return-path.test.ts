@@ -330,6 +330,77 @@ describe('return listener (archive → proxy → receiver)', { timeout: 60_000 }
     assert.equal(rejection?.reason, 'client-certificate-expired', JSON.stringify(rejection));
   });
 
+  test('refused at the TLS handshake: a not-yet-valid certificate with the right identity', async () => {
+    const future = await issueCertificate(pki.ca, {
+      commonName: 'archive.local',
+      dnsNames: ['archive.local'],
+      usage: 'client',
+      notBefore: new Date(Date.now() + 86_400_000),
+      notAfter: new Date(Date.now() + 3 * 86_400_000),
+    });
+    const count = (proxy.events['tls-client-rejected'] ?? []).length;
+    assert.notEqual(await handshake({ cert: future.cert, key: future.key }), 'timeout');
+    const rejection = await lastTlsRejection(count);
+    assert.equal(rejection?.reason, 'client-certificate-not-yet-valid', JSON.stringify(rejection));
+  });
+
+  test('refused at the TLS handshake: a serverAuth-only certificate with the right identity', async () => {
+    const serverOnly = await issueCertificate(pki.ca, {
+      commonName: 'archive.local',
+      dnsNames: ['archive.local'],
+      usage: 'server',
+    });
+    const count = (proxy.events['tls-client-rejected'] ?? []).length;
+    assert.notEqual(await handshake({ cert: serverOnly.cert, key: serverOnly.key }), 'timeout');
+    const rejection = await lastTlsRejection(count);
+    assert.equal(rejection?.reason, 'client-certificate-wrong-key-usage', JSON.stringify(rejection));
+  });
+
+  test('refused after the TLS handshake: an RSA-1024 certificate with the right identity; RSA-2048 accepted', async () => {
+    const weak = await issueCertificate(pki.ca, {
+      commonName: 'archive.local',
+      dnsNames: ['archive.local'],
+      usage: 'client',
+      keyType: 'rsa-1024',
+    });
+    const count = (proxy.events['tls-client-rejected'] ?? []).length;
+    // The client can only present a 1024-bit key below OpenSSL's default security level.
+    const outcome = await handshake({ cert: weak.cert, key: weak.key, ciphers: 'DEFAULT:@SECLEVEL=0' });
+    assert.notEqual(outcome, 'timeout');
+    const rejection = await lastTlsRejection(count);
+    assert.equal(rejection?.reason, 'client-certificate-weak-key', JSON.stringify(rejection));
+    assert.match(rejection?.message ?? '', /RSA 1024-bit/);
+
+    const strong = await issueCertificate(pki.ca, {
+      commonName: 'archive.local',
+      dnsNames: ['archive.local'],
+      usage: 'client',
+      keyType: 'rsa-2048',
+    });
+    const r = await echo({
+      host: '127.0.0.1',
+      port: proxy.returnPort,
+      callingAeTitle: 'ARCHIVE',
+      calledAeTitle: 'WS_OK',
+      tls: asArchive(strong),
+    });
+    assert.equal(r.error, null, 'the same identity with a 2048-bit RSA key is accepted');
+  });
+
+  test('a refused certificate is reported with the source address and port, subject, issuer and fingerprint', async () => {
+    const count = (proxy.events['tls-client-rejected'] ?? []).length;
+    await handshake({ cert: foreign.cert, key: foreign.key });
+    const rejection = await lastTlsRejection(count);
+    assert.equal(rejection?.remoteAddress, '127.0.0.1');
+    assert.ok((rejection?.remotePort ?? 0) > 0, JSON.stringify(rejection));
+    const x509 = new X509Certificate(foreign.cert);
+    assert.deepEqual(rejection?.certificate, {
+      subject: 'CN=archive.local',
+      issuer: 'CN=Other CA',
+      fingerprint256: x509.fingerprint256,
+    });
+  });
+
   test('the forward listener is unaffected: plaintext modalities still use it', async () => {
     const r = await echo({
       host: '127.0.0.1',

@@ -37,7 +37,10 @@ describe('upstream mutual TLS', () => {
     await removePki(pki);
   });
 
-  async function archiveWith(cert: PemPair, opts: { ca?: string; requireClientCert?: boolean } = {}) {
+  async function archiveWith(
+    cert: PemPair,
+    opts: { ca?: string; requireClientCert?: boolean; ciphers?: string } = {},
+  ) {
     const a = await startArchive({
       port: 0,
       aeTitle: 'ARCHIVE',
@@ -47,6 +50,7 @@ describe('upstream mutual TLS', () => {
         cert: cert.cert,
         key: cert.key,
         requireClientCert: opts.requireClientCert ?? true,
+        ...(opts.ciphers ? { ciphers: opts.ciphers } : {}),
       },
     });
     archives.push(a);
@@ -117,13 +121,58 @@ describe('upstream mutual TLS', () => {
     assert.equal(failure?.reason, 'certificate-expired');
   });
 
-  test('refuses: the archive rejects the proxy client certificate (from another CA)', async () => {
+  test('refuses: the archive rejects the proxy client certificate (from another CA), logged before the summary', async () => {
     const otherCa = await createCa('Other client CA');
     const a = await archiveWith(pki.archive, { ca: otherCa.cert });
-    const { answer, failure } = await through(a.port);
+    const proxy = await startProxy({ archivePort: a.port, pki });
+    const order: string[] = [];
+    proxy.server.events.on('upstream-failed', (e) => order.push(`upstream-failed: ${e.reason}`));
+    proxy.server.events.on('association-closed', () => order.push('association-closed'));
+    try {
+      const answer = await tryAssociate(proxy.port);
+      await proxy.closed();
+      assertCongestion(answer);
+      // TLS 1.3: the archive's refusal arrives after the proxy's handshake has completed.
+      assert.deepEqual(order, ['upstream-failed: client-certificate-rejected', 'association-closed']);
+    } finally {
+      await proxy.close();
+    }
+  });
+
+  test('refuses: an archive certificate with an RSA-1024 key (weak-key); accepts RSA-2048', async () => {
+    const weak = await issueCertificate(pki.ca, {
+      commonName: 'archive.local',
+      dnsNames: ['archive.local'],
+      usage: 'both',
+      keyType: 'rsa-1024',
+    });
+    // The archive can only serve a 1024-bit key below OpenSSL's default security level.
+    const refused = await through((await archiveWith(weak, { ciphers: 'DEFAULT:@SECLEVEL=0' })).port);
+    assertCongestion(refused.answer);
+    assert.equal(refused.failure?.reason, 'weak-key');
+    // OpenSSL's security level may refuse it first ("EE certificate key too weak"), else the proxy's check.
+    assert.match(refused.failure?.message ?? '', /RSA 1024-bit|key too weak/);
+
+    const strong = await issueCertificate(pki.ca, {
+      commonName: 'archive.local',
+      dnsNames: ['archive.local'],
+      usage: 'both',
+      keyType: 'rsa-2048',
+    });
+    const twin = await through((await archiveWith(strong)).port);
+    assert.equal(twin.answer?.type, 0x02, 'a 2048-bit RSA archive certificate is accepted');
+    assert.equal(twin.failure, undefined);
+  });
+
+  test('refuses: an archive certificate for clientAuth only (certificate-wrong-key-usage)', async () => {
+    const clientOnly = await issueCertificate(pki.ca, {
+      commonName: 'archive.local',
+      dnsNames: ['archive.local'],
+      usage: 'client',
+    });
+    const { answer, failure } = await through((await archiveWith(clientOnly)).port);
     assertCongestion(answer);
-    assert.ok(failure, 'an upstream failure must be recorded');
-    assert.match(failure.reason, /client-certificate-rejected|closed|handshake-failed/);
+    assert.equal(failure?.reason, 'certificate-wrong-key-usage');
   });
 
   test('refuses: nothing listens on the archive port (refused)', async () => {

@@ -48,6 +48,7 @@ import {
   tlsAuthenticationFailureMessage,
   type CertificateIdentity,
   type ConfigurationChangeKind,
+  type PresentedCertificateIdentity,
   type EventOutcome,
   type MessageContext,
   type NodeParticipant,
@@ -135,6 +136,8 @@ const TLS_AUTH_FAILURES = {
   unreachable: false,
   'certificate-expired': true,
   'certificate-not-yet-valid': true,
+  'certificate-wrong-key-usage': true,
+  'weak-key': true,
   'unknown-ca': true,
   'hostname-mismatch': true,
   'client-certificate-rejected': true,
@@ -265,7 +268,13 @@ export class AuditTrail extends EventEmitter<AuditTrailEvents> {
    * Security Alert 110126: a TLS handshake with a peer failed. The return listener's failures already come
    * as 'tls-client-rejected' events (subscribe()): call this only for endpoints without such an event.
    */
-  tlsAuthenticationFailure(e: { remoteAddress: string; reason: string; listener: string }): void {
+  tlsAuthenticationFailure(e: {
+    remoteAddress: string;
+    remotePort?: number | null;
+    reason: string;
+    listener: string;
+    certificate?: PresentedCertificateIdentity | null;
+  }): void {
     this.record(tlsAuthenticationFailureMessage({ ...this.context(), ...e }), 8);
   }
 
@@ -355,8 +364,10 @@ export class AuditTrail extends EventEmitter<AuditTrailEvents> {
       'tls-client-rejected': (e) => {
         this.tlsAuthenticationFailure({
           remoteAddress: e.remoteAddress,
+          remotePort: e.remotePort ?? null,
           reason: `${e.reason}: ${e.message}`,
           listener: `${e.listener} listener`,
+          certificate: e.certificate ?? null,
         });
       },
       'upstream-failed': (e) => {

@@ -724,9 +724,20 @@ export function certificateAeMismatchMessage(input: CertificateAeMismatchInput):
   });
 }
 
+/** The certificate a refused TLS peer presented. */
+export interface PresentedCertificateIdentity {
+  subject: string;
+  issuer: string;
+  fingerprint256: string;
+}
+
 export interface TlsAuthenticationFailureInput extends MessageContext {
   remoteAddress: string;
+  /** The peer's source port, when known. */
+  remotePort?: number | null;
   reason: string;
+  /** The certificate the peer presented, when it presented one. */
+  certificate?: PresentedCertificateIdentity | null;
   /** Which endpoint saw the failure, e.g. "return listener" or "upstream archive". */
   listener: string;
   /** When the failing party was the proxy's own outbound connection (upstream archive). */
@@ -738,23 +749,35 @@ export interface TlsAuthenticationFailureInput extends MessageContext {
  * secure communications channel": Security Alert 110126, outcome 8.
  */
 export function tlsAuthenticationFailureMessage(input: TlsAuthenticationFailureInput): string {
-  const description = `TLS node authentication failed (${input.listener}) with ${normaliseAddress(input.remoteAddress)}: ${input.reason}`;
+  const address = normaliseAddress(input.remoteAddress);
+  const port = input.remotePort ? input.remotePort : null;
+  // address:port, an IPv6 address in brackets (RFC 3986 authority form).
+  const endpoint = port === null ? address : `${address.includes(':') ? `[${address}]` : address}:${port}`;
+  const description = `TLS node authentication failed (${input.listener}) with ${endpoint || 'an unknown peer'}: ${input.reason}`;
+  const cert = input.certificate ?? null;
+  const details: ValuePair[] = [
+    { type: 'Endpoint', value: input.listener },
+    { type: 'Reason', value: input.reason },
+  ];
+  if (port !== null) details.push({ type: 'SourcePort', value: String(port) });
+  if (cert) {
+    details.push({ type: 'CertificateSubject', value: cert.subject });
+    details.push({ type: 'CertificateIssuer', value: cert.issuer });
+    details.push({ type: 'CertificateSHA256', value: cert.fingerprint256 });
+  }
+  const performer: ActiveParticipant = {
+    ...nodeParticipant({ address: input.remoteAddress, requestor: true }),
+    // The peer is known by its network endpoint (it has no AE title yet) and the certificate it presented.
+    ...(endpoint ? { userId: endpoint } : {}),
+    userName: cert ? `${cert.subject}; issuer=${cert.issuer}; SHA-256=${cert.fingerprint256}` : null,
+  };
   return securityAlertMessage({
     ...input,
     types: [EVENT_TYPE.nodeAuthentication],
     outcome: 8,
     description,
-    performers: input.outbound ? [] : [nodeParticipant({ address: input.remoteAddress, requestor: true })],
-    subjects: [
-      {
-        kind: 'node',
-        id: input.remoteAddress,
-        details: [
-          { type: 'Endpoint', value: input.listener },
-          { type: 'Reason', value: input.reason },
-        ],
-      },
-    ],
+    performers: input.outbound ? [] : [performer],
+    subjects: [{ kind: 'node', id: input.remoteAddress || 'unknown', details }],
   });
 }
 

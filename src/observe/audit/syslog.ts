@@ -32,6 +32,7 @@ import { join } from 'node:path';
 import * as tls from 'node:tls';
 import type { AuditSyslogConfig } from '../../config/audit.js';
 import { TLS_PROFILES, type TlsProfileName } from '../../tls/profiles.js';
+import { peerKeyProblem } from '../../tls/keys.js';
 import type { EventOutcome } from './messages.js';
 import { systemClock, type Clock, type TimerHandle } from '../../util/clock.js';
 import { syncDir } from '../../util/fs.js';
@@ -788,6 +789,12 @@ export class SyslogTlsSender extends EventEmitter<SyslogTlsSenderEvents> {
       this.pump();
     };
     socket.once('secureConnect', () => {
+      // BCP 195 / RFC 9325 section 4.5: the repository's key must be strong enough (RSA ≥ 2048, EC ≥ 256).
+      const weak = peerKeyProblem(socket);
+      if (weak) {
+        fail(new Error(`weak-key: the audit repository's certificate: ${weak}`), `weak-key: ${weak}`);
+        return;
+      }
       if (socket.getProtocol() !== 'TLSv1.3') {
         established();
         return;
