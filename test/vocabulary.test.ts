@@ -42,10 +42,11 @@ const agreements: [
   Equal<ProxyEventMap['upstream-failed'][0]['reason'], V.UpstreamFailure>,
   Equal<ProxyEventMap['protocol-error'][0]['code'], V.ProtocolErrorCode>,
   Equal<ProxyEventMap['tls-client-rejected'][0]['reason'], V.TlsClientRejection>,
+  Equal<ProxyEventMap['connection-refused'][0]['reason'], V.ConnectionRefusal>,
   Equal<ProxyEventMap['association-closed'][0]['outcome'], V.AssociationOutcome>,
   Equal<keyof typeof OUTCOME_REASONS, V.AssociationOutcome>,
   Equal<(typeof POLICY_DENIAL_REASONS)[number], V.ProxyRefusal | V.DimseDenial>,
-] = [true, true, true, true, true, true, true, true, true, true, true, true, true];
+] = [true, true, true, true, true, true, true, true, true, true, true, true, true, true];
 
 test('the vocabulary types agree with the modules that emit the names (compile time)', () => {
   assert.ok(agreements.every((a) => a));
@@ -63,6 +64,7 @@ const TUPLES = {
   ABORT_REASONS: V.ABORT_REASONS,
   PROTOCOL_ERROR_SIDES: V.PROTOCOL_ERROR_SIDES,
   TLS_CLIENT_REJECTIONS: V.TLS_CLIENT_REJECTIONS,
+  CONNECTION_REFUSALS: V.CONNECTION_REFUSALS,
   DIMSE_DENIALS: V.DIMSE_DENIALS,
 } as const;
 
@@ -112,6 +114,8 @@ test('the names are the ones the code emits: each refusal and code appears where
   const tls = sources('tls');
   for (const r of V.UPSTREAM_CONNECT_FAILURES) assert.ok(tls.includes(`'${r}'`), `tls/ never gives ${r}`);
   for (const r of V.TLS_CLIENT_REJECTIONS) assert.ok(tls.includes(`'${r}'`), `tls/ never gives ${r}`);
+  for (const r of V.CONNECTION_REFUSALS)
+    assert.ok(relay.includes(`'${r}'`) || tls.includes(`'${r}'`), `relay/ never emits ${r}`);
   // The vocabulary imports nothing from the project: it is the bottom layer.
   assert.doesNotMatch(sources('vocabulary'), /^\s*import\b/m);
 });
@@ -173,6 +177,8 @@ test('a fresh registry exports every bounded label combination at 0', async () =
       );
     for (const reason of V.TLS_CLIENT_REJECTIONS)
       assert.ok(has('dimse_proxy_tls_client_rejections_total', { listener, reason }), reason);
+    for (const reason of V.CONNECTION_REFUSALS)
+      assert.ok(has('dimse_proxy_connections_refused_total', { listener, reason }), reason);
   }
   for (const outcome of V.ASSOCIATION_OUTCOMES)
     assert.ok(has('dimse_proxy_associations_total', { outcome }), outcome);

@@ -50,6 +50,9 @@ export const DEFAULTS = deepFreeze({
     drainTimeout: '30s',
     relayBuffer: 1_048_576,
     relayBufferTotal: 16_777_216,
+    pendingPerAddress: 8,
+    pendingTotal: 64,
+    pendingReservedForPeers: 16,
   },
   tls: {
     expiryWarning: '30d',

@@ -151,6 +151,7 @@ function validate(raw: unknown, pending: PendingIssue[]): ValidatedRoot | null {
 
   checkRoutes(rawRoot, pending);
   checkReturnListener(rawRoot, pending);
+  checkPendingLimits(rawRoot, pending);
   if (rootResult.success && rootResult.data.audit) {
     for (const issue of auditCrossIssues(resolveAuditConfig(rootResult.data.audit, '/'))) {
       pending.push({ path: ['audit', ...issue.path], message: issue.message });
@@ -236,6 +237,36 @@ function checkRoutes(rawRoot: Record<string, unknown>, pending: PendingIssue[]):
 }
 
 /** Cross-checks of returnListener: one identity kind per caller, each calling AE title under one caller. */
+/** limits.pendingReservedForPeers and pendingPerAddress against pendingTotal (each as set or defaulted). */
+function checkPendingLimits(rawRoot: Record<string, unknown>, pending: PendingIssue[]): void {
+  const raw = rawRoot['limits'];
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) return;
+  const l = raw as Record<string, unknown>;
+  const value = (key: 'pendingPerAddress' | 'pendingTotal' | 'pendingReservedForPeers'): number | null => {
+    const v = l[key] === undefined ? DEFAULTS.limits[key] : l[key];
+    return Number.isInteger(v) ? (v as number) : null; // a wrong type is the schema's error
+  };
+  const total = value('pendingTotal');
+  const reserved = value('pendingReservedForPeers');
+  const perAddress = value('pendingPerAddress');
+  if (total === null) return;
+  if (reserved !== null && reserved >= total) {
+    pending.push({
+      path: [
+        'limits',
+        l['pendingReservedForPeers'] !== undefined ? 'pendingReservedForPeers' : 'pendingTotal',
+      ],
+      message: `pendingReservedForPeers (${reserved}) must be less than pendingTotal (${total}): addresses no peer lists need room too`,
+    });
+  }
+  if (perAddress !== null && perAddress > total) {
+    pending.push({
+      path: ['limits', l['pendingPerAddress'] !== undefined ? 'pendingPerAddress' : 'pendingTotal'],
+      message: `pendingPerAddress (${perAddress}) must not exceed pendingTotal (${total})`,
+    });
+  }
+}
+
 function checkReturnListener(rawRoot: Record<string, unknown>, pending: PendingIssue[]): void {
   const rl = rawRoot['returnListener'];
   if (rl === null || typeof rl !== 'object' || Array.isArray(rl)) return;
@@ -420,6 +451,9 @@ function buildProxyConfig(validated: ValidatedRoot, sourcePath: string | null, b
     drainTimeoutMs: l.drainTimeout ?? defaultDurationMs(DEFAULTS.limits.drainTimeout),
     relayBuffer: l.relayBuffer ?? DEFAULTS.limits.relayBuffer,
     relayBufferTotal: l.relayBufferTotal ?? DEFAULTS.limits.relayBufferTotal,
+    pendingPerAddress: l.pendingPerAddress ?? DEFAULTS.limits.pendingPerAddress,
+    pendingTotal: l.pendingTotal ?? DEFAULTS.limits.pendingTotal,
+    pendingReservedForPeers: l.pendingReservedForPeers ?? DEFAULTS.limits.pendingReservedForPeers,
   };
 
   const g = root.logging ?? {};

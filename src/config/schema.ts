@@ -139,6 +139,9 @@ export const limitsSchema = z.strictObject({
   drainTimeout: optionalDuration,
   relayBuffer: z.int().min(65_536).max(67_108_864).optional(),
   relayBufferTotal: z.int().min(1_048_576).max(4_294_967_296).optional(),
+  pendingPerAddress: z.int().min(1).max(65_536).optional(),
+  pendingTotal: z.int().min(1).max(65_536).optional(),
+  pendingReservedForPeers: z.int().min(0).max(65_536).optional(),
 });
 
 export const reloadSchema = z.strictObject({

@@ -138,6 +138,18 @@ export interface LimitsConfig {
    * as soon as it holds more than one read (64 KiB) per direction.
    */
   relayBufferTotal: number;
+  /**
+   * Connections per listener and source address that are not admitted yet (TLS handshake, awaiting or
+   * refused A-ASSOCIATE-RQ); one more is closed at once.
+   */
+  pendingPerAddress: number;
+  /** Connections per listener not admitted yet, from all addresses. */
+  pendingTotal: number;
+  /**
+   * Of pendingTotal, the part only addresses listed in peers.<AE>.addresses (forward listener) or
+   * returnListener.callers[].addresses (return listener) may use.
+   */
+  pendingReservedForPeers: number;
 }
 
 export interface ReloadConfig {

@@ -3,6 +3,7 @@ import { EventEmitter } from 'node:events';
 
 import type {
   AssociationOutcome,
+  ConnectionRefusal,
   Direction,
   ListenerKind,
   ProtocolErrorCode,
@@ -135,6 +136,20 @@ export interface ProxyEventMap {
   ];
   'association-closed': [AssociationSummary];
   'listener-error': [{ message: string }];
+  /**
+   * A connection closed before any association: refused when accepted (over a limit, or shutting down),
+   * or, on the return listener, closed because its TLS handshake ran out of time.
+   */
+  'connection-refused': [
+    {
+      listener: ListenerKind;
+      remoteAddress: string;
+      remotePort: number;
+      reason: ConnectionRefusal;
+      message: string;
+    },
+  ];
+
   /** A TLS client of the return listener failed the handshake (no certificate, unknown CA, expired…). */
   'tls-client-rejected': [
     {

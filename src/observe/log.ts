@@ -46,6 +46,36 @@ function protocolErrorMessage(code: ProtocolErrorCode): string {
     : 'protocol error, association aborted';
 }
 
+/** Refused connections from one address for one reason: one line per this window, with the count since. */
+const REFUSAL_LOG_WINDOW_MS = 10_000;
+/** Addresses tracked for that (a flood from many addresses costs no more than this many entries). */
+const REFUSAL_LOG_KEYS = 1024;
+
+/**
+ * A flood of refused connections must not become a flood of log lines: the first refusal of an address
+ * for a reason is logged, then at most one line per window carrying `suppressed`, the refusals not logged
+ * since (the metric counts every one).
+ */
+function refusalLogger(log: winston.Logger): (e: ProxyEventMap['connection-refused'][0]) => void {
+  const seen = new Map<string, { until: number; suppressed: number }>();
+  return (e) => {
+    const key = `${e.listener} ${e.reason} ${e.remoteAddress}`;
+    const now = Date.now();
+    const entry = seen.get(key);
+    if (entry && now < entry.until) {
+      entry.suppressed++;
+      return;
+    }
+    if (!entry && seen.size >= REFUSAL_LOG_KEYS) seen.clear();
+    seen.set(key, { until: now + REFUSAL_LOG_WINDOW_MS, suppressed: 0 });
+    log.warn('connection refused before association', {
+      event: 'connection-refused',
+      ...meta(e),
+      ...(entry ? { suppressed: entry.suppressed } : {}),
+    });
+  };
+}
+
 /** Wire the core's events to log lines. Returns a function that unsubscribes. */
 export function logEvents(events: ProxyEvents, log: winston.Logger): () => void {
   const off: Array<() => void> = [];
@@ -68,6 +98,7 @@ export function logEvents(events: ProxyEvents, log: winston.Logger): () => void 
     'tls-client-rejected': (e) =>
       log.warn('TLS client rejected by the return listener', { event: 'tls-client-rejected', ...meta(e) }),
     'listener-error': (e) => log.error('listener error', { event: 'listener-error', ...meta(e) }),
+    'connection-refused': refusalLogger(log),
   };
   // winston formats a message before its transports filter by level: per-instance debug lines would cost
   // a JSON serialisation each even when debug is off, so they are only subscribed when enabled.

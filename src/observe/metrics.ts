@@ -16,6 +16,7 @@ import { statusClass } from '../dimse/command.js';
 import { TLS_PROFILES } from '../tls/profiles.js';
 import {
   ABORT_REASONS,
+  CONNECTION_REFUSALS,
   DIMSE_DENIAL_STATUSES,
   DIMSE_DENIALS,
   DIRECTIONS,
@@ -247,6 +248,15 @@ export const PROXY_METRICS = Object.freeze({
     help:
       'TLS clients of the return listener that failed the handshake, by reason (no-client-certificate, ' +
       'client-certificate-untrusted, client-certificate-expired, handshake-timeout, ...).',
+    labels: ['listener', 'reason'],
+  },
+  connectionsRefused: {
+    name: 'dimse_proxy_connections_refused_total',
+    type: 'counter',
+    help:
+      'Connections closed before any association, by listener and reason: refused when accepted ' +
+      '(per-address-limit, pending-limit, shutting-down) or, on the return listener, closed when the TLS ' +
+      'handshake did not finish within handshakeTimeout (handshake-timeout).',
     labels: ['listener', 'reason'],
   },
   policyDenials: {
@@ -530,6 +540,7 @@ export function boundedSeries(bounds: MetricBounds): BoundedSeries[] {
     ...of('upstreamFailures', { upstream: bounds.upstreams, reason: UPSTREAM_FAILURES }),
     ...of('tlsSessions', { listener: LISTENERS, protocol: TLS_PROTOCOLS, cipher: TLS_CIPHERS }),
     ...of('tlsClientRejections', { listener: LISTENERS, reason: TLS_CLIENT_REJECTIONS }),
+    ...of('connectionsRefused', { listener: LISTENERS, reason: CONNECTION_REFUSALS }),
     ...of('policyDenials', { reason: POLICY_DENIAL_REASONS }),
     ...of('protocolErrors', { side: PROTOCOL_ERROR_SIDES, code: PROTOCOL_ERROR_CODES }),
     ...of('configReloads', { result: RELOAD_RESULTS }),
@@ -693,6 +704,7 @@ export class ProxyMetrics {
       'ledger-failed': (e) => this.onLedgerFailed(e),
       'protocol-error': (e) => this.onProtocolError(e),
       'tls-client-rejected': (e) => this.onTlsClientRejected(e),
+      'connection-refused': (e) => this.m.connectionsRefused.inc({ listener: e.listener, reason: e.reason }),
     };
     const all: Record<string, (e: never) => void> = {
       ...handlers,

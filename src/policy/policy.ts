@@ -24,7 +24,12 @@ import {
   isStorageSopClass,
   servicesForAbstractSyntax,
 } from './services.js';
-import type { AdmitRefusal, PolicyRefusal, ReturnAdmitRefusal } from '../vocabulary/outcomes.js';
+import type {
+  AdmitRefusal,
+  ListenerKind,
+  PolicyRefusal,
+  ReturnAdmitRefusal,
+} from '../vocabulary/outcomes.js';
 
 /** A-ASSOCIATE-RJ fields, PS3.8 9.3.4 (Table 9-21). */
 export interface RejectSpec {
@@ -130,6 +135,12 @@ export interface Policy {
   admitReturn(req: ReturnAdmitRequest): ReturnAdmitDecision;
   /** The compiled policy of a peer by AE title (padding removed), if configured. */
   peer(aeTitle: string): PeerPolicy | undefined;
+  /**
+   * True when a socket address is listed for someone on this listener: in a peer's `addresses` (forward)
+   * or a caller's `addresses` (return; a caller without addresses lists none). Such addresses may use the
+   * connections limits.pendingReservedForPeers keeps.
+   */
+  isKnownAddress(listener: ListenerKind, remoteAddress: string): boolean;
 }
 
 class CompiledPeer implements PeerPolicy {
@@ -205,6 +216,16 @@ class CompiledPeer implements PeerPolicy {
     }
     return servicesForAbstractSyntax(uid).some((service) => this.services.has(service));
   }
+}
+
+/** The parsed ranges of address lists (validated by the schema: an entry that does not parse is skipped). */
+function listedRanges(lists: ReadonlyArray<readonly string[] | null>): AddressRange[] {
+  const out: AddressRange[] = [];
+  for (const text of lists.flatMap((list) => list ?? [])) {
+    const parsed = parseAddressRange(text.trim());
+    if (parsed.ok) out.push({ address: parsed.address, prefix: parsed.prefix });
+  }
+  return out;
 }
 
 /**
@@ -299,10 +320,21 @@ export function compilePolicy(config: ProxyConfig): Policy {
     return null;
   };
 
+  // The addresses each listener's peers are listed with (a caller without addresses lists none).
+  const listed: Record<ListenerKind, AddressRange[]> = {
+    forward: listedRanges(Object.values(config.peers).map((p) => p.addresses)),
+    return: listedRanges((config.returnListener?.callers ?? []).map((c) => c.addresses)),
+  };
   return Object.freeze({
     config,
     peer(aeTitle: string): PeerPolicy | undefined {
       return peers.get(stripWirePadding(aeTitle));
+    },
+    isKnownAddress(listener: ListenerKind, remoteAddress: string): boolean {
+      const ranges = listed[listener];
+      if (ranges.length === 0) return false;
+      const address = parseRemoteAddress(remoteAddress);
+      return address !== null && ranges.some((range) => rangeContains(range, address));
     },
     admit(req: AdmitRequest): AdmitDecision {
       const calling = stripWirePadding(req.callingAeTitle);

@@ -1,10 +1,12 @@
 // The listeners: the plaintext one modalities connect to and, when configured, the mutual-TLS return
 // listener the archive opens C-MOVE / storage commitment associations to. Owns the set of live
-// associations and their counts (one budget for both listeners).
+// associations and their counts (one budget for both listeners), and the connections not admitted yet
+// (pending.ts: capped per source and in total on each listener, with room kept for configured peers).
 import * as net from 'node:net';
 import * as tls from 'node:tls';
 import { Association, type AssociationHost, type LedgerBinding } from './association.js';
 import { RelayBudget } from './outbound.js';
+import { PendingConnections, type PendingSlot } from './pending.js';
 import {
   classifyClientHandshakeError,
   peerIdentities,
@@ -14,6 +16,21 @@ import {
 import { ProxyEvents } from '../observe/events.js';
 import { systemClock, type Clock } from '../util/clock.js';
 import type { RuntimeSnapshot } from '../runtime/snapshot.js';
+import type { ConnectionRefusal, ListenerKind } from '../vocabulary/outcomes.js';
+
+/**
+ * The return listener: a TCP listener that counts each connection before any TLS work is done, and the TLS
+ * server it hands the admitted ones to (which holds the certificates and verifies the caller's).
+ */
+interface ReturnServer {
+  tcp: net.Server;
+  tls: tls.Server;
+}
+
+/** A TCP connection's endpoints: the same for the accepted socket and the TLS socket wrapping it. */
+function endpointKey(socket: net.Socket): string {
+  return `${socket.remoteAddress}|${socket.remotePort}|${socket.localAddress}|${socket.localPort}`;
+}
 
 /** Bind `server` to host:port; resolves with the bound address. */
 function bind(server: net.Server, host: string, port: number): Promise<net.AddressInfo> {
@@ -39,7 +56,7 @@ export class ProxyServer implements AssociationHost {
   readonly events: ProxyEvents;
   private snapshot: RuntimeSnapshot;
   private server: net.Server;
-  private returnServer: tls.Server | null = null;
+  private returnServer: ReturnServer | null = null;
   /** The addresses the listeners were bound with, as configured (port 0 stays 0). */
   private boundForward: { host: string; port: number } | null = null;
   private boundReturn: { host: string; port: number } | null = null;
@@ -47,6 +64,15 @@ export class ProxyServer implements AssociationHost {
   private readonly perPeer = new Map<string, number>();
   private admittedTotal = 0;
   private closing = false;
+  /** Connections accepted and not admitted yet, per listener (limits.pending*). */
+  private readonly pending: Record<ListenerKind, PendingConnections> = {
+    forward: new PendingConnections(),
+    return: new PendingConnections(),
+  };
+  /** The pending slot of each live association until it is admitted. */
+  private readonly slots = new Map<Association, PendingSlot>();
+  /** Return-listener connections in the TLS handshake, by endpointKey. */
+  private readonly handshaking = new Map<string, { socket: net.Socket; slot: PendingSlot }>();
 
   readonly ledger: LedgerBinding | null;
   /** Time source of every association's timers (tests drive it). */
@@ -75,11 +101,12 @@ export class ProxyServer implements AssociationHost {
     return server;
   }
 
-  private createReturnServer(snapshot: RuntimeSnapshot): tls.Server | null {
+  private createReturnServer(snapshot: RuntimeSnapshot): ReturnServer | null {
     const rl = snapshot.config.returnListener;
     if (!rl || !snapshot.returnTls) return null;
     // PS3.15 B.12/B.13 on the return leg too; the caller must present a certificate from the CA bundle
     // (rejectUnauthorized), and its identity is then bound to the calling AE title by the policy.
+    // handshakeTimeout runs from the TCP connection, however slowly the ClientHello drips in.
     const server = tls.createServer(
       {
         ...snapshot.returnTls.options,
@@ -93,18 +120,78 @@ export class ProxyServer implements AssociationHost {
       (socket) => this.onReturnConnection(socket),
     );
     server.on('tlsClientError', (err, socket) => {
+      const { remoteAddress, remotePort } = remoteEndpoint(socket);
+      const reason = classifyClientHandshakeError(err, socket.authorizationError);
+      // Node reports a handshake timeout and leaves the socket open: it is closed here (every other
+      // handshake failure has closed it already).
+      socket.destroy();
       this.events.emit('tls-client-rejected', {
         listener: 'return',
-        ...remoteEndpoint(socket),
+        remoteAddress,
+        remotePort,
         certificate: null,
-        reason: classifyClientHandshakeError(err, socket.authorizationError),
+        reason,
         message: socket.authorizationError
           ? `certificate verification failed: ${String(socket.authorizationError)}`
           : err.message,
       });
+      if (reason === 'handshake-timeout') {
+        this.events.emit('connection-refused', {
+          listener: 'return',
+          remoteAddress,
+          remotePort,
+          reason,
+          message: `TLS handshake not finished within returnListener.tls.handshakeTimeout (${rl.tls.handshakeTimeoutMs} ms); connection closed`,
+        });
+      }
     });
     server.on('error', (err) => this.events.emit('listener-error', { message: err.message }));
-    return server;
+    const tcp = net.createServer({ noDelay: true }, (socket) => {
+      const slot = this.admitConnection(socket, 'return');
+      if (!slot) return;
+      const key = endpointKey(socket);
+      this.handshaking.set(key, { socket, slot });
+      socket.once('close', () => {
+        if (this.handshaking.get(key)?.socket === socket) this.handshaking.delete(key);
+      });
+      server.emit('connection', socket);
+    });
+    tcp.on('error', (err) => this.events.emit('listener-error', { message: err.message }));
+    return { tcp, tls: server };
+  }
+
+  /**
+   * Count a connection the moment it is accepted, or close it unread when it is over a limit (or the
+   * proxy is shutting down). Its slot is released when it is admitted or closes.
+   */
+  private admitConnection(socket: net.Socket, listener: ListenerKind): PendingSlot | null {
+    const remoteAddress = socket.remoteAddress ?? '';
+    const remotePort = socket.remotePort ?? 0;
+    const refuse = (reason: ConnectionRefusal, message: string): null => {
+      socket.destroy();
+      this.events.emit('connection-refused', { listener, remoteAddress, remotePort, reason, message });
+      return null;
+    };
+    if (this.closing) return refuse('shutting-down', 'the proxy is shutting down; connection closed');
+    const limits = this.snapshot.config.limits;
+    const listed = this.snapshot.policy.isKnownAddress(listener, remoteAddress);
+    const pending = this.pending[listener];
+    const slot = pending.take(remoteAddress, listed, limits);
+    if (slot === 'per-address-limit') {
+      return refuse(
+        slot,
+        `${pending.fromSource(remoteAddress)} connections from this address not admitted yet; limits.pendingPerAddress is ${limits.pendingPerAddress}; connection closed`,
+      );
+    }
+    if (slot === 'pending-limit') {
+      const cap = listed
+        ? `limits.pendingTotal is ${limits.pendingTotal}`
+        : `for addresses no peer lists, limits.pendingTotal - pendingReservedForPeers is ${limits.pendingTotal - limits.pendingReservedForPeers}`;
+      return refuse(slot, `${pending.total} connections not admitted yet; ${cap}; connection closed`);
+    }
+    if (typeof slot === 'string') return refuse(slot, slot);
+    socket.once('close', () => slot.release());
+    return slot;
   }
 
   get current(): RuntimeSnapshot {
@@ -120,7 +207,7 @@ export class ProxyServer implements AssociationHost {
     const rebound: string[] = [];
     const { listen, returnListener: rl } = snapshot.config;
     let newForward: net.Server | null = null;
-    let newReturn: tls.Server | null | undefined; // undefined = unchanged
+    let newReturn: ReturnServer | null | undefined; // undefined = unchanged
     try {
       if (
         this.boundForward &&
@@ -137,13 +224,13 @@ export class ProxyServer implements AssociationHost {
           rebound.push('returnListener removed');
         } else if (rl && (!before || before.host !== rl.host || before.port !== rl.port)) {
           newReturn = this.createReturnServer(snapshot);
-          if (newReturn) await bind(newReturn, rl.host, rl.port);
+          if (newReturn) await bind(newReturn.tcp, rl.host, rl.port);
           rebound.push(`returnListener ${rl.host}:${rl.port}`);
         }
       }
     } catch (err) {
       void unbind(newForward);
-      if (newReturn) void unbind(newReturn);
+      if (newReturn) void unbind(newReturn.tcp);
       throw err;
     }
     this.snapshot = snapshot;
@@ -158,10 +245,10 @@ export class ProxyServer implements AssociationHost {
       const old = this.returnServer;
       this.returnServer = newReturn;
       this.boundReturn = rl && newReturn ? { host: rl.host, port: rl.port } : null;
-      void unbind(old);
+      void unbind(old?.tcp ?? null);
     } else if (this.returnServer && snapshot.returnTls) {
       // New TLS sessions use the new certificates; live ones keep theirs.
-      this.returnServer.setSecureContext(snapshot.returnTls.options);
+      this.returnServer.tls.setSecureContext(snapshot.returnTls.options);
     }
     return { rebound };
   }
@@ -187,23 +274,26 @@ export class ProxyServer implements AssociationHost {
   ): Promise<net.AddressInfo | null> {
     const server = this.returnServer;
     if (!server || host === undefined || port === undefined) return null;
-    const addr = await bind(server, host, port);
+    const addr = await bind(server.tcp, host, port);
     this.boundReturn = { host, port };
     return addr;
   }
 
   returnAddress(): net.AddressInfo | null {
-    const a = this.returnServer?.address();
+    const a = this.returnServer?.tcp.address();
     return a && typeof a === 'object' ? a : null;
   }
 
   /** True while every configured listener accepts connections (readiness). */
   listenersBound(): boolean {
     if (!this.server.listening) return false;
-    return this.snapshot.config.returnListener === null || this.returnServer?.listening === true;
+    return this.snapshot.config.returnListener === null || this.returnServer?.tcp.listening === true;
   }
 
   private onReturnConnection(socket: tls.TLSSocket): void {
+    const key = endpointKey(socket);
+    const slot = this.handshaking.get(key)?.slot;
+    this.handshaking.delete(key);
     // No byte is read from a client refused here (tls/identity.ts refuseClient: no certificate, failed
     // verification, weak key).
     const refusal = refuseClient(socket);
@@ -213,8 +303,15 @@ export class ProxyServer implements AssociationHost {
       this.events.emit('tls-client-rejected', { listener: 'return', ...endpoint, ...refusal });
       return;
     }
-    if (this.closing || this.live.size >= this.snapshot.config.limits.maxAssociations * 2) {
+    if (this.closing) {
       socket.destroy();
+      this.events.emit('connection-refused', {
+        listener: 'return',
+        remoteAddress: socket.remoteAddress ?? '',
+        remotePort: socket.remotePort ?? 0,
+        reason: 'shutting-down',
+        message: 'the proxy is shutting down; connection closed after the TLS handshake',
+      });
       return;
     }
     const identities = peerIdentities(socket);
@@ -232,23 +329,30 @@ export class ProxyServer implements AssociationHost {
         },
       },
     });
+    if (slot) this.slots.set(assoc, slot);
     this.live.add(assoc);
     assoc.start();
   }
 
   private onConnection(socket: net.Socket): void {
-    if (this.closing) {
-      socket.destroy();
-      return;
-    }
-    // Connections that have not sent an A-ASSOCIATE-RQ yet are bounded too (ARTIM closes slow ones).
-    if (this.live.size >= this.snapshot.config.limits.maxAssociations * 2) {
-      socket.destroy();
-      return;
-    }
+    // Counted until admitted; ARTIM closes those that send no A-ASSOCIATE-RQ.
+    const slot = this.admitConnection(socket, 'forward');
+    if (!slot) return;
     const assoc = new Association(socket, this.snapshot, this, { clock: this.clock });
+    this.slots.set(assoc, slot);
     this.live.add(assoc);
     assoc.start();
+  }
+
+  /** Connections accepted on `listener` and not admitted yet (status, tests). */
+  pendingConnections(listener: ListenerKind): number {
+    return this.pending[listener].total;
+  }
+
+  /** The association leaves the count of connections not admitted yet. */
+  private settle(assoc: Association): void {
+    this.slots.get(assoc)?.release();
+    this.slots.delete(assoc);
   }
 
   private readonly records = new Set<Promise<void>>();
@@ -271,12 +375,14 @@ export class ProxyServer implements AssociationHost {
     return this.perPeer.get(aeTitle) ?? 0;
   }
 
-  admitted(_assoc: Association, peerAeTitle: string): void {
+  admitted(assoc: Association, peerAeTitle: string): void {
+    this.settle(assoc);
     this.admittedTotal++;
     this.perPeer.set(peerAeTitle, (this.perPeer.get(peerAeTitle) ?? 0) + 1);
   }
 
   finished(assoc: Association): void {
+    this.settle(assoc);
     if (!this.live.delete(assoc)) return;
     const peer = assoc.peerAeTitle;
     if (peer !== null) {
@@ -302,7 +408,9 @@ export class ProxyServer implements AssociationHost {
   /** Stop listening; abort live associations after graceMs (A-ABORT to both sides). */
   async close(graceMs = 0): Promise<void> {
     this.closing = true;
-    const listening = Promise.all([unbind(this.server), unbind(this.returnServer)]);
+    const listening = Promise.all([unbind(this.server), unbind(this.returnServer?.tcp ?? null)]);
+    // TLS handshakes in progress will not become associations now.
+    for (const { socket } of this.handshaking.values()) socket.destroy();
     if (this.live.size > 0) {
       const drained = new Promise<void>((resolve) => (this.onDrained = resolve));
       const timer = setTimeout(() => {

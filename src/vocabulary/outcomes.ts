@@ -195,6 +195,18 @@ export const TLS_CLIENT_REJECTIONS = [
 ] as const;
 export type TlsClientRejection = (typeof TLS_CLIENT_REJECTIONS)[number];
 
+/**
+ * 'connection-refused' event `reason`: why the proxy closed a connection before any association, without
+ * reading from it (the limits on connections that have not been admitted yet, README "Connection limits").
+ */
+export const CONNECTION_REFUSALS = [
+  'per-address-limit', // limits.pendingPerAddress connections from this source address are not yet admitted
+  'pending-limit', // limits.pendingTotal reached (for an address no peer lists: pendingTotal - pendingReservedForPeers)
+  'shutting-down', // the proxy is draining: no new connections
+  'handshake-timeout', // return listener: the TLS handshake did not finish within returnListener.tls.handshakeTimeout
+] as const;
+export type ConnectionRefusal = (typeof CONNECTION_REFUSALS)[number];
+
 /** DIMSE requests the proxy's policy answered itself with a failure status (never forwarded). */
 export const DIMSE_DENIALS = [
   'service-not-allowed', // status 0124 Refused: Not Authorized (PS3.7 C.5.x): the peer may not invoke it

@@ -178,6 +178,9 @@ describe('parseConfig: defaults and normalisation', () => {
       drainTimeoutMs: 30_000,
       relayBuffer: 1_048_576,
       relayBufferTotal: 16_777_216,
+      pendingPerAddress: 8,
+      pendingTotal: 64,
+      pendingReservedForPeers: 16,
     });
     assert.deepEqual(config.logging, { level: 'info', file: null });
     const archive = config.upstreams['archive'];
@@ -540,6 +543,31 @@ describe('parseConfig: errors name the key path and line', () => {
       /at least 1048576/,
     );
     assertSingleIssue(yaml({}, ['limits: { relayBufferTotal: 4294967297 }']), 'limits.relayBufferTotal', 11);
+  });
+
+  it('checks the limits on connections not admitted yet against each other', () => {
+    const limits = parseConfig(
+      yaml({}, ['limits: { pendingPerAddress: 2, pendingTotal: 4, pendingReservedForPeers: 3 }']),
+      null,
+    ).limits;
+    assert.deepEqual(
+      [limits.pendingPerAddress, limits.pendingTotal, limits.pendingReservedForPeers],
+      [2, 4, 3],
+    );
+    assertSingleIssue(yaml({}, ['limits: { pendingPerAddress: 0 }']), 'limits.pendingPerAddress', 11);
+    // The default reserve (16) leaves nothing for addresses no peer lists under a pendingTotal of 16.
+    assertSingleIssue(
+      yaml({}, ['limits: { pendingTotal: 16 }']),
+      'limits.pendingTotal',
+      11,
+      /pendingReservedForPeers \(16\) must be less than pendingTotal \(16\)/,
+    );
+    assertSingleIssue(
+      yaml({}, ['limits: { pendingTotal: 32, pendingPerAddress: 33 }']),
+      'limits.pendingPerAddress',
+      11,
+      /must not exceed pendingTotal/,
+    );
   });
 
   it('requires positive limits; a peer limit may be null', () => {

@@ -140,6 +140,7 @@ export async function startProxy(o: ProxyTestOptions): Promise<ProxyUnderTest> {
     'association-closed',
     'ledger-failed',
     'tls-client-rejected',
+    'connection-refused',
   ] as const) {
     server.events.on(name as 'instance', (e: unknown) => {
       ((events[name] ??= []) as unknown[]).push(e);

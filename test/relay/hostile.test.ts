@@ -1,5 +1,6 @@
 // Refusals the main relay tests do not reach: protocol version, application context, a PDV on a refused
-// context, a C-MOVE whose command is split across PDVs, and the cap on connections that never associate.
+// context, a C-MOVE whose command is split across PDVs, and the cap on connections that never associate
+// (per address here; test/relay/connection-limits.test.ts has the rest).
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { decodePdu, encodePdu } from '../../src/pdu/codec.js';
@@ -30,7 +31,7 @@ describe('hostile or malformed input at the relay', () => {
       archivePort: archive.archive.port,
       pki,
       peers: '  SCU: { addresses: [127.0.0.1], services: [echo, move], moveDestinations: [SCU] }',
-      limits: '{ maxAssociations: 2, associationRequestTimeout: 3s }',
+      limits: '{ maxAssociations: 2, associationRequestTimeout: 3s, pendingPerAddress: 4 }',
     });
   });
   after(async () => {
@@ -148,7 +149,8 @@ describe('hostile or malformed input at the relay', () => {
     }
   });
 
-  test('connections that never associate are capped (twice maxAssociations); the excess is closed at once', async () => {
+  test('connections that never associate are capped per address (limits.pendingPerAddress); the excess is closed at once and counted', async () => {
+    const refused = (proxy.events['connection-refused'] ?? []).length;
     const idle = [
       await RawScu.connect(proxy.port),
       await RawScu.connect(proxy.port),
@@ -159,6 +161,11 @@ describe('hostile or malformed input at the relay', () => {
       const excess = await RawScu.connect(proxy.port);
       await excess.waitClosed(1000);
       for (const s of idle) assert.equal(s.closed, false, 'connections within the cap stay open until ARTIM');
+      const counted = (proxy.events['connection-refused'] ?? []).slice(refused);
+      assert.deepEqual(
+        counted.map((e) => [e.listener, e.remoteAddress, e.reason]),
+        [['forward', '127.0.0.1', 'per-address-limit']],
+      );
     } finally {
       for (const s of idle) s.destroy();
       for (let i = 0; i < 4; i++) await proxy.closed();
