@@ -31,7 +31,7 @@ function countingSink(writer: LedgerWriter, onWritten: () => void): LedgerSink {
     get healthy() {
       return writer.healthy;
     },
-    append: (e: InstanceEvidence) => writer.append(e).then(onWritten),
+    append: (e: InstanceEvidence, written?: () => void) => writer.append(e, written).then(onWritten),
     appendCommitted: (e: CommitmentEvidence) => writer.appendCommitted(e).then(onWritten),
   };
 }

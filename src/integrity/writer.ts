@@ -123,6 +123,8 @@ interface Waiter {
  * `confirmed` is lookupInstance as of that point of the chain (records sealed before it included).
  */
 interface Pending extends Waiter {
+  /** Called once the record's write() has returned (handed to the OS, not yet synced). */
+  written?: () => void;
   body:
     | UnsealedRecord
     | ((seq: number, prev: string, confirmed: (sopInstanceUid: string) => number | null) => UnsealedRecord);
@@ -305,34 +307,37 @@ export class LedgerWriter implements LedgerSink {
     return { seq: this.headSeq, hash: this.headHash, file: this.fileName };
   }
 
-  append(e: InstanceEvidence): Promise<void> {
+  append(e: InstanceEvidence, onWritten?: () => void): Promise<void> {
     // The record as the evidence is now (even if the caller reuses the object), keys in their fixed
     // order; seq and prev are set when it is sealed. `?? null`: a missing optional field is null.
-    return this.submit({
-      v: 1,
-      type: 'instance',
-      seq: 0,
-      time: e.time,
-      association: e.association,
-      direction: e.direction,
-      callingAeTitle: e.callingAeTitle,
-      calledAeTitle: e.calledAeTitle,
-      upstreamAeTitle: e.upstreamAeTitle ?? null,
-      peerAddress: e.peerAddress,
-      archiveAddress: e.archiveAddress,
-      archiveCertSha256: e.archiveCertSha256 ?? null,
-      clientCertSha256: e.clientCertSha256 ?? null,
-      sopClassUid: e.sopClassUid,
-      sopInstanceUid: e.sopInstanceUid,
-      transferSyntaxUid: e.transferSyntaxUid,
-      bytes: e.bytes,
-      sha256: e.sha256,
-      status: e.status ?? null,
-      outcome: e.outcome,
-      moveOriginatorAeTitle: e.moveOriginatorAeTitle ?? null,
-      moveOriginatorMessageId: e.moveOriginatorMessageId ?? null,
-      prev: '',
-    });
+    return this.submit(
+      {
+        v: 1,
+        type: 'instance',
+        seq: 0,
+        time: e.time,
+        association: e.association,
+        direction: e.direction,
+        callingAeTitle: e.callingAeTitle,
+        calledAeTitle: e.calledAeTitle,
+        upstreamAeTitle: e.upstreamAeTitle ?? null,
+        peerAddress: e.peerAddress,
+        archiveAddress: e.archiveAddress,
+        archiveCertSha256: e.archiveCertSha256 ?? null,
+        clientCertSha256: e.clientCertSha256 ?? null,
+        sopClassUid: e.sopClassUid,
+        sopInstanceUid: e.sopInstanceUid,
+        transferSyntaxUid: e.transferSyntaxUid,
+        bytes: e.bytes,
+        sha256: e.sha256,
+        status: e.status ?? null,
+        outcome: e.outcome,
+        moveOriginatorAeTitle: e.moveOriginatorAeTitle ?? null,
+        moveOriginatorMessageId: e.moveOriginatorMessageId ?? null,
+        prev: '',
+      },
+      onWritten,
+    );
   }
 
   /**
@@ -407,10 +412,12 @@ export class LedgerWriter implements LedgerSink {
    * Queue a record; resolve once it is written and synced per the fsync policy. The first append of a
    * batch queues one flush; the ones after it (until that flush starts) join the batch.
    */
-  private submit(body: Pending['body']): Promise<void> {
+  private submit(body: Pending['body'], written?: () => void): Promise<void> {
     if (this.closed) return Promise.reject(this.closedError());
     return new Promise<void>((resolve, reject) => {
-      if (this.pending.push({ body, resolve, reject }) === 1) {
+      const p: Pending = { body, resolve, reject };
+      if (written) p.written = written;
+      if (this.pending.push(p) === 1) {
         this.queue = this.queue.then(this.flush);
       }
     });
@@ -838,6 +845,14 @@ export class LedgerWriter implements LedgerSink {
     }
     this.fileSize += data.length;
     this.fileLines += run.count;
+    // Handed to the OS: the relay may now let the archive's success through (the sync follows).
+    for (const p of run.entries) {
+      try {
+        p.written?.();
+      } catch {
+        // a caller's callback must not break the chain
+      }
+    }
     this.headSeq = run.seq;
     this.headHash = run.hash;
     this.headType = run.type;
