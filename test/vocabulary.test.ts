@@ -66,6 +66,7 @@ const TUPLES = {
   TLS_CLIENT_REJECTIONS: V.TLS_CLIENT_REJECTIONS,
   CONNECTION_REFUSALS: V.CONNECTION_REFUSALS,
   DIMSE_DENIALS: V.DIMSE_DENIALS,
+  AUDIT_CONNECTION_STATES: V.AUDIT_CONNECTION_STATES,
 } as const;
 
 test('every list is duplicate-free and its names are well-formed', () => {

@@ -16,6 +16,7 @@ import { statusClass } from '../dimse/command.js';
 import { TLS_PROFILES } from '../tls/profiles.js';
 import {
   ABORT_REASONS,
+  AUDIT_CONNECTION_STATES,
   CONNECTION_REFUSALS,
   DIMSE_DENIAL_STATUSES,
   DIMSE_DENIALS,
@@ -31,6 +32,7 @@ import {
   UPSTREAM_FAILURES,
   type AbortReason,
   type AssociationOutcome,
+  type AuditConnectionState,
   type DimseDenial,
   type Direction,
   type ListenerKind,
@@ -104,6 +106,11 @@ const OPERATION_STATUS_CLASSES = ['success', 'warning', 'failure', 'cancel', 're
 const INSTANCE_STATUS_CLASSES = ['success', 'warning', 'failure', NONE] as const;
 /** result of dimse_proxy_config_reloads_total. */
 const RELOAD_RESULTS = ['success', 'failure'] as const;
+/**
+ * result of dimse_proxy_audit_messages_total (audit repository): accepted into the spool, delivered (written
+ * to the repository's connection), refused (spool full, too large, write failure: each one an alarm).
+ */
+export const AUDIT_MESSAGE_RESULTS = ['accepted', 'delivered', 'refused'] as const;
 /** result of dimse_proxy_storage_commitment_reports_total (PS3.4 J.3.3). */
 const COMMITMENT_REPORT_RESULTS = ['success', 'failures', 'error'] as const;
 /** result of dimse_proxy_storage_commitment_instances_total. */
@@ -343,6 +350,36 @@ export const PROXY_METRICS = Object.freeze({
     help: 'Audit alarms raised (audit messages that could not be delivered or spooled).',
     labels: [],
   },
+  auditConnected: {
+    name: 'dimse_proxy_audit_connected',
+    type: 'gauge',
+    help:
+      '1 while a TLS session with the audit record repository is up, else 0 (exported only when ' +
+      'audit.syslog is configured).',
+    labels: [],
+  },
+  auditConnectionStateChanges: {
+    name: 'dimse_proxy_audit_connection_state_changes_total',
+    type: 'counter',
+    help:
+      'Changes of the audit repository connection state (connected, disconnected, retrying): one per ' +
+      'transition, as logged.',
+    labels: ['state'],
+  },
+  auditSpoolOldestAge: {
+    name: 'dimse_proxy_audit_spool_oldest_age_seconds',
+    type: 'gauge',
+    help: 'Age of the oldest audit message in the spool not yet delivered to the repository (0 when empty).',
+    labels: [],
+  },
+  auditMessages: {
+    name: 'dimse_proxy_audit_messages_total',
+    type: 'counter',
+    help:
+      'Audit messages for the repository by result: accepted into the spool, delivered, or refused ' +
+      '(each refusal is an alarm).',
+    labels: ['result'],
+  },
   upstreamReady: {
     name: 'dimse_proxy_upstream_ready',
     type: 'gauge',
@@ -544,6 +581,8 @@ export function boundedSeries(bounds: MetricBounds): BoundedSeries[] {
     ...of('policyDenials', { reason: POLICY_DENIAL_REASONS }),
     ...of('protocolErrors', { side: PROTOCOL_ERROR_SIDES, code: PROTOCOL_ERROR_CODES }),
     ...of('configReloads', { result: RELOAD_RESULTS }),
+    ...of('auditConnectionStateChanges', { state: AUDIT_CONNECTION_STATES }),
+    ...of('auditMessages', { result: AUDIT_MESSAGE_RESULTS }),
     ...of('commitmentReports', { result: COMMITMENT_REPORT_RESULTS }),
     ...of('commitmentInstances', { result: COMMITMENT_INSTANCE_RESULTS }),
   ];
@@ -599,6 +638,23 @@ class PendingById<V> {
 }
 
 const READINESS_GAUGES = new Set(['upstreamReady', 'upstreamLastReadySuccess']);
+/** Read from the audit sender when scraped (observeAudit). */
+const AUDIT_TRANSPORT_METRICS = new Set([
+  'auditConnected',
+  'auditSpoolBytes',
+  'auditSpoolOldestAge',
+  'auditMessages',
+]);
+
+/** What the audit metrics read from the syslog sender (its stats()) at each scrape. */
+export interface AuditTransportStats {
+  connected: boolean;
+  spoolBytes: number;
+  oldestAgeMs: number;
+  accepted: number;
+  delivered: number;
+  refused: number;
+}
 
 type Labels<T extends MetricDef> = T['labels'][number];
 
@@ -609,6 +665,13 @@ export class ProxyMetrics {
   private routes = new Set<string>();
   private upstreams = new Set<string>();
   private readinessSource: (() => ReadinessStatus | null) | null = null;
+  private auditSource: (() => AuditTransportStats | null) | null = null;
+  /** The sender's message counts at the last scrape (the counter moves by the difference). */
+  private auditCounted: Record<(typeof AUDIT_MESSAGE_RESULTS)[number], number> = {
+    accepted: 0,
+    delivered: 0,
+    refused: 0,
+  };
 
   // Associations waiting for their end: refused ones (already counted), accepted ones (active), reasons.
   private readonly counted = new PendingById<true>();
@@ -628,12 +691,14 @@ export class ProxyMetrics {
     this.registry = new Registry();
     // Readiness is read when scraped, so the gauges never lag behind /readyz.
     const collectReadiness = (): void => this.collectReadiness();
+    const collectAudit = (): void => this.collectAudit();
     const make = (key: string, def: MetricDef): Counter<string> | Gauge<string> | Histogram<string> => {
       const common = {
         name: def.name,
         help: def.help,
         labelNames: [...def.labels],
         registers: [this.registry],
+        ...(AUDIT_TRANSPORT_METRICS.has(key) ? { collect: collectAudit } : {}),
       };
       if (def.type === 'counter') return new Counter(common);
       if (def.type === 'gauge')
@@ -645,6 +710,8 @@ export class ProxyMetrics {
       metrics[key] = make(key, def);
     }
     this.m = metrics as typeof this.m;
+    // Without an audit repository there is no connection to be up: the gauge appears with observeAudit().
+    this.registry.removeSingleMetric(PROXY_METRICS.auditConnected.name);
     // Every counter of a bounded label set starts at 0 for each combination: a dashboard shows 0, not no data.
     for (const { metric, labels } of boundedSeries(opts)) (this.m[metric] as Counter<string>).inc(labels, 0);
     this.setBounds(opts);
@@ -653,6 +720,21 @@ export class ProxyMetrics {
     this.m.configLastReloadSuccessful.set(1);
     this.m.activeAssociations.set(0);
     if (opts.defaultMetrics ?? true) collectDefaultMetrics({ register: this.registry });
+  }
+
+  /** Refresh the audit transport series from the sender (each one's collect refreshes all: cheap). */
+  private collectAudit(): void {
+    const stats = this.auditSource?.() ?? null;
+    if (!stats) return;
+    this.m.auditConnected.set(stats.connected ? 1 : 0);
+    this.m.auditSpoolBytes.set(Math.max(0, stats.spoolBytes));
+    this.m.auditSpoolOldestAge.set(Math.max(0, stats.oldestAgeMs) / 1000);
+    for (const result of AUDIT_MESSAGE_RESULTS) {
+      const now = stats[result];
+      const delta = now - this.auditCounted[result];
+      if (delta > 0) this.m.auditMessages.inc({ result }, delta);
+      this.auditCounted[result] = now;
+    }
   }
 
   /** Refresh both readiness gauges from the source (each one's collect refreshes both: cheap). */
@@ -879,6 +961,23 @@ export class ProxyMetrics {
   /** An audit alarm was raised. */
   auditAlarm(): void {
     this.m.auditAlarms.inc();
+  }
+
+  /**
+   * Where the audit repository series come from (the syslog sender's stats(), read at each scrape):
+   * dimse_proxy_audit_connected is exported from then on; null stops it.
+   */
+  observeAudit(source: (() => AuditTransportStats | null) | null): void {
+    this.auditSource = source;
+    const name = PROXY_METRICS.auditConnected.name;
+    const registered = this.registry.getSingleMetric(name) !== undefined;
+    if (source && !registered) this.registry.registerMetric(this.m.auditConnected);
+    if (!source && registered) this.registry.removeSingleMetric(name);
+  }
+
+  /** The audit repository connection changed state (one per transition, as logged). */
+  auditConnectionState(state: AuditConnectionState): void {
+    this.m.auditConnectionStateChanges.inc({ state });
   }
 
   /** Where the upstream readiness gauges come from (read at each scrape); null stops exporting them. */

@@ -219,3 +219,14 @@ export const DIMSE_DENIAL_STATUSES = {
   'service-not-allowed': 0x0124,
   'move-destination-not-allowed': 0xa801,
 } as const satisfies Record<DimseDenial, number>;
+
+/**
+ * State of the connection to the audit record repository (syslog over TLS), as the sender's 'state' event,
+ * the `audit-<state>` log lines and dimse_proxy_audit_connection_state_changes_total{state} name it.
+ */
+export const AUDIT_CONNECTION_STATES = [
+  'connected', // a TLS session with the repository is up: spooled messages are being delivered
+  'disconnected', // a session that was up ended (the reason says how); the next attempt is scheduled
+  'retrying', // a connection attempt failed (the reason says why); the next attempt is scheduled
+] as const;
+export type AuditConnectionState = (typeof AUDIT_CONNECTION_STATES)[number];

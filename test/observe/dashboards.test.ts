@@ -195,6 +195,11 @@ test('the alerting rules are valid and use only exported metrics and labels', ()
   some(/dimse_proxy_associations_total\{outcome="rejected"\}/, 'rejected associations spike');
   some(/dimse_proxy_ledger_write_failures_total/, 'ledger write failure');
   some(/dimse_proxy_config_last_reload_successful\s*==\s*0/, 'reload failed');
+  some(/dimse_proxy_audit_connected\s*==\s*0/, 'audit repository unreachable');
+  some(/dimse_proxy_audit_spool_oldest_age_seconds\s*>/, 'audit spool not empty');
+  const rules = doc.groups.flatMap((g) => g.rules);
+  const unreachable = rules.find((r) => /dimse_proxy_audit_connected\s*==\s*0/.test(String(r.expr)));
+  assert.ok(unreachable?.for, 'unreachable for some minutes, not at the first failed attempt');
 });
 
 test('the expression checker catches unknown metrics and labels', () => {

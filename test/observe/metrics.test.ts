@@ -103,6 +103,8 @@ const TLS = {
 
 test('METRIC_NAMES lists exactly the series names the registry exposes', async () => {
   const metrics = new ProxyMetrics(BOUNDS);
+  // dimse_proxy_audit_connected is exported once an audit repository's sender is observed.
+  metrics.observeAudit(() => null);
   const { types } = parseExposition(await metrics.metrics());
   const exposed = new Set<string>();
   for (const [name, type] of types) {

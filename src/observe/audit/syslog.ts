@@ -34,6 +34,7 @@ import type { AuditSyslogConfig } from '../../config/audit.js';
 import { TLS_PROFILES, type TlsProfileName } from '../../tls/profiles.js';
 import { peerKeyProblem } from '../../tls/keys.js';
 import type { EventOutcome } from './messages.js';
+import type { AuditConnectionState } from '../../vocabulary/outcomes.js';
 import { systemClock, type Clock, type TimerHandle } from '../../util/clock.js';
 import { syncDir } from '../../util/fs.js';
 import { processAlive } from '../../util/process.js';
@@ -181,8 +182,10 @@ export interface SyslogTlsSenderOptions {
   /** How often, at most, the delivery cursor is persisted while delivering (default 1 s). */
   cursorSyncIntervalMs?: number;
   /**
-   * Time source of the connect timeout, the TLS 1.3 settling time, the reconnect backoff and the cursor
-   * sync (default the system clock). The deadlines given to drained() and close() are wall-clock time.
+   * Time source of the connect timeout, the TLS 1.3 settling time, the reconnect backoff, the cursor sync,
+   * the timestamp of a message sent without one and the age of the oldest spooled message (default the
+   * system clock; its now() must be wall-clock time). The deadlines given to drained() and close() are
+   * wall-clock time.
    */
   clock?: Clock;
 }
@@ -216,6 +219,37 @@ export interface SyslogSenderStats {
   full: boolean;
   /** Consecutive failed connection attempts. */
   failedConnects: number;
+  /** The connection's state (null until the first attempt has succeeded or failed). */
+  state: AuditConnectionState | null;
+  /** Why it is disconnected or retrying (null when connected). */
+  stateReason: string | null;
+  /** When the next connection attempt starts (null while connected or attempting). */
+  retryAt: Date | null;
+  /** RFC 5424 TIMESTAMP of the oldest undelivered message (null when the spool is empty). */
+  oldestMessageTime: Date | null;
+  /** Its age by the sender's clock, in milliseconds (0 when the spool is empty). */
+  oldestAgeMs: number;
+}
+
+/** A change of the connection's state: one per transition (or new reason), never one per attempt. */
+export interface SyslogStateChange {
+  state: AuditConnectionState;
+  /** The state before (null: the first since start). */
+  previous: AuditConnectionState | null;
+  /** Why the session ended or the attempt failed (null for connected). */
+  reason: string | null;
+  /** When the next attempt starts (null for connected). */
+  retryAt: Date | null;
+  /** Milliseconds until then (null for connected). */
+  retryInMs: number | null;
+  host: string;
+  port: number;
+  /** TLS version of the session (connected only). */
+  protocol: string | null;
+  /** Consecutive failed attempts so far. */
+  failedConnects: number;
+  /** Undelivered bytes at the change. */
+  spoolBytes: number;
 }
 
 export interface SyslogTlsSenderEvents {
@@ -225,6 +259,8 @@ export interface SyslogTlsSenderEvents {
   'alarm-cleared': [{ code: 'spool-full'; refused: number; since: Date; until: Date }];
   connected: [{ host: string; port: number; protocol: string | null }];
   disconnected: [{ reason: string }];
+  /** The connection changed state (connected, disconnected, retrying): log it, count it. */
+  state: [SyslogStateChange];
   /** A connection attempt or the connection failed (not 'error': emitting it never throws). */
   'transport-error': [{ error: Error }];
   delivered: [{ messages: number; bytes: number }];
@@ -303,6 +339,12 @@ export class SyslogTlsSender extends EventEmitter<SyslogTlsSenderEvents> {
   private lockHeld = false;
 
   private counters = { accepted: 0, delivered: 0, refused: 0, failedConnects: 0 };
+  private state: AuditConnectionState | null = null;
+  private stateReason: string | null = null;
+  /** Clock time of the next connection attempt (null while none is scheduled). */
+  private retryAt: number | null = null;
+  /** TIMESTAMP (ms) of the oldest undelivered message; null when the spool is empty. */
+  private oldestTime: number | null = null;
   private fullSince: Date | null = null;
   private refusedWhileFull = 0;
   private drainWaiters: (() => void)[] = [];
@@ -378,7 +420,10 @@ export class SyslogTlsSender extends EventEmitter<SyslogTlsSenderEvents> {
 
   /** AuditSink: formats `xml` as an RFC 5424 message with the severity of its outcome and spools it. */
   write(record: { xml: string; outcome: EventOutcome; time?: Date }): boolean {
-    return this.send(record.xml, { outcome: record.outcome, time: record.time ?? new Date() });
+    return this.send(record.xml, {
+      outcome: record.outcome,
+      time: record.time ?? new Date(this.clock.now()),
+    });
   }
 
   /**
@@ -386,10 +431,11 @@ export class SyslogTlsSender extends EventEmitter<SyslogTlsSenderEvents> {
    * 'alarm' carrying the message has been emitted. Use flush() to wait until accepted messages are on disk.
    */
   send(xml: string, opts: { outcome?: EventOutcome; severity?: number; time?: Date } = {}): boolean {
+    const time = opts.time ?? new Date(this.clock.now());
     const frame = frameOctetCounting(
       formatSyslogMessage({
         severity: opts.severity ?? severityForOutcome(opts.outcome ?? 0),
-        time: opts.time ?? new Date(),
+        time,
         hostname: this.opts.hostname,
         appName: this.opts.appName,
         procId: this.opts.procId,
@@ -420,6 +466,7 @@ export class SyslogTlsSender extends EventEmitter<SyslogTlsSenderEvents> {
       return false;
     }
     this.clearFull();
+    if (this.spoolBytes() === 0) this.oldestTime = time.getTime();
     this.queue.push(frame);
     this.queueBytes += frame.length;
     this.counters.accepted++;
@@ -453,6 +500,8 @@ export class SyslogTlsSender extends EventEmitter<SyslogTlsSenderEvents> {
   }
 
   stats(): SyslogSenderStats {
+    // An empty spool has no oldest message, whatever delivery has still to tidy up.
+    const oldest = this.spoolBytes() === 0 ? null : this.oldestTime;
     return {
       connected: this.connected,
       spoolBytes: this.spoolBytes(),
@@ -462,6 +511,11 @@ export class SyslogTlsSender extends EventEmitter<SyslogTlsSenderEvents> {
       refused: this.counters.refused,
       full: this.fullSince !== null,
       failedConnects: this.counters.failedConnects,
+      state: this.state,
+      stateReason: this.stateReason,
+      retryAt: this.retryAt === null ? null : new Date(this.retryAt),
+      oldestMessageTime: oldest === null ? null : new Date(oldest),
+      oldestAgeMs: oldest === null ? 0 : Math.max(0, this.clock.now() - oldest),
     };
   }
 
@@ -493,6 +547,7 @@ export class SyslogTlsSender extends EventEmitter<SyslogTlsSenderEvents> {
       this.closed = true;
       this.clock.clearTimeout(this.reconnectTimer);
       this.reconnectTimer = null;
+      this.retryAt = null;
       this.clock.clearTimeout(this.cursorTimer);
       this.cursorTimer = null;
       const socket = this.socket;
@@ -533,6 +588,22 @@ export class SyslogTlsSender extends EventEmitter<SyslogTlsSenderEvents> {
     let bytes = this.queueBytes;
     for (const s of this.segments) bytes += s.size;
     return bytes - this.cursorOffset;
+  }
+
+  /**
+   * The oldest message's time from what is in memory: none when the spool is empty, the first queued
+   * frame's when everything on disk has been delivered. Otherwise the time noted when the frame at the
+   * cursor was read (delivery, recovery) stands.
+   */
+  private refreshOldest(): void {
+    if (this.spoolBytes() === 0) {
+      this.oldestTime = null;
+      return;
+    }
+    if (this.spoolBytes() === this.queueBytes) {
+      const first = this.queue[0];
+      this.oldestTime = (first && frameTime(first)) ?? this.oldestTime;
+    }
   }
 
   private refuse(code: SpoolAlarmCode, message: string, xml: string): void {
@@ -616,6 +687,29 @@ export class SyslogTlsSender extends EventEmitter<SyslogTlsSenderEvents> {
     } else {
       this.cursorOffset = 0;
     }
+    // The oldest undelivered message left by a previous run: its own TIMESTAMP.
+    this.oldestTime = await this.timeAtCursor();
+    if (this.oldestTime === null) this.refreshOldest();
+  }
+
+  /** TIMESTAMP of the first undelivered frame on disk (null when none, or unreadable). */
+  private async timeAtCursor(): Promise<number | null> {
+    let offset = this.cursorOffset;
+    for (const seg of this.segments) {
+      if (offset < seg.size) {
+        const fh = await open(seg.path, 'r').catch(() => null);
+        if (fh === null) return null;
+        try {
+          return frameTime(await readAt(fh, offset, Math.min(256, seg.size - offset)));
+        } catch {
+          return null;
+        } finally {
+          await fh.close().catch(() => undefined);
+        }
+      }
+      offset = 0;
+    }
+    return null;
   }
 
   private async acquireLock(): Promise<void> {
@@ -690,6 +784,7 @@ export class SyslogTlsSender extends EventEmitter<SyslogTlsSenderEvents> {
           xmlOfFrame(frame),
         );
       }
+      this.refreshOldest();
       for (const w of waiters) w.reject(err);
     }
   }
@@ -777,15 +872,17 @@ export class SyslogTlsSender extends EventEmitter<SyslogTlsSenderEvents> {
       if (wasConnected) this.emit('disconnected', { reason });
       else this.counters.failedConnects++;
       this.scheduleReconnect();
+      this.setState(wasConnected ? 'disconnected' : 'retrying', reason, null);
     };
     const established = (): void => {
       if (failed || this.socket !== socket || this.closed) return;
       this.clock.clearTimeout(timer);
       this.connecting = false;
       this.connected = true;
-      this.counters.failedConnects = 0;
       socket.setKeepAlive(true, 30_000);
       this.emit('connected', { host: this.opts.host, port: this.opts.port, protocol: socket.getProtocol() });
+      this.setState('connected', null, socket.getProtocol());
+      this.counters.failedConnects = 0;
       this.pump();
     };
     socket.once('secureConnect', () => {
@@ -821,11 +918,39 @@ export class SyslogTlsSender extends EventEmitter<SyslogTlsSenderEvents> {
     if (this.closed || this.reconnectTimer !== null) return;
     const attempts = Math.max(0, this.counters.failedConnects - 1);
     const delay = Math.min(this.opts.reconnectMaxMs, this.opts.reconnectMinMs * 2 ** Math.min(attempts, 30));
+    const wait = jitter(delay);
+    this.retryAt = this.clock.now() + wait;
     this.reconnectTimer = this.clock.setTimeout(() => {
       this.reconnectTimer = null;
+      this.retryAt = null;
       this.connect();
-    }, jitter(delay));
+    }, wait);
     this.reconnectTimer.unref();
+  }
+
+  /**
+   * Records the connection's state and emits 'state' when it changed, or when it stays disconnected or
+   * retrying for a different reason: a repository that stays away gives one line, not one per attempt.
+   */
+  private setState(state: AuditConnectionState, reason: string | null, protocol: string | null): void {
+    if (this.closed) return;
+    const previous = this.state;
+    if (previous === state && this.stateReason === reason) return;
+    this.state = state;
+    this.stateReason = reason;
+    const retryAt = state === 'connected' ? null : this.retryAt;
+    this.emit('state', {
+      state,
+      previous,
+      reason,
+      retryAt: retryAt === null ? null : new Date(retryAt),
+      retryInMs: retryAt === null ? null : Math.max(0, retryAt - this.clock.now()),
+      host: this.opts.host,
+      port: this.opts.port,
+      protocol,
+      failedConnects: this.counters.failedConnects,
+      spoolBytes: this.spoolBytes(),
+    });
   }
 
   /** Sends spooled frames in order while connected. One delivery loop at a time. */
@@ -867,6 +992,8 @@ export class SyslogTlsSender extends EventEmitter<SyslogTlsSenderEvents> {
           chunk = await readAt(reader.handle, this.cursorOffset, length);
           scan = scanFrames(chunk);
         }
+        // The frame at the cursor is the oldest undelivered one.
+        this.oldestTime = frameTime(chunk) ?? this.oldestTime;
         if (!scan.ok || scan.frames === 0) {
           // Damage between the cursor and the durable end: skip the segment rather than wedge delivery.
           this.emit('alarm', {
@@ -882,6 +1009,7 @@ export class SyslogTlsSender extends EventEmitter<SyslogTlsSenderEvents> {
         const socket = this.socket;
         await writeAll(socket, chunk.subarray(0, scan.end));
         this.cursorOffset += scan.end;
+        if (this.spoolBytes() === 0) this.oldestTime = null;
         this.counters.delivered += scan.frames;
         this.cursorDirty = true;
         this.emit('delivered', { messages: scan.frames, bytes: scan.end });
@@ -894,6 +1022,9 @@ export class SyslogTlsSender extends EventEmitter<SyslogTlsSenderEvents> {
       await reader?.handle.close().catch(() => undefined);
     }
     this.afterAdvance();
+    // Delivery stopped (all sent, or the connection went): the frame at the cursor is the oldest now.
+    if (this.spoolBytes() > this.queueBytes) this.oldestTime = (await this.timeAtCursor()) ?? this.oldestTime;
+    this.refreshOldest();
     if (this.spoolBytes() === 0) {
       const waiters = this.drainWaiters;
       this.drainWaiters = [];
@@ -949,6 +1080,14 @@ export class SyslogTlsSender extends EventEmitter<SyslogTlsSenderEvents> {
     this.cursorWriting = next.catch(() => undefined);
     return next;
   }
+}
+
+/** The RFC 5424 TIMESTAMP (ms since the epoch) of the octet-counted frame at the start of `buf`. */
+export function frameTime(buf: Buffer): number | null {
+  const m = /^\d+ <\d{1,3}>1 (\S+) /.exec(buf.subarray(0, 128).toString('latin1'));
+  if (!m) return null;
+  const t = Date.parse(m[1] as string);
+  return Number.isFinite(t) ? t : null;
 }
 
 function xmlOfFrame(frame: Buffer): string {
