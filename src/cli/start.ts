@@ -13,6 +13,8 @@ import { ProxyMetrics, certificateFilesFromConfig, metricBoundsFromConfig } from
 import { UpstreamReadiness } from '../observe/readiness.js';
 import { AdminServer } from '../observe/admin.js';
 import { openAuditTrail, type AuditTrail } from '../observe/audit/index.js';
+import { observeAuditTransport } from '../observe/audit/transport.js';
+import { auditReloads } from '../runtime/reload-audit.js';
 import { LedgerWriter } from '../integrity/writer.js';
 import { InlineHasher } from '../integrity/hasher.js';
 import type { CommitmentEvidence, InstanceEvidence, LedgerSink } from '../integrity/types.js';
@@ -135,7 +137,7 @@ export async function runStart(configPath: string, hooks: StartHooks): Promise<v
   // The DICOM audit trail (PS3.15 A.5): file and/or syslog over TLS with a durable spool.
   let audit: AuditTrail | null = null;
   let unsubscribeAudit: (() => void) | null = null;
-  let spoolTimer: NodeJS.Timeout | null = null;
+  let unobserveAudit: (() => void) | null = null;
   if (config.audit) {
     try {
       audit = await openAuditTrail(config.audit, {
@@ -162,13 +164,12 @@ export async function runStart(configPath: string, hooks: StartHooks): Promise<v
       metrics.auditAlarm();
       log.error('audit alarm', { event: 'audit-alarm', ...(a as object) });
     });
+    // The repository connection: audit-connected / audit-disconnected / audit-retrying lines, and the
+    // connected, spool bytes, oldest message age and message gauges read at each scrape.
+    const sender = trail.syslogSender;
+    if (sender) unobserveAudit = observeAuditTransport(sender, { log, metrics });
     unsubscribeAudit = trail.subscribe(server.events);
     trail.applicationStart();
-    spoolTimer = setInterval(() => {
-      const stats = trail.syslogSender?.stats();
-      if (stats) metrics.setAuditSpoolBytes(stats.spoolBytes);
-    }, 5000);
-    spoolTimer.unref();
   }
 
   // Live reload: build everything, swap, keep the old snapshot on any error (runtime/reload.ts).
@@ -186,6 +187,8 @@ export async function runStart(configPath: string, hooks: StartHooks): Promise<v
     },
   });
   let watcher: ConfigWatcher | null = null;
+  // Changes and failures alike go on the audit trail (Security Alert 110129; runtime/reload-audit.ts).
+  if (audit) auditReloads(reloader, audit);
   reloader.on('reloaded', (r) => {
     const next = r.snapshot.config;
     metrics.reloadResult(true, r.snapshot.loadedAt);
@@ -201,13 +204,6 @@ export async function runStart(configPath: string, hooks: StartHooks): Promise<v
       log.warn('some changes take effect only after a restart', {
         event: 'config-restart-required',
         keys: restart.map((c) => c.path),
-      });
-    }
-    if (r.changes.length > 0 || r.changedFiles.length > 0) {
-      audit?.configurationChanged({
-        description: formatChanges(r.changes, r.changedFiles),
-        kind: 'security',
-        file: configPath,
       });
     }
     void watcher?.refresh();
@@ -282,10 +278,10 @@ export async function runStart(configPath: string, hooks: StartHooks): Promise<v
       .then(async () => {
         await readiness?.stop();
         await admin?.close();
-        if (spoolTimer) clearInterval(spoolTimer);
         unsubscribeAudit?.();
         audit?.applicationStop();
         await audit?.close();
+        unobserveAudit?.();
         await ledger?.close();
         await hasher?.close();
       })

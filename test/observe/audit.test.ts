@@ -508,6 +508,23 @@ describe('PS3.15 A.5 message builders', () => {
     alert(configurationChangeMessage({ ...CTX, kind: 'network', description: 'listen port' }), '110128', '0');
   });
 
+  test('Security Alert for a failed configuration change: 110129, outcome 4 (refused) or 8 (not applied)', () => {
+    const description =
+      'configuration reload failed (build); the running configuration stays in force:\n' +
+      '/etc/dimse/proxy.yaml:12:7 upstreams.archive.tls.cert: certificate expired';
+    const refused = alert(
+      configurationChangeMessage({ ...CTX, description, file: '/etc/dimse/proxy.yaml', outcome: 4 }),
+      '110129',
+      '4',
+    ).root;
+    assert.equal(kid(kid(refused, 'EventIdentification'), 'EventOutcomeDescription').text, description);
+    assert.equal(
+      kid(refused, 'ParticipantObjectIdentification').attrs['ParticipantObjectID'],
+      'file:///etc/dimse/proxy.yaml',
+    );
+    alert(configurationChangeMessage({ ...CTX, description: 'apply failed', outcome: 8 }), '110129', '8');
+  });
+
   test('everything is escaped: hostile AE titles stay data, on one line, as valid XML characters', () => {
     const hostile = `A"<&>'\n\r\t\u0001\u2028\uD800B`;
     assert.equal(escapeXml('<a & "b">'), '&lt;a &amp; &quot;b&quot;&gt;');

@@ -265,6 +265,21 @@ export class AuditTrail extends EventEmitter<AuditTrailEvents> {
   }
 
   /**
+   * Security Alert 110129 (or 110128 / 110131) for a configuration change that failed: outcome 4 when it
+   * was refused before anything changed (the running configuration stays in force), 8 when it could not be
+   * installed.
+   */
+  configurationChangeFailed(detail: {
+    description: string;
+    outcome: 4 | 8;
+    kind?: ConfigurationChangeKind;
+    file?: string | null;
+    changedBy?: string | null;
+  }): void {
+    this.record(configurationChangeMessage({ ...this.context(), ...detail }), detail.outcome);
+  }
+
+  /**
    * Security Alert 110126: a TLS handshake with a peer failed. The return listener's failures already come
    * as 'tls-client-rejected' events (subscribe()): call this only for endpoints without such an event.
    */

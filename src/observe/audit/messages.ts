@@ -790,6 +790,11 @@ export interface ConfigurationChangeInput extends MessageContext {
   file?: string | null;
   /** Who changed it (person or process), when known. */
   changedBy?: string | null;
+  /**
+   * 0 (default): the change was made. A change that failed: 4 when it was refused before anything changed
+   * (the running configuration stays in force), 8 when it could not be installed.
+   */
+  outcome?: 0 | 4 | 8;
 }
 
 const CONFIG_TYPES: Record<ConfigurationChangeKind, CodedValue> = {
@@ -798,7 +803,10 @@ const CONFIG_TYPES: Record<ConfigurationChangeKind, CodedValue> = {
   software: EVENT_TYPE.softwareConfiguration,
 };
 
-/** A configuration change: Security Alert 110128 / 110129 / 110131, outcome 0 (informative). */
+/**
+ * A configuration change: Security Alert 110128 / 110129 / 110131, outcome 0 (informative), or 4 / 8 for a
+ * change that failed (A.5.3.11: a failure the mitigation handled).
+ */
 export function configurationChangeMessage(input: ConfigurationChangeInput): string {
   const subject: AlertSubject = input.file
     ? { kind: 'uri', id: fileUri(input.file), typeCodeRole: 5, name: input.file }
@@ -806,7 +814,7 @@ export function configurationChangeMessage(input: ConfigurationChangeInput): str
   return securityAlertMessage({
     ...input,
     types: [CONFIG_TYPES[input.kind ?? 'security']],
-    outcome: 0,
+    outcome: input.outcome ?? 0,
     description: input.description,
     performers: input.changedBy ? [{ userId: input.changedBy, userIsRequestor: false }] : [],
     subjects: [subject],
