@@ -1410,7 +1410,7 @@ export class Association {
       key: ph.key,
       untilRecorded: ph.untilRecorded,
       bytes: pdu.length,
-      queue: [Buffer.from(pdu)],
+      queue: [pdu], // held PDUs are the scanner's copies (or views of a poisoned lease), or freshly encoded
     };
   }
 
