@@ -69,6 +69,7 @@ export async function runStart(configPath: string, hooks: StartHooks): Promise<v
     ...(tuning.skipped ? { gcSettings: tuning.skipped } : {}),
   });
 
+  const metrics = new ProxyMetrics({ ...metricBoundsFromConfig(config), loadedAt: snapshot.loadedAt });
   // The integrity ledger lives as long as the process: one chain, one writer.
   let ledger: LedgerWriter | null = null;
   if (config.ledger.path) {
@@ -77,6 +78,14 @@ export async function runStart(configPath: string, hooks: StartHooks): Promise<v
         config.ledger.path,
         config.ledger,
         snapshot.ledgerSigningKeyPem,
+        {
+          // The alarm clears by itself once a probe write succeeds (disk space back, permissions fixed).
+          onHealth: (healthy, reason) => {
+            metrics.setLedgerHealthy(healthy);
+            if (healthy) log.warn('integrity ledger writes again', { event: 'ledger-healthy' });
+            else log.error('integrity ledger cannot write', { event: 'ledger-unhealthy', reason });
+          },
+        },
       );
     } catch (err) {
       log.error('cannot open the integrity ledger', {
@@ -91,7 +100,7 @@ export async function runStart(configPath: string, hooks: StartHooks): Promise<v
     log.info('ledger open', { event: 'ledger-open', path: config.ledger.path, head: ledger.head });
   }
 
-  const metrics = new ProxyMetrics({ ...metricBoundsFromConfig(config), loadedAt: snapshot.loadedAt });
+  if (ledger) metrics.setLedgerHealthy(ledger.healthy);
   const hasher = ledger ? new InlineHasher() : null;
   const binding: LedgerBinding | null =
     ledger && hasher

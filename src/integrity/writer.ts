@@ -57,7 +57,19 @@ export interface LedgerOptions {
    * DEFAULT_INDEX_SIZE; 0 = no index). The UID whose record was written longest ago is evicted first.
    */
   indexSize?: number;
+  /**
+   * While the ledger cannot write (disk full, permissions), try again this often (default 5000 ms): a
+   * probe write and sync in the ledger directory; when it succeeds the writer is healthy again.
+   */
+  recoveryIntervalMs?: number;
+  /** Called when the writer turns unhealthy (with the reason) and when it has recovered (null). */
+  onHealth?: (healthy: boolean, reason: string | null) => void;
 }
+
+/** Default LedgerOptions.recoveryIntervalMs. */
+export const DEFAULT_RECOVERY_INTERVAL_MS = 5000;
+/** Bytes the recovery probe writes and syncs: room for a batch of records, not just one. */
+const RECOVERY_PROBE_BYTES = 64 * 1024;
 
 /** Default LedgerOptions.indexSize: about 10-20 MB of UIDs. */
 export const DEFAULT_INDEX_SIZE = 100_000;
@@ -264,6 +276,7 @@ export class LedgerWriter implements LedgerSink {
     dir: string,
     config: LedgerConfig,
     signingKeyPem: string | null,
+    extra: Pick<LedgerOptions, 'onHealth' | 'recoveryIntervalMs'> = {},
   ): Promise<LedgerWriter> {
     return LedgerWriter.open({
       dir,
@@ -273,6 +286,7 @@ export class LedgerWriter implements LedgerSink {
       rotateDaily: config.rotateDaily,
       checkpointIntervalMs: config.checkpointIntervalMs,
       signingKeyPem,
+      ...extra,
     });
   }
 
@@ -296,6 +310,65 @@ export class LedgerWriter implements LedgerSink {
   /** Set when open() cut a torn last line (saved to `savedAs` in the ledger directory). */
   get recovery(): { file: string; tornBytes: number; savedAs: string } | null {
     return this._recovery;
+  }
+
+  private recoveryTimer: TimerHandle | null = null;
+
+  private markUnhealthy(reason = 'a write or sync failed'): void {
+    if (this._healthy) {
+      this._healthy = false;
+      this.opts.onHealth?.(false, reason);
+    }
+    this.scheduleRecovery();
+  }
+
+  private markHealthy(): void {
+    if (this.recoveryTimer) {
+      this.clock.clearTimeout(this.recoveryTimer);
+      this.recoveryTimer = null;
+    }
+    if (this._healthy) return;
+    this._healthy = true;
+    this.opts.onHealth?.(true, null);
+  }
+
+  /** While unhealthy: a probe every recoveryIntervalMs, in the writer's queue (never beside a write). */
+  private scheduleRecovery(): void {
+    if (this.closed || this.recoveryTimer) return;
+    const t = this.clock.setTimeout(() => {
+      this.recoveryTimer = null;
+      this.enqueue(() => this.probe()).catch(noop);
+    }, this.opts.recoveryIntervalMs ?? DEFAULT_RECOVERY_INTERVAL_MS);
+    t.unref();
+    this.recoveryTimer = t;
+  }
+
+  /**
+   * Can the ledger write again? Cut any partly written line, write and sync RECOVERY_PROBE_BYTES in a
+   * probe file beside the ledger (not a ledger file: verify and find never read it), sync the ledger file.
+   */
+  private async probe(): Promise<void> {
+    if (this._healthy || this.closed) return;
+    const path = join(this.opts.dir, '.ledger-write-probe');
+    try {
+      if (this.dirty && this.fh) {
+        await this.fh.truncate(this.fileSize);
+        this.dirty = false;
+      }
+      const h = await open(path, 'w');
+      try {
+        await h.write(Buffer.alloc(RECOVERY_PROBE_BYTES), 0, RECOVERY_PROBE_BYTES, 0);
+        await h.datasync();
+      } finally {
+        await h.close();
+        await unlink(path).catch(noop);
+      }
+      if (this.fh) await this.fh.datasync();
+      this.markHealthy();
+    } catch {
+      await unlink(path).catch(noop);
+      this.scheduleRecovery();
+    }
   }
 
   get healthy(): boolean {
@@ -378,6 +451,10 @@ export class LedgerWriter implements LedgerSink {
   close(): Promise<void> {
     if (this.closing) return this.closing;
     this.closed = true;
+    if (this.recoveryTimer) {
+      this.clock.clearTimeout(this.recoveryTimer);
+      this.recoveryTimer = null;
+    }
     this.closing = this.enqueue(async () => {
       this.clearTimers();
       const fh = this.fh;
@@ -680,7 +757,7 @@ export class LedgerWriter implements LedgerSink {
       try {
         this.fh = await open(join(this.opts.dir, this.fileName), 'ax', 0o600);
       } catch (err) {
-        this._healthy = false;
+        this.markUnhealthy();
         throw new LedgerError(
           'LEDGER_WRITE_FAILED',
           `cannot create ${this.fileName}: ${describeFsError(err)}`,
@@ -831,7 +908,7 @@ export class LedgerWriter implements LedgerSink {
         );
       }
     } catch (err) {
-      this._healthy = false;
+      this.markUnhealthy();
       // Cut whatever part of the lines may have landed now; if that fails too, before the next write.
       this.dirty = !(await fh.truncate(this.fileSize).then(
         () => true,
@@ -871,7 +948,7 @@ export class LedgerWriter implements LedgerSink {
       try {
         await fh.datasync();
       } catch (err) {
-        this._healthy = false;
+        this.markUnhealthy();
         throw new LedgerError(
           'LEDGER_WRITE_FAILED',
           `cannot sync ${this.fileName}: ${describeFsError(err)}`,
@@ -880,11 +957,11 @@ export class LedgerWriter implements LedgerSink {
           },
         );
       }
-      this._healthy = true;
+      this.markHealthy();
       for (const p of run.entries) p.resolve();
       return;
     }
-    this._healthy = true;
+    this.markHealthy();
     if (run.entries.length === 0) return;
     for (const p of run.entries) this.waiters.push(p);
     if (!this.syncTimer) {
@@ -904,7 +981,7 @@ export class LedgerWriter implements LedgerSink {
     try {
       if (this.fh) await this.fh.datasync();
     } catch (err) {
-      this._healthy = false;
+      this.markUnhealthy();
       const failure = new LedgerError(
         'LEDGER_WRITE_FAILED',
         `cannot sync ${this.fileName}: ${describeFsError(err)}`,
@@ -925,7 +1002,7 @@ export class LedgerWriter implements LedgerSink {
     try {
       await fh.datasync();
     } catch (err) {
-      this._healthy = false;
+      this.markUnhealthy();
       failure = new LedgerError('LEDGER_WRITE_FAILED', `cannot sync a ledger file: ${describeFsError(err)}`, {
         cause: err,
       });

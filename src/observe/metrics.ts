@@ -330,6 +330,14 @@ export const PROXY_METRICS = Object.freeze({
     help: 'Integrity ledger records that could not be written (each one is an alarm).',
     labels: [],
   },
+  ledgerHealthy: {
+    name: 'dimse_proxy_ledger_healthy',
+    type: 'gauge',
+    help:
+      '1 while the integrity ledger can write, 0 after a write failed until a probe write succeeds again ' +
+      '(with onLedgerFailure abort no C-STORE is relayed meanwhile).',
+    labels: [],
+  },
   certificateNotAfter: {
     name: 'dimse_proxy_certificate_not_after_timestamp_seconds',
     type: 'gauge',
@@ -951,6 +959,11 @@ export class ProxyMetrics {
   /** One integrity ledger record was written. */
   ledgerRecord(count = 1): void {
     this.m.ledgerRecords.inc(count);
+  }
+
+  /** The ledger can write (1) or not (0). */
+  setLedgerHealthy(healthy: boolean): void {
+    this.m.ledgerHealthy.set(healthy ? 1 : 0);
   }
 
   /** Current size of the local audit spool. */
