@@ -166,6 +166,8 @@ interface HeldResponse {
   bytes: number;
   /** PDUs toward the requestor, in order, from the held response on. */
   queue: Buffer[];
+  /** What to do once it has gone out (an abort that arrived behind it: afterHeld). */
+  then: (() => void) | null;
 }
 
 /** 0 = the leg toward the modality (proxy is acceptor), 1 = toward the archive (proxy is requestor). */
@@ -485,7 +487,10 @@ export class Association {
           d.message ?? `${SIDES[leg]} closed the connection`,
         );
         this.endLeg(leg);
-        this.abortOther(other, providerAbort(AbortReason.NotSpecified));
+        // A success that arrived before the close and waits for its record still goes out first (as it
+        // would have on a direct connection); the abort follows it, or comes at once if the record fails.
+        if (!this.afterHeld(other, () => this.abortOther(other, providerAbort(AbortReason.NotSpecified))))
+          this.abortOther(other, providerAbort(AbortReason.NotSpecified));
         return;
       case 'AA-6': // a PDU after the association ended: ignored
         return;
@@ -1411,6 +1416,7 @@ export class Association {
       untilRecorded: ph.untilRecorded,
       bytes: pdu.length,
       queue: [pdu], // held PDUs are the scanner's copies (or views of a poisoned lease), or freshly encoded
+      then: null,
     };
   }
 
@@ -1425,6 +1431,20 @@ export class Association {
       this.pausedForHold[to] = false;
       if (!this.blocked[to]) this.sourceOf(to)?.resume();
     }
+    const then = held.then;
+    held.then = null;
+    then?.();
+  }
+
+  /**
+   * Run `fn` once the success held toward `to` for its ledger record has gone out; false (nothing
+   * deferred) when no success is held for a record. A failed record aborts both legs instead.
+   */
+  private afterHeld(to: Leg, fn: () => void): boolean {
+    const held = this.heldToward[to];
+    if (!held || !held.untilRecorded || held.then) return false;
+    held.then = fn;
+    return true;
   }
 
   private onRecordWritten(key: number): void {
