@@ -57,6 +57,7 @@ import type { RouteConfig } from '../config/types.js';
 import { PDataScanner, UnexpectedPduError, type ScannerSink } from './scanner.js';
 import { ChunkLease, Outbound, RELAY_BUFFER_FLOOR, type RelayBudget } from './outbound.js';
 import {
+  classifyUpstreamSocketError,
   connectPlain,
   connectTimings,
   connectUpstream,
@@ -1532,7 +1533,8 @@ export class Association {
 
   private onSocketError(leg: Leg, err: Error): void {
     if (this.legs[1].state === 'Sta5' && leg === 1) {
-      this.failUpstream('closed', err.message);
+      // A TLS alert naming our certificate after the handshake (TLS 1.3) is the archive refusing it.
+      this.failUpstream(classifyUpstreamSocketError(err) ?? 'closed', err.message);
     } else {
       this.event(leg, 'transport-closed', { message: `${SIDES[leg]} socket error: ${err.message}` });
     }
