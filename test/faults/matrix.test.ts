@@ -56,6 +56,17 @@ class Tally {
 
 let caseNo = 0;
 
+/** `p`, or a failure naming `what` after `ms` (the writer's health calls are real file I/O). */
+function within<T>(p: Promise<T>, what: string, ms = 10_000): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([
+    p,
+    new Promise<T>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`${what}: not within ${ms} ms`)), ms);
+    }),
+  ]).finally(() => clearTimeout(timer));
+}
+
 async function until(cond: () => boolean, what: string): Promise<void> {
   for (let i = 0; i < 500 && !cond(); i++) await new Promise((r) => setTimeout(r, 10));
   assert.ok(cond(), what);
@@ -618,7 +629,7 @@ describe(
         const end = await drain(t, m);
         assert.equal(end?.type, 0x07, 'A-ABORT, not the success');
         assert.equal(t.seen.size, 0);
-        assert.equal(await unhealthy, false);
+        assert.equal(await within(unhealthy, 'the writer reports the outage'), false);
         m.destroy();
         up.destroy();
         await settled();
@@ -633,7 +644,7 @@ describe(
         // Space returns: the writer's probe succeeds, and the next association (run by fault()) is served.
         const healthy = new Promise<boolean>((r) => (healthWaiter = r));
         diskFull = false;
-        assert.equal(await healthy, true);
+        assert.equal(await within(healthy, 'the writer recovers'), true);
         assert.equal(writer.healthy, true);
       },
     );
