@@ -21,7 +21,9 @@
 // (unmeasured transfers per mode; default 10 small, 1 large, 1 many), BENCH_SETS (comma list of
 // small,large,many; default all), BENCH_SMALL_COUNT (200), BENCH_LARGE_MB (200), BENCH_LARGE_COUNT (3),
 // BENCH_ASSOCIATIONS (100); BENCH_BASELINE (another build's dist/cli.js, measured in every set as
-// `baseline` for a before/after in one run) and BENCH_BASELINE_ARGS (node flags for it).
+// `baseline` for a before/after in one run) and BENCH_BASELINE_ARGS (node flags for it); with
+// BENCH_BASELINE_LEDGER=1 the baseline runs with the ledger on and is compared with proxy+ledger (a
+// before/after of a ledger change).
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
@@ -49,6 +51,7 @@ const ASSOCIATIONS = Number(process.env.BENCH_ASSOCIATIONS ?? 100);
 /** Before/after in one run: another build's cli.js (e.g. of the parent commit) measured as `baseline`. */
 const BASELINE = process.env.BENCH_BASELINE ?? '';
 /** Node flags for the baseline build, as that build's own documentation started it. */
+const BASELINE_LEDGER = process.env.BENCH_BASELINE_LEDGER === '1';
 const BASELINE_ARGS = (process.env.BENCH_BASELINE_ARGS ?? '').split(' ').filter((a) => a !== '');
 
 function envCount(name: string, fallback: number): number {
@@ -165,7 +168,7 @@ async function startRelay(
         'peers:',
         `  STORESCU: { addresses: [127.0.0.1], services: [echo, store], maxAssociations: ${ASSOCIATIONS + 8} }`,
         `limits: { maxAssociations: ${ASSOCIATIONS + 8}, maxAssociationsPerPeer: ${ASSOCIATIONS + 8} }`,
-        ...(mode === 'ledger'
+        ...(mode === 'ledger' || (mode === 'baseline' && BASELINE_LEDGER)
           ? [`ledger: { path: ${join(work, `ledger-${name}`)}, fsync: batch, signingKey: ${env.signingKey} }`]
           : []),
         'logging: { level: warn }',
@@ -517,16 +520,20 @@ async function main(): Promise<void> {
       }
       out.push('');
       if (BASELINE) {
+        const after = BASELINE_LEDGER ? 'proxy+ledger' : 'proxy';
         out.push(
-          `Before/after in this run: baseline = ${BASELINE}${BASELINE_ARGS.length ? ` (node ${BASELINE_ARGS.join(' ')})` : ''}, proxy = this build`,
+          `Before/after in this run: baseline = ${BASELINE}${BASELINE_ARGS.length ? ` (node ${BASELINE_ARGS.join(' ')})` : ''}${BASELINE_LEDGER ? ' with the ledger on' : ''}, ${after} = this build`,
           '',
-          '| set | baseline MB/s | proxy MB/s | proxy / baseline | relay CPU ms/GB baseline / proxy | peak RSS baseline / proxy |',
+          `| set | baseline MB/s | ${after} MB/s | ${after} / baseline | relay CPU ms/GB baseline / ${after} | peak RSS baseline / ${after} |`,
           '|---|---:|---:|---:|---:|---:|',
         );
         for (const s of summaries) {
+          const mbps = BASELINE_LEDGER ? s.mbps.ledger : s.mbps.proxy;
+          const cpu = BASELINE_LEDGER ? s.cpuPerGb.ledger : s.cpuPerGb.proxy;
+          const rss = BASELINE_LEDGER ? s.rss.ledger : s.rss.proxy;
           out.push(
-            `| ${s.set} | ${f1(s.mbps.baseline)} | ${f1(s.mbps.proxy)} | ${f2(s.mbps.proxy / s.mbps.baseline)} | ` +
-              `${f0(s.cpuPerGb.baseline)} / ${f0(s.cpuPerGb.proxy)} | ${f0(s.rss.baseline)} / ${f0(s.rss.proxy)} MB |`,
+            `| ${s.set} | ${f1(s.mbps.baseline)} | ${f1(mbps)} | ${f2(mbps / s.mbps.baseline)} | ` +
+              `${f0(s.cpuPerGb.baseline)} / ${f0(cpu)} | ${f0(s.rss.baseline)} / ${f0(rss)} MB |`,
           );
         }
         out.push('');

@@ -970,16 +970,29 @@ export class LedgerWriter implements LedgerSink {
     }
   }
 
+  /**
+   * The batched sync runs beside the write queue, not in it: records written while it is in flight do
+   * not wait for it (their write() is what the relay's held success waits on). One sync at a time; its
+   * waiters are the records written before it began, which is what fdatasync covers.
+   */
+  private syncing: Promise<void> | null = null;
+
   private readonly syncDue = (): void => {
     this.syncTimer = null;
-    this.enqueue(() => this.syncCurrent()).catch(noop);
+    const run = (): Promise<void> => this.syncCurrent().catch(noop);
+    const next: Promise<void> = (this.syncing ? this.syncing.then(run) : run()).finally(() => {
+      if (this.syncing === next) this.syncing = null;
+    });
+    this.syncing = next;
   };
 
   /** fdatasync the current file and settle everyone waiting for it. */
   private async syncCurrent(): Promise<void> {
     const waiters = this.waiters.splice(0);
+    if (waiters.length === 0) return;
+    const fh = this.fh;
     try {
-      if (this.fh) await this.fh.datasync();
+      if (fh) await fh.datasync();
     } catch (err) {
       this.markUnhealthy();
       const failure = new LedgerError(
@@ -997,6 +1010,7 @@ export class LedgerWriter implements LedgerSink {
 
   /** Sync and close a file we are done with; waiters for it are settled. */
   private async finishFile(fh: FileHandle): Promise<void> {
+    if (this.syncing) await this.syncing; // a batched sync on this handle is in flight: let it settle
     const waiters = this.waiters.splice(0);
     let failure: LedgerError | null = null;
     try {
