@@ -11,7 +11,7 @@
 import { after, before, describe, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeDemoPki, type DemoPkiPaths } from '../../src/tls/pki.js';
@@ -19,7 +19,7 @@ import { hashPart10File, readRecords } from '../../src/integrity/find.js';
 import { verifyLedger } from '../../src/integrity/verify.js';
 import type { InstanceRecord } from '../../src/integrity/format.js';
 import { writeInstances } from '../helpers/dicom.js';
-import { CLI, assertBuilt, startDaemon, type Daemon } from '../helpers/daemon.js';
+import { assertBuilt, startDaemon, type Daemon } from '../helpers/daemon.js';
 import {
   Procs,
   REQUIRE_PEERS,
