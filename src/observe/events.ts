@@ -78,7 +78,16 @@ export interface ProxyEventMap {
       tls: TlsSessionInfo;
     },
   ];
-  'upstream-failed': [{ id: string; upstream: string; reason: UpstreamFailure; message: string }];
+  'upstream-failed': [
+    {
+      id: string;
+      upstream: string;
+      reason: UpstreamFailure;
+      message: string;
+      /** The certificate the archive presented, when the TLS handshake got that far (e.g. a weak key). */
+      certificate?: { subject: string; issuer: string; fingerprint256: string } | null;
+    },
+  ];
   /** The upstream (archive, or a receiver on the return path) connection is up: TCP and TLS timings. */
   'upstream-connected': [
     {

@@ -983,8 +983,8 @@ export class Association {
         ? await connectUpstream({ ...where, tls: upstream.tls })
         : await connectPlain(where);
     } catch (err) {
-      const reason = err instanceof UpstreamConnectError ? err.reason : 'handshake-failed';
-      this.failUpstream(reason, (err as Error).message);
+      const known = err instanceof UpstreamConnectError ? err : null;
+      this.failUpstream(known?.reason ?? 'handshake-failed', (err as Error).message, known?.certificate);
       if (this.legs[1].state === 'Sta4') this.legs[1].fire('abort-request'); // AA-2: nothing to close
       this.maybeComplete();
       return;
@@ -1033,7 +1033,11 @@ export class Association {
   }
 
   /** The archive cannot be reached or did not answer: A-ASSOCIATE-RJ 2/3/1 so the modality retries. */
-  private failUpstream(reason: UpstreamFailure, message: string): void {
+  private failUpstream(
+    reason: UpstreamFailure,
+    message: string,
+    certificate: { subject: string; issuer: string; fingerprint256: string } | null = null,
+  ): void {
     if (this.legs[0].state !== 'Sta3') return; // already answered
     this.stopConnectTimer();
     this.host.events.emit('upstream-failed', {
@@ -1041,6 +1045,7 @@ export class Association {
       upstream: this.upstream?.name ?? '',
       reason,
       message,
+      ...(certificate ? { certificate } : {}),
     });
     this.finish('upstream-failed', `${reason}: ${message}`);
     // Toward the archive the proxy is the requestor's user giving up: A-ABORT source 0 (AA-1), or no

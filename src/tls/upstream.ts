@@ -5,7 +5,7 @@ import * as net from 'node:net';
 import * as tls from 'node:tls';
 import { TLS_PROFILES, type TlsProfileName } from './profiles.js';
 import type { UpstreamConnectFailure } from '../vocabulary/outcomes.js';
-import { peerKeyProblem } from './keys.js';
+import { peerKeyProblem, presentedCertificate, type PresentedCertificate } from './keys.js';
 
 export interface UpstreamTlsSettings {
   ca: string;
@@ -187,13 +187,16 @@ export interface UpstreamConnectOptions {
 
 export class UpstreamConnectError extends Error {
   readonly code = 'UPSTREAM_CONNECT_FAILED';
+  /** The certificate the archive presented, when the handshake got that far (for the Security Alert). */
+  readonly certificate: PresentedCertificate | null;
   constructor(
     readonly reason: UpstreamFailureReason,
     message: string,
-    options?: { cause?: unknown },
+    options?: { cause?: unknown; certificate?: PresentedCertificate | null },
   ) {
     super(message, options);
     this.name = 'UpstreamConnectError';
+    this.certificate = options?.certificate ?? null;
   }
 }
 
@@ -232,6 +235,11 @@ export function connectUpstream(opts: UpstreamConnectOptions): Promise<tls.TLSSo
     });
     socket.setNoDelay(true); // applied as soon as the TCP connection exists (DESIGN: Nagle costs ~50 ms a message)
     socket.once('connect', () => (tcpMs = performance.now() - started));
+    // What the archive presented, read while the handshake's handle is still alive: Node destroys the
+    // socket before its 'error' when verification fails (an expired or weak certificate), and the refusal's
+    // log line and Security Alert name the certificate (subject, issuer, fingerprint).
+    let presented: PresentedCertificate | null = null;
+    socket.prependListener('secure', () => (presented = presentedCertificate(socket)));
     const fail = (err: unknown): void => {
       if (settled) return;
       settled = true;
@@ -246,14 +254,13 @@ export function connectUpstream(opts: UpstreamConnectOptions): Promise<tls.TLSSo
         const weak = peerKeyProblem(socket); // OpenSSL's security level refused it: say which key
         if (weak) detail = `${detail}: the archive's certificate: ${weak}`;
       }
+      const certificate = presentedCertificate(socket) ?? presented;
       socket.destroy();
       reject(
         new UpstreamConnectError(
           reason,
           `${opts.host}:${opts.port} (${settings.serverName}): ${reason}: ${detail}`,
-          {
-            cause: err,
-          },
+          { cause: err, certificate },
         ),
       );
     };

@@ -1458,6 +1458,45 @@ describe('(g) AuditTrail.subscribe maps the core events end to end', { timeout: 
     await trail.close(100);
   });
 
+  test('an archive refused for its certificate: the Security Alert carries the certificate; a refusal that is not TLS authentication is not audited', async () => {
+    const events = new ProxyEvents();
+    const sink = new MemorySink();
+    const trail = new AuditTrail(config(), [sink], {
+      hostname: 'gw1',
+      processId: '4242',
+      aeTitles: ['DICOM_PROXY'],
+      target: (name) => (name === 'archive' ? { address: 'pacs.example.org', aeTitle: 'PACS' } : null),
+    });
+    const off = trail.subscribe(events);
+    events.emit('upstream-failed', {
+      id: 'u1',
+      upstream: 'archive',
+      reason: 'weak-key',
+      message: 'pacs.example.org:2762 (pacs.example.org): weak-key: RSA 1024-bit key',
+      certificate: { subject: 'CN=pacs.example.org', issuer: 'CN=Hospital CA', fingerprint256: '01:02' },
+    });
+    events.emit('upstream-failed', {
+      id: 'u2',
+      upstream: 'archive',
+      reason: 'refused',
+      message: 'ECONNREFUSED',
+    });
+    off();
+    const alerts = sink.records.filter((r) => r.eventId === '110113');
+    assert.equal(alerts.length, 1, 'the refused connection is not a security event');
+    const root = checkAuditMessage((alerts[0] as { xml: string }).xml);
+    const object = kid(root, 'ParticipantObjectIdentification');
+    assert.equal(object.attrs['ParticipantObjectID'], 'pacs.example.org');
+    const details = Object.fromEntries(
+      kids(object, 'ParticipantObjectDetail').map((d) => [d.attrs['type'], b64(d.attrs['value'])]),
+    );
+    assert.equal(details['CertificateSubject'], 'CN=pacs.example.org');
+    assert.equal(details['CertificateIssuer'], 'CN=Hospital CA');
+    assert.equal(details['CertificateSHA256'], '01:02');
+    assert.match(details['Reason'] ?? '', /^weak-key: .*RSA 1024-bit/);
+    await trail.close(100);
+  });
+
   test('openAuditTrail with a file: one well-formed message per line', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'audit-file-'));
     try {

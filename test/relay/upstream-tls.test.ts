@@ -2,6 +2,7 @@
 // will retry) plus a reason an admin can act on. Each refusal has the twin that proves what refuses.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { X509Certificate } from 'node:crypto';
 import * as net from 'node:net';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -119,6 +120,7 @@ describe('upstream mutual TLS', () => {
     const { answer, failure } = await through(a.port);
     assertCongestion(answer);
     assert.equal(failure?.reason, 'certificate-expired');
+    assert.equal(failure?.certificate?.fingerprint256, new X509Certificate(expired.cert).fingerprint256);
   });
 
   test('refuses: the archive rejects the proxy client certificate (from another CA), logged before the summary', async () => {
@@ -152,6 +154,10 @@ describe('upstream mutual TLS', () => {
     assert.equal(refused.failure?.reason, 'weak-key');
     // OpenSSL's security level may refuse it first ("EE certificate key too weak"), else the proxy's check.
     assert.match(refused.failure?.message ?? '', /RSA 1024-bit|key too weak/);
+    // The certificate it presented goes with the refusal (log line, Security Alert).
+    const presented = new X509Certificate(weak.cert);
+    assert.equal(refused.failure?.certificate?.fingerprint256, presented.fingerprint256);
+    assert.match(refused.failure?.certificate?.subject ?? '', /CN=archive\.local/);
 
     const strong = await issueCertificate(pki.ca, {
       commonName: 'archive.local',

@@ -394,6 +394,7 @@ export class AuditTrail extends EventEmitter<AuditTrailEvents> {
             reason: `${e.reason}: ${e.message}`,
             listener: `upstream ${e.upstream}`,
             outbound: true,
+            certificate: e.certificate ?? null,
           }),
           8,
         );
