@@ -167,7 +167,10 @@ async function startRelay(
         '  - { calledAeTitle: DICOM_PROXY, upstream: archive }',
         'peers:',
         `  STORESCU: { addresses: [127.0.0.1], services: [echo, store], maxAssociations: ${ASSOCIATIONS + 8} }`,
-        `limits: { maxAssociations: ${ASSOCIATIONS + 8}, maxAssociationsPerPeer: ${ASSOCIATIONS + 8} }`,
+        // The many-associations set opens its associations at once from one loopback address, where a
+        // site has one modality per address: the per-address admission cap is raised to match.
+        `limits: { maxAssociations: ${ASSOCIATIONS + 8}, maxAssociationsPerPeer: ${ASSOCIATIONS + 8}, ` +
+          `pendingPerAddress: ${ASSOCIATIONS + 8}, pendingTotal: ${ASSOCIATIONS + 24} }`,
         ...(mode === 'ledger' || (mode === 'baseline' && BASELINE_LEDGER)
           ? [`ledger: { path: ${join(work, `ledger-${name}`)}, fsync: batch, signingKey: ${env.signingKey} }`]
           : []),
