@@ -7,6 +7,9 @@ export const DEFAULTS = deepFreeze({
     host: '0.0.0.0',
     port: 11112,
   },
+  proxyProtocol: {
+    headerTimeout: '5s',
+  },
   upstream: {
     callingAeTitle: null,
     connectTimeout: '10s',

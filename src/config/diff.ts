@@ -76,18 +76,28 @@ export function diffConfigs(before: ProxyConfig, after: ProxyConfig): ConfigChan
 
   if (!sameValue(before.listen, after.listen)) {
     // The listening socket is bound once: one line for the address as a whole.
+    const sameAddress = before.listen.host === after.listen.host && before.listen.port === after.listen.port;
+    if (sameAddress && !sameValue(before.listen.proxyProtocol, after.listen.proxyProtocol)) {
+      // Read for each new connection: applies at once.
+      out.push({
+        path: 'listen.proxyProtocol',
+        kind: 'changed',
+        before: before.listen.proxyProtocol,
+        after: after.listen.proxyProtocol,
+        summary: `listen.proxyProtocol ${show(before.listen.proxyProtocol)} -> ${show(after.listen.proxyProtocol)}`,
+      });
+    }
+  }
+  if (before.listen.host !== after.listen.host || before.listen.port !== after.listen.port) {
     const address = (l: ProxyConfig['listen']): string =>
       l.host.includes(':') ? `[${l.host}]:${l.port}` : `${l.host}:${l.port}`;
-    const sameAddress = before.listen.host === after.listen.host && before.listen.port === after.listen.port;
     out.push({
       path: 'listen',
       kind: 'changed',
       before: before.listen,
       after: after.listen,
       restartRequired: true,
-      summary: sameAddress
-        ? `listen changed ${show(before.listen)} -> ${show(after.listen)}`
-        : `listen address ${address(before.listen)} -> ${address(after.listen)}`,
+      summary: `listen address ${address(before.listen)} -> ${address(after.listen)}`,
     });
   }
   diffUpstreams(out, before.upstreams, after.upstreams);

@@ -20,6 +20,7 @@ import { applyAdminDefaults } from './admin.js';
 import { auditCrossIssues, resolveAuditConfig } from './audit.js';
 import { parseExpiryWindow } from './tls-policy.js';
 import type {
+  ProxyProtocolConfig,
   CertificateIdentityKind,
   LedgerConfig,
   LedgerFailureMode,
@@ -427,6 +428,7 @@ function buildProxyConfig(validated: ValidatedRoot, sourcePath: string | null, b
           profile: (r.tls.profile as TlsProfileName | undefined) ?? R.tls.profile,
           handshakeTimeoutMs: r.tls.handshakeTimeout ?? defaultDurationMs(R.tls.handshakeTimeout),
         },
+        proxyProtocol: proxyProtocolConfig(r.proxyProtocol),
         callers: r.callers.map((c) => {
           const [kind, value] = Object.entries(c.identity)[0] as [CertificateIdentityKind, string];
           return {
@@ -483,6 +485,7 @@ function buildProxyConfig(validated: ValidatedRoot, sourcePath: string | null, b
     listen: {
       host: root.listen?.host ?? DEFAULTS.listen.host,
       port: root.listen?.port ?? DEFAULTS.listen.port,
+      proxyProtocol: proxyProtocolConfig(root.listen?.proxyProtocol),
     },
     upstreams,
     routes,
@@ -503,4 +506,14 @@ function buildProxyConfig(validated: ValidatedRoot, sourcePath: string | null, b
 
 function unique<T>(values: readonly T[]): T[] {
   return [...new Set(values)];
+}
+
+function proxyProtocolConfig(
+  p: { from: string[]; headerTimeout?: number | undefined } | null | undefined,
+): ProxyProtocolConfig | null {
+  if (!p) return null;
+  return {
+    from: unique(p.from),
+    headerTimeoutMs: p.headerTimeout ?? defaultDurationMs(DEFAULTS.proxyProtocol.headerTimeout),
+  };
 }

@@ -59,9 +59,16 @@ const positiveInt = z.int().min(1);
 
 const optionalDuration = durationSchema.optional();
 
+/** PROXY protocol from load balancers in front of a listener (relay/proxy-protocol.ts). */
+export const proxyProtocolSchema = z.strictObject({
+  from: z.array(addressSchema).min(1),
+  headerTimeout: optionalDuration,
+});
+
 export const listenSchema = z.strictObject({
   host: hostSchema.optional(),
   port: z.int().min(0).max(65535).optional(),
+  proxyProtocol: proxyProtocolSchema.nullable().optional(),
 });
 
 export const upstreamTlsSchema = clientTlsSchema;
@@ -128,6 +135,7 @@ export const returnListenerSchema = z.strictObject({
   port: z.int().min(0).max(65535).optional(),
   tls: serverTlsSchema,
   callers: z.array(returnCallerSchema).min(1),
+  proxyProtocol: proxyProtocolSchema.nullable().optional(),
 });
 
 export const limitsSchema = z.strictObject({

@@ -113,11 +113,30 @@ export interface ServerTlsConfig {
 }
 
 /** The mutual-TLS listener the archive opens C-MOVE / storage commitment associations to. */
+/**
+ * PROXY protocol (v1 or v2) on a listener: connections from `from` (the load balancers) must begin with a
+ * header naming the client, which is then the connection's address everywhere; a header from any other
+ * address is refused. null = no header is read (a connection's address is its socket's).
+ */
+export interface ProxyProtocolConfig {
+  /** The load balancers' addresses or CIDR ranges, as written (compiled by the policy). */
+  from: string[];
+  /** How long a balancer's connection may take to deliver its header. */
+  headerTimeoutMs: number;
+}
+
+export interface ListenConfig {
+  host: string;
+  port: number;
+  proxyProtocol: ProxyProtocolConfig | null;
+}
+
 export interface ReturnListenerConfig {
   host: string;
   port: number;
   tls: ServerTlsConfig;
   callers: ReturnCallerConfig[];
+  proxyProtocol: ProxyProtocolConfig | null;
 }
 
 export interface LimitsConfig {
@@ -197,7 +216,7 @@ export interface LedgerConfig {
 export interface ProxyConfig {
   /** Absolute path of the file the snapshot was read from, or null when parsed from a string. */
   sourcePath: string | null;
-  listen: { host: string; port: number };
+  listen: ListenConfig;
   upstreams: Record<string, UpstreamConfig>;
   routes: RouteConfig[];
   peers: Record<string, PeerConfig>;

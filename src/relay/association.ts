@@ -15,6 +15,7 @@
 // This module keeps sockets, states, timers and teardown. Negotiation is negotiation.ts (pure), the
 // per-message policy requests.ts, the ledger's evidence evidence.ts.
 
+import { clientEndpoint } from '../util/endpoint.js';
 import type { Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import { randomUUID } from 'node:crypto';
@@ -274,8 +275,9 @@ export class Association {
   ) {
     this.clock = options.clock ?? systemClock;
     this.startedAt = this.clock.now();
-    this.remoteAddress = down.remoteAddress ?? '';
-    this.remotePort = down.remotePort ?? 0;
+    const client = clientEndpoint(down); // a load balancer's PROXY header names the client
+    this.remoteAddress = client.remoteAddress;
+    this.remotePort = client.remotePort;
     this.listener = options.listener ?? 'forward';
     this.downTls = options.downTls ?? null;
     this.directions = DIRECTIONS[this.listener];

@@ -14,6 +14,15 @@ import {
   remoteEndpoint,
 } from '../tls/identity.js';
 import { ProxyEvents } from '../observe/events.js';
+import { readPreamble } from './proxy-protocol.js';
+import { declareClientEndpoint, clientEndpoint } from '../util/endpoint.js';
+import {
+  parseAddressRange,
+  parseRemoteAddress,
+  rangeContains,
+  type AddressRange,
+} from '../config/address.js';
+import type { ProxyProtocolConfig } from '../config/types.js';
 import { systemClock, type Clock } from '../util/clock.js';
 import type { RuntimeSnapshot } from '../runtime/snapshot.js';
 import type { ConnectionRefusal, ListenerKind } from '../vocabulary/outcomes.js';
@@ -147,17 +156,85 @@ export class ProxyServer implements AssociationHost {
     });
     server.on('error', (err) => this.events.emit('listener-error', { message: err.message }));
     const tcp = net.createServer({ noDelay: true }, (socket) => {
-      const slot = this.admitConnection(socket, 'return');
-      if (!slot) return;
-      const key = endpointKey(socket);
-      this.handshaking.set(key, { socket, slot });
-      socket.once('close', () => {
-        if (this.handshaking.get(key)?.socket === socket) this.handshaking.delete(key);
-      });
-      server.emit('connection', socket);
+      const pp = this.snapshot.config.returnListener?.proxyProtocol ?? null;
+      if (!pp) this.handToTls(socket, server, this.admitConnection(socket, 'return'));
+      else this.withPreamble(socket, 'return', pp, (slot) => this.handToTls(socket, server, slot));
     });
     tcp.on('error', (err) => this.events.emit('listener-error', { message: err.message }));
     return { tcp, tls: server };
+  }
+
+  /** A return-listener connection, counted (slot), goes to the TLS server for its handshake. */
+  private handToTls(socket: net.Socket, server: tls.Server, slot: PendingSlot | null): void {
+    if (!slot) return;
+    const key = endpointKey(socket);
+    this.handshaking.set(key, { socket, slot });
+    socket.once('close', () => {
+      if (this.handshaking.get(key)?.socket === socket) this.handshaking.delete(key);
+    });
+    server.emit('connection', socket); // bytes read past a PROXY header were unshifted: TLS reads them first
+  }
+
+  /** The load balancers' ranges of a PROXY protocol setting, compiled once per setting object. */
+  private readonly balancers = new WeakMap<ProxyProtocolConfig, AddressRange[]>();
+
+  private fromBalancer(pp: ProxyProtocolConfig, address: string): boolean {
+    let ranges = this.balancers.get(pp);
+    if (!ranges) {
+      ranges = pp.from.flatMap((text) => {
+        const r = parseAddressRange(text);
+        return r.ok ? [{ address: r.address, prefix: r.prefix }] : []; // validated at load
+      });
+      this.balancers.set(pp, ranges);
+    }
+    const ip = parseRemoteAddress(address);
+    return ip !== null && ranges.some((r) => rangeContains(r, ip));
+  }
+
+  /**
+   * On a listener with PROXY protocol: a configured balancer's connection must begin with a header, and
+   * the client it names is the connection's address from then on (it is counted under that address once
+   * the header is in; until then the header timeout bounds it); anyone else is counted at once and
+   * refused if it sends a header. `then` gets the counted connection with the header consumed.
+   */
+  private withPreamble(
+    socket: net.Socket,
+    listener: ListenerKind,
+    pp: ProxyProtocolConfig,
+    then: (slot: PendingSlot | null) => void,
+  ): void {
+    // Read now: once the peer has gone (a balancer's health check closes at once), the socket no longer
+    // knows its address.
+    const remoteAddress = socket.remoteAddress;
+    const remotePort = socket.remotePort ?? 0;
+    if (remoteAddress === undefined) {
+      socket.destroy(); // closed before it could be looked at: nothing was read, nothing to refuse
+      return;
+    }
+    const balancer = this.fromBalancer(pp, remoteAddress);
+    const direct = balancer ? null : this.admitConnection(socket, listener);
+    if (!balancer && !direct) return;
+    const onError = (): void => void socket.destroy(); // reset while reading the header: 'close' follows
+    socket.on('error', onError);
+    void readPreamble(socket, balancer, pp.headerTimeoutMs, this.clock).then((r) => {
+      socket.removeListener('error', onError);
+      if (socket.destroyed) return;
+      if (r.kind === 'refused') {
+        socket.destroy();
+        this.events.emit('connection-refused', {
+          listener,
+          remoteAddress,
+          remotePort,
+          reason: r.reason,
+          message: `${r.message}; connection closed`,
+        });
+        return;
+      }
+      if (r.kind === 'proxied' && r.source) {
+        declareClientEndpoint(socket, { remoteAddress: r.source.address, remotePort: r.source.port });
+      }
+      then(direct ?? this.admitConnection(socket, listener));
+    });
   }
 
   /**
@@ -165,8 +242,7 @@ export class ProxyServer implements AssociationHost {
    * proxy is shutting down). Its slot is released when it is admitted or closes.
    */
   private admitConnection(socket: net.Socket, listener: ListenerKind): PendingSlot | null {
-    const remoteAddress = socket.remoteAddress ?? '';
-    const remotePort = socket.remotePort ?? 0;
+    const { remoteAddress, remotePort } = clientEndpoint(socket);
     const refuse = (reason: ConnectionRefusal, message: string): null => {
       socket.destroy();
       this.events.emit('connection-refused', { listener, remoteAddress, remotePort, reason, message });
@@ -307,8 +383,7 @@ export class ProxyServer implements AssociationHost {
       socket.destroy();
       this.events.emit('connection-refused', {
         listener: 'return',
-        remoteAddress: socket.remoteAddress ?? '',
-        remotePort: socket.remotePort ?? 0,
+        ...clientEndpoint(socket),
         reason: 'shutting-down',
         message: 'the proxy is shutting down; connection closed after the TLS handshake',
       });
@@ -335,8 +410,17 @@ export class ProxyServer implements AssociationHost {
   }
 
   private onConnection(socket: net.Socket): void {
+    const pp = this.snapshot.config.listen.proxyProtocol;
+    if (!pp) this.startForward(socket, this.admitConnection(socket, 'forward'));
+    else
+      this.withPreamble(socket, 'forward', pp, (slot) => {
+        this.startForward(socket, slot);
+        socket.resume(); // paused while the header was read
+      });
+  }
+
+  private startForward(socket: net.Socket, slot: PendingSlot | null): void {
     // Counted until admitted; ARTIM closes those that send no A-ASSOCIATE-RQ.
-    const slot = this.admitConnection(socket, 'forward');
     if (!slot) return;
     const assoc = new Association(socket, this.snapshot, this, { clock: this.clock });
     this.slots.set(assoc, slot);

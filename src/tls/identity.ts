@@ -1,4 +1,5 @@
 // Reading the identities a peer certificate carries, and the server-side secure context of the return listener.
+import { clientEndpoint } from '../util/endpoint.js';
 import { readFileSync } from 'node:fs';
 import * as tls from 'node:tls';
 import ipaddr from 'ipaddr.js';
@@ -174,13 +175,7 @@ export function classifyClientHandshakeError(
 
 /** The remote address and port of a (possibly already destroyed) socket of a TLS server. */
 export function remoteEndpoint(socket: tls.TLSSocket): { remoteAddress: string; remotePort: number } {
-  // A TLS socket destroyed during its handshake no longer knows its peer; the TCP socket it wraps
-  // (read when the connection was accepted) still does.
-  const parent = (socket as unknown as { _parent?: { remoteAddress?: string; remotePort?: number } })._parent;
-  return {
-    remoteAddress: socket.remoteAddress ?? parent?.remoteAddress ?? '',
-    remotePort: socket.remotePort ?? parent?.remotePort ?? 0,
-  };
+  return clientEndpoint(socket); // util/endpoint.ts: the PROXY header's client when a balancer sent one
 }
 
 /** Why a TLS client that completed the handshake is refused, with the certificate it presented. */

@@ -204,6 +204,10 @@ export const CONNECTION_REFUSALS = [
   'pending-limit', // limits.pendingTotal reached (for an address no peer lists: pendingTotal - pendingReservedForPeers)
   'shutting-down', // the proxy is draining: no new connections
   'handshake-timeout', // return listener: the TLS handshake did not finish within returnListener.tls.handshakeTimeout
+  'proxy-header-missing', // a configured load balancer's connection did not begin with a PROXY header
+  'proxy-header-invalid', // a load balancer's PROXY header breaks the specification (or is over the size bound)
+  'proxy-header-timeout', // a load balancer's connection sent no whole PROXY header within proxyProtocol.headerTimeout
+  'proxy-header-untrusted', // a PROXY header from an address that is not a configured load balancer
 ] as const;
 export type ConnectionRefusal = (typeof CONNECTION_REFUSALS)[number];
 

@@ -217,7 +217,18 @@ describe('diffConfigs', () => {
     const change = only(changes, 'listen');
     assert.equal(change.restartRequired, true);
     assert.equal(change.summary, 'listen address 0.0.0.0:11112 -> [::]:104');
-    assert.deepEqual(change.after, { host: '::', port: 104 });
+    assert.deepEqual(change.after, { host: '::', port: 104, proxyProtocol: null });
+  });
+
+  it('reports a PROXY protocol change on the same address as applying at once', () => {
+    const changes = diffConfigs(
+      config(),
+      config({ listen: '{ host: 0.0.0.0, port: 11112, proxyProtocol: { from: [10.0.0.10] } }' }),
+    );
+    const change = only(changes, 'listen.proxyProtocol');
+    assert.equal(change.restartRequired, undefined);
+    assert.deepEqual(change.after, { from: ['10.0.0.10'], headerTimeoutMs: 5000 });
+    assert.equal(changes.filter((c) => c.path === 'listen').length, 0);
   });
 
   it('reports each limit that changed', () => {

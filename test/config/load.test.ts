@@ -15,6 +15,7 @@ import {
   ledgerSchema,
   limitsSchema,
   listenSchema,
+  proxyProtocolSchema,
   loggingSchema,
   peerSchema,
   receiverSchema,
@@ -81,7 +82,7 @@ describe('config/example.yaml', () => {
   it('parses with the documented values', async () => {
     const config = await loadConfig(EXAMPLE);
     assert.equal(config.sourcePath, EXAMPLE);
-    assert.deepEqual(config.listen, { host: '0.0.0.0', port: 11112 });
+    assert.deepEqual(config.listen, { host: '0.0.0.0', port: 11112, proxyProtocol: null });
     const archive = config.upstreams['archive'];
     assert.ok(archive);
     assert.equal(archive.aeTitle, 'PACS');
@@ -106,6 +107,7 @@ describe('config/example.yaml', () => {
     const text = readFileSync(EXAMPLE, 'utf8');
     const shapes = [
       listenSchema,
+      proxyProtocolSchema,
       upstreamSchema,
       upstreamTlsSchema,
       routeSchema,
@@ -138,7 +140,8 @@ describe('config/example.yaml', () => {
     for (const schema of shapes) for (const key of Object.keys(schema.shape)) keys.add(key);
     for (const key of keys) {
       const documented =
-        new RegExp(`^\\s*(- )?${key}:.*#`, 'm').test(text) || new RegExp(`#.*\\n\\s*${key}:`).test(text);
+        new RegExp(`^\\s*(#\\s*)?(- )?${key}:.*#`, 'm').test(text) ||
+        new RegExp(`#.*\\n\\s*${key}:`).test(text);
       assert.ok(documented, `example.yaml does not show "${key}" with a comment`);
     }
     // A caller's identity has exactly one key: the example shows one and names the others in its comment.
@@ -168,7 +171,7 @@ describe('config/example.yaml', () => {
 describe('parseConfig: defaults and normalisation', () => {
   it('applies defaults to a minimal file', () => {
     const config = parseConfig(yaml(), '/etc/dimse/proxy.yaml');
-    assert.deepEqual(config.listen, { host: '0.0.0.0', port: 11112 });
+    assert.deepEqual(config.listen, { host: '0.0.0.0', port: 11112, proxyProtocol: null });
     assert.deepEqual(config.limits, {
       maxAssociations: 200,
       maxAssociationsPerPeer: 16,
@@ -216,7 +219,7 @@ describe('parseConfig: defaults and normalisation', () => {
       ),
       null,
     );
-    assert.deepEqual(config.listen, { host: '127.0.0.1', port: 0 });
+    assert.deepEqual(config.listen, { host: '127.0.0.1', port: 0, proxyProtocol: null });
     assert.equal(config.limits.maxAssociations, 3);
     assert.equal(config.limits.maxPduLength, 4096);
     assert.equal(config.logging.level, 'debug');

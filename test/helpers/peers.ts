@@ -34,12 +34,13 @@ import type { TestContext } from 'node:test';
 
 export const REQUIRE_PEERS = process.env.DIMSE_PROXY_REQUIRE_PEERS === '1';
 
-export type PeerTool = 'dcmtk' | 'orthanc' | 'stunnel';
+export type PeerTool = 'dcmtk' | 'orthanc' | 'stunnel' | 'haproxy';
 
 const INSTALL_HINT: Record<PeerTool, string> = {
   dcmtk: 'apt-get install -y dcmtk',
   orthanc: 'apt-get install -y orthanc',
   stunnel: 'apt-get install -y stunnel4',
+  haproxy: 'apt-get install -y haproxy',
 };
 
 /** Resolve an executable on PATH (no shell). */
@@ -75,6 +76,11 @@ function probe(tool: PeerTool): { ok: boolean; why: string } {
     return stunnelBinary() !== undefined
       ? { ok: true, why: 'stunnel found' }
       : { ok: false, why: 'stunnel not on PATH' };
+  }
+  if (tool === 'haproxy') {
+    return which('haproxy') !== undefined
+      ? { ok: true, why: 'haproxy found' }
+      : { ok: false, why: 'haproxy not on PATH' };
   }
   return which('Orthanc') !== undefined
     ? { ok: true, why: 'Orthanc found' }

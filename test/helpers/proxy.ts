@@ -91,11 +91,13 @@ export interface ProxyTestOptions {
   extra?: string;
   /** Time source of the associations' timers (a ManualClock in timer tests). */
   clock?: Clock;
+  /** Extra keys of the `listen:` mapping, e.g. `proxyProtocol: { from: [127.0.0.1] }`. */
+  listenExtra?: string;
 }
 
 export function proxyYaml(o: ProxyTestOptions): string {
   return [
-    'listen: { host: 127.0.0.1, port: 0 }',
+    `listen: { host: 127.0.0.1, port: 0${o.listenExtra ? `, ${o.listenExtra}` : ''} }`,
     'upstreams:',
     '  archive:',
     '    host: 127.0.0.1',
