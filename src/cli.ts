@@ -80,10 +80,14 @@ program
   )
   .option('--admin <host:port>', 'admin endpoint (default: from --config, else 127.0.0.1:9464)')
   .option('-c, --config <file>', 'read the admin address from this policy file')
-  .action(async (opts: { admin?: string; config?: string }) => {
+  .option(
+    '--live',
+    'liveness only (/healthz): exit 0 while the process is healthy, whatever the upstreams (container HEALTHCHECK)',
+  )
+  .action(async (opts: { admin?: string; config?: string; live?: boolean }) => {
     const report = await fetchStatus(await adminAddress(opts));
     process.stdout.write(report.text.endsWith('\n') ? report.text : `${report.text}\n`);
-    process.exit(report.exitCode);
+    process.exit(opts.live ? report.liveExitCode : report.exitCode);
   });
 
 program

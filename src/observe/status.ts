@@ -8,6 +8,11 @@ export interface StatusReport {
   /** The admin base URL queried. */
   url: string;
   exitCode: StatusExitCode;
+  /**
+   * Liveness only (`status --live`: container HEALTHCHECK, liveness probes): 0 healthy whatever the
+   * upstreams' readiness, 1 unhealthy, 2 unreachable.
+   */
+  liveExitCode: StatusExitCode;
   reachable: boolean;
   /** Healthy and ready. */
   ready: boolean;
@@ -125,6 +130,7 @@ function finish(p: {
   const report: StatusReport = {
     url: p.url,
     exitCode: !reachable ? 2 : ready ? 0 : 1,
+    liveExitCode: !reachable ? 2 : healthy ? 0 : 1,
     reachable,
     ready,
     healthCode: p.healthCode ?? null,

@@ -234,6 +234,7 @@ test('/readyz follows real mutual-TLS C-ECHOs: archive up, down, back on the sam
     );
     const ok = await fetchStatus(base);
     assert.equal(ok.exitCode, 0, ok.text);
+    assert.equal(ok.liveExitCode, 0);
     assert.match(ok.text, /archive\s+ready/);
 
     // The archive stops: once the last success is older than maxAge, /readyz names it.
@@ -257,6 +258,7 @@ test('/readyz follows real mutual-TLS C-ECHOs: archive up, down, back on the sam
     );
     const down = await fetchStatus(base);
     assert.equal(down.exitCode, 1);
+    assert.equal(down.liveExitCode, 0, 'not ready, but alive: status --live passes');
     assert.match(down.text, /archive\s+NOT READY/);
 
     // A new archive on the same port: ready again.
@@ -385,6 +387,7 @@ test('fetchStatus: unreachable is exit code 2', async () => {
   const port = await freePort();
   const report = await fetchStatus(`127.0.0.1:${port}`, { timeoutMs: 2000 });
   assert.equal(report.exitCode, 2);
+  assert.equal(report.liveExitCode, 2);
   assert.equal(report.reachable, false);
   assert.match(report.text, /UNREACHABLE/);
   assert.equal(report.url, `http://127.0.0.1:${port}/`);
