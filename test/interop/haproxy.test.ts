@@ -50,11 +50,18 @@ async function associate(port: number, from: string): Promise<{ type: number | n
   }
 }
 
-async function until(what: string, ok: () => boolean, timeoutMs = 15_000): Promise<void> {
+async function until(
+  what: string,
+  ok: () => boolean,
+  timeoutMs = 15_000,
+  refresh: () => Promise<void> = async () => undefined,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
+  await refresh();
   while (!ok()) {
     if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 20));
+    await new Promise((r) => setTimeout(r, 50));
+    await refresh();
   }
 }
 
@@ -66,6 +73,32 @@ describe('behind a real HAProxy with send-proxy-v2', { timeout: 120_000 }, () =>
   let dir: string | undefined;
   let front = 0;
   let rogueFront = 0;
+  let statsSocket = '';
+  let upCount = 0;
+
+  /** The `proxies` backend's servers as HAProxy's stats socket reports them (`show stat`, CSV). */
+  async function serverStates(): Promise<Array<{ name: string; status: string; check: string }>> {
+    const csv = await new Promise<string>((resolve) => {
+      let text = '';
+      const s = net.connect(statsSocket, () => s.end('show stat\n'));
+      s.setEncoding('utf8');
+      s.on('data', (d: string) => (text += d));
+      s.on('close', () => resolve(text));
+      s.on('error', () => resolve(''));
+    });
+    const lines = csv.split('\n').filter((l) => l.trim() !== '');
+    const header = (lines[0] ?? '').replace(/^# /, '').split(',');
+    const col = (name: string): number => header.indexOf(name);
+    return lines
+      .slice(1)
+      .map((l) => l.split(','))
+      .filter((f) => f[col('pxname')] === 'proxies' && f[col('svname')] !== 'BACKEND')
+      .map((f) => ({
+        name: f[col('svname')] ?? '',
+        status: f[col('status')] ?? '',
+        check: f[col('check_status')] ?? '',
+      }));
+  }
 
   before(async () => {
     pki = await standardPki();
@@ -91,6 +124,7 @@ describe('behind a real HAProxy with send-proxy-v2', { timeout: 120_000 }, () =>
 
   async function startHaproxy(): Promise<void> {
     dir = await makeTempDir('haproxy');
+    statsSocket = join(dir, 'stats.sock');
     front = await freePort();
     rogueFront = await freePort();
     const [a, b] = proxies as [ProxyUnderTest, ProxyUnderTest];
@@ -100,6 +134,7 @@ describe('behind a real HAProxy with send-proxy-v2', { timeout: 120_000 }, () =>
       [
         'global',
         '  maxconn 256',
+        `  stats socket ${statsSocket} mode 600`,
         'defaults',
         '  mode tcp',
         '  timeout connect 5s',
@@ -138,7 +173,15 @@ describe('behind a real HAProxy with send-proxy-v2', { timeout: 120_000 }, () =>
     const [a, b] = proxies as [ProxyUnderTest, ProxyUnderTest];
     const checks = (p: ProxyUnderTest): number =>
       (p.events['connection-refused'] ?? []).filter((e) => e.reason.startsWith('proxy-header')).length;
-    await new Promise((r) => setTimeout(r, 600)); // a few check intervals (inter 200ms)
+    // HAProxy's own verdict: both servers UP with a passing check (its stats socket, `show stat`).
+    await until(
+      'HAProxy marks both instances UP after their health checks',
+      () => upCount === 2,
+      15_000,
+      async () => {
+        upCount = (await serverStates()).filter((r) => r.status === 'UP' && /OK/.test(r.check)).length;
+      },
+    );
     assert.equal(
       checks(a) + checks(b),
       0,
