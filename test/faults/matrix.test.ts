@@ -27,6 +27,7 @@ import { startFaultArchive, type FaultArchive } from '../helpers/fault-archive.j
 import { removePki, standardPki, startProxy, type ProxyUnderTest } from '../helpers/proxy.js';
 import { ManualClock } from '../helpers/clock.js';
 import { options, removeDir, tempDir } from '../integrity/helpers.js';
+import { within } from '../helpers/within.js';
 
 type Pki = Awaited<ReturnType<typeof standardPki>>;
 type Write = FileHandle['write'];
@@ -55,17 +56,6 @@ class Tally {
 }
 
 let caseNo = 0;
-
-/** `p`, or a failure naming `what` after `ms` (the writer's health calls are real file I/O). */
-function within<T>(p: Promise<T>, what: string, ms = 10_000): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  return Promise.race([
-    p,
-    new Promise<T>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`${what}: not within ${ms} ms`)), ms);
-    }),
-  ]).finally(() => clearTimeout(timer));
-}
 
 async function until(cond: () => boolean, what: string): Promise<void> {
   for (let i = 0; i < 500 && !cond(); i++) await new Promise((r) => setTimeout(r, 10));

@@ -98,6 +98,16 @@ export class RawScu {
     });
   }
 
+  /** A TCP connection to 127.0.0.1:`port` from the loopback address `localAddress` (e.g. 127.0.0.2). */
+  static connectFrom(port: number, localAddress: string): Promise<RawScu> {
+    return new Promise((resolve, reject) => {
+      const s = net.connect({ port, host: '127.0.0.1', localAddress, noDelay: true }, () =>
+        resolve(RawScu.attach(s)),
+      );
+      s.once('error', reject);
+    });
+  }
+
   static connect(port: number, host = '127.0.0.1'): Promise<RawScu> {
     return new Promise((resolve, reject) => {
       const s = net.connect({ port, host, noDelay: true }, () => resolve(new RawScu(s)));

@@ -9,18 +9,9 @@ import { verifyLedger } from '../../src/integrity/verify.js';
 import { LedgerWriter } from '../../src/integrity/writer.js';
 import { ManualClock } from '../helpers/clock.js';
 import { evidence, options, removeDir, tempDir } from './helpers.js';
+import { within } from '../helpers/within.js';
 
 type Datasync = FileHandle['datasync'];
-
-function within<T>(p: Promise<T>, what: string, ms = 10_000): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  return Promise.race([
-    p,
-    new Promise<T>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`${what}: not within ${ms} ms`)), ms);
-    }),
-  ]).finally(() => clearTimeout(timer));
-}
 
 describe('ledger writer: the batched sync runs beside the writes', () => {
   const dirs: string[] = [];

@@ -26,18 +26,9 @@ const MODALITY = '127.0.0.2';
 const STRANGER = '127.0.0.3';
 const ROGUE_SOURCE = '127.0.0.4'; // a "balancer" the proxies do not list
 
-function connectFrom(port: number, localAddress: string): Promise<RawScu> {
-  return new Promise((resolve, reject) => {
-    const s = net.connect({ port, host: '127.0.0.1', localAddress, noDelay: true }, () =>
-      resolve(RawScu.attach(s)),
-    );
-    s.once('error', reject);
-  });
-}
-
 /** Associate as CT_ROOM1 through `port` from `from`; the answer's PDU type (null: closed without one). */
 async function associate(port: number, from: string): Promise<{ type: number | null; rj: number[] }> {
-  const scu = await connectFrom(port, from);
+  const scu = await RawScu.connectFrom(port, from);
   try {
     scu.send(associateRq('CT_ROOM1', 'DICOM_PROXY', [{ id: 1, abstractSyntax: VERIFICATION }]));
     const answer = await scu.next(10_000);

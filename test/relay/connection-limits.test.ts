@@ -5,7 +5,6 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readdirSync } from 'node:fs';
-import * as net from 'node:net';
 import type { ProxyEventMap } from '../../src/observe/events.js';
 import { issueCertificate } from '../../src/tls/pki.js';
 import { PendingConnections, sourceKey } from '../../src/relay/pending.js';
@@ -23,22 +22,14 @@ function openFds(): number {
   return readdirSync('/proc/self/fd').length;
 }
 
-/** A TCP connection from `localAddress`; resolves once connected. */
-function connectFrom(port: number, localAddress: string): Promise<RawScu> {
-  return new Promise((resolve, reject) => {
-    const s = net.connect({ port, host: '127.0.0.1', localAddress, noDelay: true }, () =>
-      resolve(RawScu.attach(s)),
-    );
-    s.once('error', reject);
-  });
-}
-
 async function openMany(port: number, localAddress: string, n: number): Promise<RawScu[]> {
   const out: RawScu[] = [];
   // In batches: the listen backlog is finite, and the point is many open sockets, not a SYN flood.
   for (let i = 0; i < n; i += 50) {
     const batch = Math.min(50, n - i);
-    out.push(...(await Promise.all(Array.from({ length: batch }, () => connectFrom(port, localAddress)))));
+    out.push(
+      ...(await Promise.all(Array.from({ length: batch }, () => RawScu.connectFrom(port, localAddress)))),
+    );
   }
   return out;
 }
@@ -66,7 +57,7 @@ async function pendingIs(proxy: ProxyUnderTest, listener: 'forward' | 'return', 
 }
 
 async function echoAssociation(port: number, from = PEER): Promise<number | undefined> {
-  const scu = await connectFrom(port, from);
+  const scu = await RawScu.connectFrom(port, from);
   try {
     scu.send(associateRq('SCU', 'DICOM_PROXY', [{ id: 1, abstractSyntax: VERIFICATION }]));
     return (await scu.next())?.type;
@@ -154,7 +145,7 @@ describe('connections before association, forward listener', { timeout: 60_000 }
       );
       await pendingIs(proxy, 'forward', 5);
       // A third unknown host gets nothing; the peer's address still does (the reserve).
-      const third = await connectFrom(proxy.port, '127.0.0.4');
+      const third = await RawScu.connectFrom(proxy.port, '127.0.0.4');
       await third.waitClosed(2000);
       assert.equal(await echoAssociation(proxy.port), 0x02, 'the peer associates from the reserve');
       // The peer's idle connections fill pendingTotal; its other address is then refused too, and its
@@ -162,9 +153,9 @@ describe('connections before association, forward listener', { timeout: 60_000 }
       const peerIdle = await openMany(proxy.port, PEER, 3);
       held.push(...peerIdle);
       await pendingIs(proxy, 'forward', 8);
-      const otherAddress = await connectFrom(proxy.port, '127.0.0.6');
+      const otherAddress = await RawScu.connectFrom(proxy.port, '127.0.0.6');
       await otherAddress.waitClosed(2000);
-      const fourth = await connectFrom(proxy.port, PEER);
+      const fourth = await RawScu.connectFrom(proxy.port, PEER);
       await fourth.waitClosed(2000);
       assert.deepEqual(
         refused.slice(1).map((r) => [r.remoteAddress, r.reason]),

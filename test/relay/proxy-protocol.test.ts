@@ -118,15 +118,6 @@ describe('PROXY protocol header parser', () => {
 
 type Refused = ProxyEventMap['connection-refused'][0];
 
-function connectFrom(port: number, localAddress: string): Promise<RawScu> {
-  return new Promise((resolve, reject) => {
-    const s = net.connect({ port, host: '127.0.0.1', localAddress, noDelay: true }, () =>
-      resolve(RawScu.attach(s)),
-    );
-    s.once('error', reject);
-  });
-}
-
 describe('PROXY protocol on the forward listener', { timeout: 60_000 }, () => {
   let pki: Awaited<ReturnType<typeof standardPki>>;
   let archive: TestArchive;
@@ -151,7 +142,7 @@ describe('PROXY protocol on the forward listener', { timeout: 60_000 }, () => {
 
   /** Associate as CT_ROOM1 over a connection from `from` that first sends `preamble`. */
   async function associate(from: string, preamble: Buffer | null): Promise<number | null> {
-    const scu = await connectFrom(proxy.port, from);
+    const scu = await RawScu.connectFrom(proxy.port, from);
     try {
       scu.send(
         Buffer.concat([
@@ -222,7 +213,7 @@ describe('PROXY protocol on the forward listener', { timeout: 60_000 }, () => {
   test('refuses: a balancer connection that sends half a header and stalls (proxy-header-timeout)', async () => {
     const n = refusedSince(0).length;
     const armed = clock.armed;
-    const scu = await connectFrom(proxy.port, BALANCER);
+    const scu = await RawScu.connectFrom(proxy.port, BALANCER);
     try {
       scu.send(encodeProxyV2({ address: MODALITY, port: 2 }).subarray(0, 20));
       await clock.untilArmed(armed + 1);
