@@ -55,6 +55,22 @@ export async function standardPki(): Promise<TestPki & { archive: PemPair; clien
   return Object.assign(pki, { archive, client });
 }
 
+/**
+ * The proxy's return-listener server certificate (CN and DNS SAN proxy.local, IP SAN 127.0.0.1,
+ * serverAuth), issued by the test CA and written as `proxy-server` / `proxy-server.key`.
+ */
+export async function writeProxyServerCert(pki: TestPki): Promise<void> {
+  await pki.write(
+    'proxy-server',
+    await issueCertificate(pki.ca, {
+      commonName: 'proxy.local',
+      dnsNames: ['proxy.local'],
+      ipAddresses: ['127.0.0.1'],
+      usage: 'server',
+    }),
+  );
+}
+
 export async function removePki(pki: TestPki | undefined): Promise<void> {
   if (pki) await rm(pki.dir, { recursive: true, force: true });
 }

@@ -27,8 +27,13 @@ import {
   startOrthanc,
   startStorescp,
 } from '../helpers/peers.js';
-import { removePki, standardPki, startProxy, type ProxyUnderTest } from '../helpers/proxy.js';
-import { issueCertificate } from '../../src/tls/pki.js';
+import {
+  removePki,
+  standardPki,
+  startProxy,
+  type ProxyUnderTest,
+  writeProxyServerCert,
+} from '../helpers/proxy.js';
 import { datasetOffset } from '../../src/dicom/part10.js';
 import { InlineHasher } from '../../src/integrity/hasher.js';
 import { MemorySink } from '../helpers/memory-sink.js';
@@ -60,15 +65,7 @@ describe('DCMTK query/retrieve → proxy → Orthanc over mutual TLS', { timeout
     const other = await startStorescp(procs, { outDir: otherDir, aeTitle: 'OTHER_DEST' });
     // The proxy's return listener: Orthanc must know its port before the proxy knows Orthanc's.
     const returnPort = await freePort();
-    await pki.write(
-      'proxy-server',
-      await issueCertificate(pki.ca, {
-        commonName: 'proxy.local',
-        dnsNames: ['proxy.local'],
-        ipAddresses: ['127.0.0.1'],
-        usage: 'server',
-      }),
-    );
+    await writeProxyServerCert(pki);
     // Every SCU AE is a known modality to Orthanc (it would serve all of them): only the proxy refuses.
     const scu = (aeTitle: string) => ({ aeTitle, host: '127.0.0.1', port: 104 });
     orthanc = await startOrthanc(procs, {

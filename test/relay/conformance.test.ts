@@ -18,8 +18,13 @@ import { encodeCommand } from '../../src/dimse/command.js';
 import { PDU_EVENTS, TRANSITIONS, transition, type UlEvent, type UlState } from '../../src/relay/fsm.js';
 import { RawScu, associateRq, pdata, startRawServer, VERIFICATION, type RawServer } from '../helpers/raw.js';
 import { acceptAll } from '../helpers/scripted-archive.js';
-import { issueCertificate } from '../../src/tls/pki.js';
-import { removePki, standardPki, startProxy, type ProxyUnderTest } from '../helpers/proxy.js';
+import {
+  removePki,
+  standardPki,
+  startProxy,
+  type ProxyUnderTest,
+  writeProxyServerCert,
+} from '../helpers/proxy.js';
 
 type Pki = Awaited<ReturnType<typeof standardPki>>;
 type Listener = 'forward' | 'return';
@@ -50,13 +55,7 @@ describe(
 
     before(async () => {
       pki = await standardPki();
-      const proxyServer = await issueCertificate(pki.ca, {
-        commonName: 'proxy.local',
-        dnsNames: ['proxy.local'],
-        ipAddresses: ['127.0.0.1'],
-        usage: 'server',
-      });
-      await pki.write('proxy-server', proxyServer);
+      await writeProxyServerCert(pki);
       archive = await startRawServer({
         ca: pki.ca.cert,
         cert: pki.archive.cert,

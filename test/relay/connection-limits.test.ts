@@ -6,11 +6,16 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readdirSync } from 'node:fs';
 import type { ProxyEventMap } from '../../src/observe/events.js';
-import { issueCertificate } from '../../src/tls/pki.js';
 import { PendingConnections, sourceKey } from '../../src/relay/pending.js';
 import { RawScu, associateRq, VERIFICATION } from '../helpers/raw.js';
 import { startTestArchive, type TestArchive } from '../helpers/instances.js';
-import { removePki, standardPki, startProxy, type ProxyUnderTest } from '../helpers/proxy.js';
+import {
+  removePki,
+  standardPki,
+  startProxy,
+  type ProxyUnderTest,
+  writeProxyServerCert,
+} from '../helpers/proxy.js';
 
 type Pki = Awaited<ReturnType<typeof standardPki>>;
 
@@ -184,13 +189,7 @@ describe('connections before association, return listener', { timeout: 60_000 },
 
   before(async () => {
     pki = await standardPki();
-    const server = await issueCertificate(pki.ca, {
-      commonName: 'proxy.local',
-      dnsNames: ['proxy.local'],
-      ipAddresses: ['127.0.0.1'],
-      usage: 'server',
-    });
-    await pki.write('proxy-server', server);
+    await writeProxyServerCert(pki);
     proxy = await startProxy({
       archivePort: 9, // the forward path is not used here
       pki,

@@ -16,8 +16,13 @@ import { InlineHasher } from '../../src/integrity/hasher.js';
 import { LedgerWriter } from '../../src/integrity/writer.js';
 import { RawScu, associateRq, commandPdu, pdata, CT_IMAGE, VERIFICATION } from '../helpers/raw.js';
 import { startAcceptingArchive, type AcceptingArchive } from '../helpers/accepting-archive.js';
-import { removePki, standardPki, startProxy, type ProxyUnderTest } from '../helpers/proxy.js';
-import { issueCertificate } from '../../src/tls/pki.js';
+import {
+  removePki,
+  standardPki,
+  startProxy,
+  type ProxyUnderTest,
+  writeProxyServerCert,
+} from '../helpers/proxy.js';
 
 type Pki = Awaited<ReturnType<typeof standardPki>>;
 
@@ -174,15 +179,7 @@ for (const listener of ['forward', 'return'] as const)
         });
         side = { calling: 'SCU', called: 'DICOM_PROXY', connect: () => RawScu.connect(proxy.port) };
       } else {
-        await pki.write(
-          'proxy-server',
-          await issueCertificate(pki.ca, {
-            commonName: 'proxy.local',
-            dnsNames: ['proxy.local'],
-            ipAddresses: ['127.0.0.1'],
-            usage: 'server',
-          }),
-        );
+        await writeProxyServerCert(pki);
         proxy = await startProxy({
           archivePort: 9, // the forward path is not used here
           pki,

@@ -15,10 +15,15 @@ import {
 } from '../../src/relay/proxy-protocol.js';
 import type { ProxyEventMap } from '../../src/observe/events.js';
 import type { Pdu } from '../../src/pdu/types.js';
-import { issueCertificate } from '../../src/tls/pki.js';
 import { RawScu, associateRq, VERIFICATION } from '../helpers/raw.js';
 import { startTestArchive, type TestArchive } from '../helpers/instances.js';
-import { removePki, standardPki, startProxy, type ProxyUnderTest } from '../helpers/proxy.js';
+import {
+  removePki,
+  standardPki,
+  startProxy,
+  type ProxyUnderTest,
+  writeProxyServerCert,
+} from '../helpers/proxy.js';
 import { ManualClock } from '../helpers/clock.js';
 
 const BALANCER = '127.0.0.1';
@@ -237,12 +242,7 @@ describe(
     let proxy: ProxyUnderTest;
     before(async () => {
       pki = await standardPki();
-      const server = await issueCertificate(pki.ca, {
-        commonName: 'proxy.local',
-        dnsNames: ['proxy.local'],
-        usage: 'server',
-      });
-      await pki.write('proxy-server', server);
+      await writeProxyServerCert(pki);
       proxy = await startProxy({
         archivePort: 9,
         pki,

@@ -15,7 +15,13 @@ import { InlineHasher } from '../../src/integrity/hasher.js';
 import { MemorySink } from '../helpers/memory-sink.js';
 import { createCa, issueCertificate, type PemPair } from '../../src/tls/pki.js';
 import { testInstance } from '../helpers/instances.js';
-import { removePki, standardPki, startProxy, type ProxyUnderTest } from '../helpers/proxy.js';
+import {
+  removePki,
+  standardPki,
+  startProxy,
+  type ProxyUnderTest,
+  writeProxyServerCert,
+} from '../helpers/proxy.js';
 
 type Pki = Awaited<ReturnType<typeof standardPki>>;
 
@@ -33,13 +39,7 @@ describe('return listener (archive → proxy → receiver)', { timeout: 60_000 }
 
   before(async () => {
     pki = await standardPki();
-    const proxyServer = await issueCertificate(pki.ca, {
-      commonName: 'proxy.local',
-      dnsNames: ['proxy.local'],
-      ipAddresses: ['127.0.0.1'],
-      usage: 'server',
-    });
-    await pki.write('proxy-server', proxyServer);
+    await writeProxyServerCert(pki);
     // A second archive identified by a URI SAN, allowed only to echo.
     pacsUri = await issueCertificate(pki.ca, {
       commonName: 'pacs-two',
