@@ -19,6 +19,7 @@ const LAYERS = [
   'observe',
   'runtime',
   'relay',
+  'cluster',
   'demo',
   'cli',
 ];

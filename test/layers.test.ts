@@ -81,6 +81,7 @@ describe('layer rules (.dependency-cruiser.cjs)', () => {
       'observe',
       'runtime',
       'relay',
+      'cluster',
       'demo',
       'cli',
     ]);

@@ -20,6 +20,14 @@ import { InlineHasher } from '../integrity/hasher.js';
 import type { CommitmentEvidence, InstanceEvidence, LedgerSink } from '../integrity/types.js';
 import { tuneRuntime } from '../util/gc.js';
 import { formatWindow } from '../tls/keys.js';
+import { WorkerPool, resolveWorkerCount } from '../cluster/pool.js';
+import { availableParallelism } from 'node:os';
+
+/** What the daemon drives: the relay in this process, or the relay workers (workers: N > 1). */
+type Relay = Pick<
+  ProxyServer,
+  'events' | 'listen' | 'listenReturn' | 'setSnapshot' | 'close' | 'listenersBound' | 'liveAssociations'
+>;
 
 export interface StartHooks {
   /** Print a load failure (file:line key: message) and exit 1. */
@@ -70,6 +78,8 @@ export async function runStart(configPath: string, hooks: StartHooks): Promise<v
   });
 
   const metrics = new ProxyMetrics({ ...metricBoundsFromConfig(config), loadedAt: snapshot.loadedAt });
+  const workers = resolveWorkerCount(config.workers.count, availableParallelism());
+  let pool: WorkerPool | null = null;
   // The integrity ledger lives as long as the process: one chain, one writer.
   let ledger: LedgerWriter | null = null;
   if (config.ledger.path) {
@@ -82,6 +92,7 @@ export async function runStart(configPath: string, hooks: StartHooks): Promise<v
           // The alarm clears by itself once a probe write succeeds (disk space back, permissions fixed).
           onHealth: (healthy, reason) => {
             metrics.setLedgerHealthy(healthy);
+            pool?.setLedgerHealthy(healthy);
             if (healthy) log.warn('integrity ledger writes again', { event: 'ledger-healthy' });
             else log.error('integrity ledger cannot write', { event: 'ledger-unhealthy', reason });
           },
@@ -101,16 +112,20 @@ export async function runStart(configPath: string, hooks: StartHooks): Promise<v
   }
 
   if (ledger) metrics.setLedgerHealthy(ledger.healthy);
-  const hasher = ledger ? new InlineHasher() : null;
+  const sink = ledger ? countingSink(ledger, () => metrics.ledgerRecord()) : null;
+  // With workers, each hashes its own associations and sends the records here, to the one writer.
+  const hasher = ledger && workers === 1 ? new InlineHasher() : null;
   const binding: LedgerBinding | null =
-    ledger && hasher
-      ? {
-          sink: countingSink(ledger, () => metrics.ledgerRecord()),
-          onFailure: config.ledger.onLedgerFailure,
-          hasher,
-        }
-      : null;
-  const server = new ProxyServer(snapshot, { ledger: binding });
+    sink && hasher ? { sink, onFailure: config.ledger.onLedgerFailure, hasher } : null;
+  if (workers > 1) {
+    pool = new WorkerPool(snapshot, {
+      count: workers,
+      balance: config.workers.balance,
+      ledger: sink,
+      onLedgerFailure: config.ledger.onLedgerFailure,
+    });
+  }
+  const server: Relay = pool ?? new ProxyServer(snapshot, { ledger: binding });
   let unsubscribeLog = logEvents(server.events, log);
   metrics.subscribe(server.events);
   server.events.on('upstream-connected', (e) => {
@@ -124,6 +139,7 @@ export async function runStart(configPath: string, hooks: StartHooks): Promise<v
       event: 'listening',
       host: addr.address,
       port: addr.port,
+      ...(pool ? { workers, balance: config.workers.balance } : {}),
       routes: config.routes.map((r) => `${r.calledAeTitle} -> ${r.upstream}`),
       peers: Object.keys(config.peers).length,
     });

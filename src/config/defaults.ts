@@ -60,6 +60,10 @@ export const DEFAULTS = deepFreeze({
   tls: {
     expiryWarning: '30d',
   },
+  workers: {
+    count: 1,
+    balance: 'round-robin',
+  },
   reload: {
     watch: true,
     pollInterval: '2s',

@@ -22,6 +22,7 @@ export interface ConfigChange {
 /** Top-level sections compared field by field; any other key is compared as a whole (see diffConfigs). */
 const HANDLED_SECTIONS = new Set([
   'sourcePath',
+  'workers',
   'listen',
   'upstreams',
   'routes',
@@ -37,6 +38,7 @@ const HANDLED_SECTIONS = new Set([
  */
 const RESTART_REQUIRED: ReadonlySet<string> = new Set([
   'listen',
+  'workers',
   'ledger',
   'ledger.path',
   'ledger.fsync',
@@ -106,6 +108,8 @@ export function diffConfigs(before: ProxyConfig, after: ProxyConfig): ConfigChan
   diffFlatSection(out, 'limits', before.limits, after.limits, (k) => `limits.${k}`);
   diffFlatSection(out, 'logging', before.logging, after.logging, (k) => `logging.${k}`);
   diffFlatSection(out, 'ledger', before.ledger, after.ledger, (k) => `ledger.${k}`);
+  // The worker processes are started once: a new count or balance takes a restart.
+  diffFlatSection(out, 'workers', before.workers, after.workers, (k) => `workers.${k}`);
 
   const others = [...new Set([...Object.keys(b), ...Object.keys(a)])]
     .filter((key) => !HANDLED_SECTIONS.has(key))

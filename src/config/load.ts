@@ -12,6 +12,7 @@ import {
   rootSchema,
   upstreamSchema,
   type RawPeer,
+  type RawRoot,
   type RawUpstream,
 } from './schema.js';
 import { aeTitleError, trimAeTitle } from './syntax.js';
@@ -34,6 +35,7 @@ import type {
   ServiceName,
   TlsProfileName,
   UpstreamConfig,
+  WorkersConfig,
 } from './types.js';
 
 export { DEFAULTS } from './defaults.js';
@@ -497,11 +499,18 @@ function buildProxyConfig(validated: ValidatedRoot, sourcePath: string | null, b
     admin: applyAdminDefaults(root.admin, sourcePath),
     audit: root.audit ? resolveAuditConfig(root.audit, baseDir) : null,
     tls: { expiryWarningMs: root.tls?.expiryWarning ?? defaultExpiryWindowMs(DEFAULTS.tls.expiryWarning) },
+    workers: workersConfig(root.workers),
     reload: {
       watch: root.reload?.watch ?? DEFAULTS.reload.watch,
       pollIntervalMs: root.reload?.pollInterval ?? defaultDurationMs(DEFAULTS.reload.pollInterval),
     },
   };
+}
+
+function workersConfig(w: RawRoot['workers']): WorkersConfig {
+  if (w === null || w === undefined) return { ...DEFAULTS.workers };
+  if (typeof w !== 'object') return { count: w, balance: DEFAULTS.workers.balance };
+  return { count: w.count ?? DEFAULTS.workers.count, balance: w.balance ?? DEFAULTS.workers.balance };
 }
 
 function unique<T>(values: readonly T[]): T[] {

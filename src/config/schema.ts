@@ -152,6 +152,19 @@ export const limitsSchema = z.strictObject({
   pendingReservedForPeers: z.int().min(0).max(65_536).optional(),
 });
 
+export const WORKERS_MAX = 64;
+export const WORKER_BALANCE_MODES = ['round-robin', 'reuseport'] as const;
+
+/** `workers: auto | N`, or the long form with the way connections are spread over them. */
+const workerCountSchema = z.union([z.literal('auto'), z.int().min(1).max(WORKERS_MAX)]);
+export const workersSchema = z.union([
+  workerCountSchema,
+  z.strictObject({
+    count: workerCountSchema.optional(),
+    balance: z.enum(WORKER_BALANCE_MODES).optional(),
+  }),
+]);
+
 export const reloadSchema = z.strictObject({
   watch: z.boolean().optional(),
   pollInterval: optionalDuration,
@@ -202,6 +215,7 @@ export const rootSchema = z.strictObject({
   ledger: ledgerSchema.nullable().optional(),
   returnListener: returnListenerSchema.nullable().optional(),
   reload: reloadSchema.nullable().optional(),
+  workers: workersSchema.nullable().optional(),
   admin: adminSchema.nullable().optional(),
   audit: auditSchema.nullable().optional(),
   tls: tlsPolicySchema.nullable().optional(),

@@ -171,6 +171,21 @@ export interface LimitsConfig {
   pendingReservedForPeers: number;
 }
 
+/**
+ * Relay processes (cluster/): 1 = the relay runs in the daemon's own process; more = that many worker
+ * processes share the listeners, the daemon's process keeping the ledger, the audit trail, metrics,
+ * logs, reload and the admin endpoint.
+ */
+export interface WorkersConfig {
+  /** 'auto' = one per CPU the process may use (os.availableParallelism()), resolved at start. */
+  count: number | 'auto';
+  /**
+   * round-robin: the daemon accepts every connection and hands it to the workers in turn (node:cluster);
+   * reuseport: each worker binds the listeners itself with SO_REUSEPORT and the kernel spreads them.
+   */
+  balance: 'round-robin' | 'reuseport';
+}
+
 export interface ReloadConfig {
   /** Reload when the config file or a file it names changes (SIGHUP always reloads). */
   watch: boolean;
@@ -226,6 +241,7 @@ export interface ProxyConfig {
   /** null = no return path (C-MOVE destinations and storage commitment reports behind the proxy). */
   returnListener: ReturnListenerConfig | null;
   reload: ReloadConfig;
+  workers: WorkersConfig;
   /** The admin HTTP endpoint (metrics, health, readiness); null = disabled. */
   admin: AdminConfig | null;
   /** The DICOM audit trail (PS3.15 A.5); null = no audit messages. */

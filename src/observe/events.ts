@@ -76,6 +76,8 @@ export interface ProxyEventMap {
       acceptedContexts: number;
       refusedContexts: number;
       tls: TlsSessionInfo;
+      /** The relay worker carrying it (workers: N > 1; set by the daemon's process). */
+      worker?: number;
     },
   ];
   'upstream-failed': [
@@ -145,6 +147,22 @@ export interface ProxyEventMap {
   ];
   'association-closed': [AssociationSummary];
   'listener-error': [{ message: string }];
+  /** A relay worker process is up and listening (workers: N > 1). */
+  'worker-started': [{ worker: number; pid: number; restarts: number }];
+  /**
+   * A relay worker process exited other than by a drain: the associations it carried were closed with it
+   * (each also ends with an 'association-closed' of outcome worker-exited); restartInMs: when it restarts.
+   */
+  'worker-exited': [
+    {
+      worker: number;
+      pid: number;
+      code: number | null;
+      signal: string | null;
+      associations: number;
+      restartInMs: number | null;
+    },
+  ];
   /**
    * A connection closed before any association: refused when accepted (over a limit, or shutting down),
    * or, on the return listener, closed because its TLS handshake ran out of time.

@@ -99,6 +99,12 @@ export function logEvents(events: ProxyEvents, log: winston.Logger): () => void 
       log.warn('TLS client rejected by the return listener', { event: 'tls-client-rejected', ...meta(e) }),
     'listener-error': (e) => log.error('listener error', { event: 'listener-error', ...meta(e) }),
     'connection-refused': refusalLogger(log),
+    'worker-started': (e) => log.info('relay worker started', { event: 'worker-started', ...meta(e) }),
+    'worker-exited': (e) =>
+      log.error('relay worker exited; its associations were closed with it', {
+        event: 'worker-exited',
+        ...meta(e),
+      }),
   };
   // winston formats a message before its transports filter by level: per-instance debug lines would cost
   // a JSON serialisation each even when debug is off, so they are only subscribed when enabled.

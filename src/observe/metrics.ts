@@ -69,6 +69,7 @@ export const OUTCOME_REASONS = Object.freeze({
   'aborted-by-proxy': [NONE, ...ABORT_REASONS],
   closed: [NONE, ...ABORT_REASONS],
   timeout: [NONE, ...ABORT_REASONS],
+  'worker-exited': [NONE],
 } as const satisfies Record<AssociationOutcome, readonly AssociationReason[]>);
 
 /** DIMSE services (command names without -RQ / -RSP). */
@@ -162,7 +163,8 @@ export const PROXY_METRICS = Object.freeze({
       'listener = forward (modalities) or return (the archive, toward receivers); route = called AE ' +
       'title of a configured route (or receiving peer) else "unknown"; calling_ae = a configured peer or ' +
       'return caller AE title else "unknown"; outcome = released, rejected, aborted-by-modality, ' +
-      'aborted-by-archive, aborted-by-proxy, upstream-failed, closed (closed without release), timeout; ' +
+      'aborted-by-archive, aborted-by-proxy, upstream-failed, closed (closed without release), timeout, ' +
+      'worker-exited (the relay worker carrying it exited); ' +
       'reason = the refusal (rejected), the upstream failure reason (upstream-failed), the abort reason ' +
       '(unexpected-pdu, pdu-too-long, unmatched-response, ledger-failed, ...) or none.',
     labels: ['listener', 'route', 'calling_ae', 'outcome', 'reason'],
@@ -172,6 +174,24 @@ export const PROXY_METRICS = Object.freeze({
     type: 'counter',
     help: 'Associations accepted by the proxy and the far side (A-ASSOCIATE-AC relayed), counted at acceptance.',
     labels: ['listener', 'route', 'calling_ae'],
+  },
+  workers: {
+    name: 'dimse_proxy_workers',
+    type: 'gauge',
+    help: 'Relay worker processes running and listening (workers: N > 1; 0 when the relay runs in the daemon process).',
+    labels: [],
+  },
+  workerExits: {
+    name: 'dimse_proxy_worker_exits_total',
+    type: 'counter',
+    help: 'Relay worker processes that exited other than by a drain (each is restarted).',
+    labels: [],
+  },
+  workerAssociations: {
+    name: 'dimse_proxy_worker_associations_total',
+    type: 'counter',
+    help: 'Associations accepted, by the relay worker (1..workers) that carried them: how evenly the load is spread.',
+    labels: ['worker'],
   },
   activeAssociations: {
     name: 'dimse_proxy_active_associations',
@@ -795,6 +815,11 @@ export class ProxyMetrics {
       'protocol-error': (e) => this.onProtocolError(e),
       'tls-client-rejected': (e) => this.onTlsClientRejected(e),
       'connection-refused': (e) => this.m.connectionsRefused.inc({ listener: e.listener, reason: e.reason }),
+      'worker-started': () => this.m.workers.inc(),
+      'worker-exited': () => {
+        this.m.workers.dec();
+        this.m.workerExits.inc();
+      },
     };
     const all: Record<string, (e: never) => void> = {
       ...handlers,
@@ -840,6 +865,7 @@ export class ProxyMetrics {
       route: this.routeLabel(e.calledAeTitle),
       calling_ae: this.callingLabel(e.callingAeTitle),
     });
+    if (e.worker !== undefined) this.m.workerAssociations.inc({ worker: String(e.worker) });
     if (!this.active.has(e.id)) {
       this.active.set(e.id, listener);
       this.m.activeAssociations.inc();

@@ -39,6 +39,43 @@ export interface RejectSpec {
 }
 
 /** The rejects the policy issues. */
+/** The counts and limits one association's admission is judged on (limits.maxAssociations, the peer's). */
+export interface AssociationCounts {
+  calling: string;
+  /** Admitted associations now, on both listeners. */
+  activeTotal: number;
+  /** Admitted associations of `calling` now. */
+  activeForPeer: number;
+  maxAssociations: number;
+  peerLimit: number;
+}
+
+/**
+ * The association limits as one pure check (PS3.8 9.3.4: 2/3/2 local limit exceeded): used by the policy on
+ * one process's counts, and by the daemon's process on the counts of every worker (cluster/admission.ts).
+ */
+export function associationLimit(c: AssociationCounts): {
+  refusal: 'too-many-associations' | 'too-many-peer-associations';
+  reject: RejectSpec;
+  message: string;
+} | null {
+  if (c.activeTotal >= c.maxAssociations) {
+    return {
+      refusal: 'too-many-associations',
+      reject: REJECTS.localLimitExceeded,
+      message: `${c.activeTotal} associations active; limits.maxAssociations is ${c.maxAssociations}`,
+    };
+  }
+  if (c.activeForPeer >= c.peerLimit) {
+    return {
+      refusal: 'too-many-peer-associations',
+      reject: REJECTS.localLimitExceeded,
+      message: `${c.activeForPeer} associations active for ${JSON.stringify(c.calling)}; its limit is ${c.peerLimit}`,
+    };
+  }
+  return null;
+}
+
 export const REJECTS = Object.freeze({
   /** rejected-permanent / DICOM UL service-user / calling-AE-title-not-recognized. */
   callingAeNotRecognized: Object.freeze({ result: 1, source: 1, reason: 3 }),
@@ -300,24 +337,14 @@ export function compilePolicy(config: ProxyConfig): Policy {
     calling: string,
     peerLimit: number,
   ): Refused<'too-many-associations' | 'too-many-peer-associations'> | null => {
-    if (req.activeTotal >= maxAssociations) {
-      return refuse(
-        'too-many-associations',
-        REJECTS.localLimitExceeded,
-        `${req.activeTotal} associations active; limits.maxAssociations is ${maxAssociations}`,
-        calling,
-      );
-    }
-    const active = req.activeForPeer(calling);
-    if (active >= peerLimit) {
-      return refuse(
-        'too-many-peer-associations',
-        REJECTS.localLimitExceeded,
-        `${active} associations active for ${JSON.stringify(calling)}; its limit is ${peerLimit}`,
-        calling,
-      );
-    }
-    return null;
+    const over = associationLimit({
+      calling,
+      activeTotal: req.activeTotal,
+      activeForPeer: req.activeForPeer(calling),
+      maxAssociations,
+      peerLimit,
+    });
+    return over ? refuse(over.refusal, over.reject, over.message, calling) : null;
   };
 
   // The addresses each listener's peers are listed with (a caller without addresses lists none).

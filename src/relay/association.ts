@@ -135,12 +135,25 @@ export interface AssociationHost {
   /** Counts of live admitted associations, for the policy's limits. */
   activeTotal(): number;
   activeForPeer(aeTitle: string): number;
-  admitted(assoc: Association, peerAeTitle: string): void;
+  admitted(assoc: Association, peerAeTitle: string, peerLimit: number): void;
+  /**
+   * When the counts also live beyond this process (worker processes: cluster/admission.ts), the admission
+   * confirmed there: resolves null, or the limit the association is over after all. Absent or null: the
+   * local counts decided.
+   */
+  admissionConfirmed?(assoc: Association): Promise<AdmissionRefusal | null> | null;
   /** Bytes queued toward slower sockets over all associations (limits.relayBufferTotal). */
   readonly relayBudget?: RelayBudget;
   /** A ledger record in progress: shutdown waits for it before the ledger closes. */
   trackRecord(done: Promise<void>): void;
   finished(assoc: Association): void;
+}
+
+/** An association limit found over by the counts of every process (AssociationHost.admissionConfirmed). */
+export interface AdmissionRefusal {
+  refusal: 'too-many-associations' | 'too-many-peer-associations';
+  reject: RejectSpec;
+  message: string;
 }
 
 interface AcceptedContext {
@@ -878,7 +891,7 @@ export class Association {
       callingAeTitle: decision.target.callingAeTitle,
       ceiling: this.snapshot.config.limits.maxPduLength,
     });
-    this.host.admitted(this, decision.peer.aeTitle);
+    this.host.admitted(this, decision.peer.aeTitle, decision.peer.maxAssociations);
     this.event(1, 'associate-request');
   }
 
@@ -966,6 +979,22 @@ export class Association {
 
   private async openUpstream(): Promise<void> {
     const upstream = this.upstream as RelayTarget;
+    // With worker processes the limits are counted over all of them: the archive is not called before
+    // the daemon's process confirmed there is room (the modality still waits in Sta2/Sta3 meanwhile).
+    const confirming = this.host.admissionConfirmed?.(this) ?? null;
+    if (confirming) {
+      const over = await confirming;
+      if (this.legs[1].state !== 'Sta4' || this.down.destroyed) {
+        if (this.legs[1].state === 'Sta4') this.legs[1].fire('abort-request'); // AA-2: nothing to close
+        this.maybeComplete();
+        return;
+      }
+      if (over) {
+        this.legs[1].fire('abort-request'); // AA-2: no transport toward the archive was opened
+        this.refuse(over.reject, over.refusal, over.message); // PS3.8 9.3.4: 2/3/2
+        return;
+      }
+    }
     // connectTimeout covers the TCP connect, the TLS handshake and the wait for the A-ASSOCIATE-AC.
     this.connectTimer = this.clock.setTimeout(() => {
       this.connectTimer = null;

@@ -4,9 +4,14 @@
 // (pending.ts: capped per source and in total on each listener, with room kept for configured peers).
 import * as net from 'node:net';
 import * as tls from 'node:tls';
-import { Association, type AssociationHost, type LedgerBinding } from './association.js';
+import {
+  Association,
+  type AdmissionRefusal,
+  type AssociationHost,
+  type LedgerBinding,
+} from './association.js';
 import { RelayBudget } from './outbound.js';
-import { PendingConnections, type PendingSlot } from './pending.js';
+import { PendingConnections, type PendingLimits, type PendingSlot } from './pending.js';
 import {
   classifyClientHandshakeError,
   peerIdentities,
@@ -36,17 +41,67 @@ interface ReturnServer {
   tls: tls.Server;
 }
 
+/**
+ * Association counts kept beyond this process (cluster/admission.ts): the limits hold over every worker.
+ * reserve() resolves null when there is room (the association is then counted until release()), or the
+ * limit it is over.
+ */
+export interface AdmissionBroker {
+  reserve(
+    id: string,
+    request: { peerAeTitle: string; peerLimit: number; maxAssociations: number },
+  ): Promise<AdmissionRefusal | null>;
+  release(id: string): void;
+  /** Count a connection not admitted yet on every worker's behalf (limits.pending*), or refuse it. */
+  takePending(request: {
+    listener: ListenerKind;
+    remoteAddress: string;
+    listed: boolean;
+    limits: PendingLimits;
+  }): Promise<
+    { kind: 'taken'; release(): void } | { kind: 'refused'; reason: ConnectionRefusal; message: string }
+  >;
+}
+
+/** The part of the per-process limits one of `workers` processes holds: their sum never exceeds the limit. */
+export function workerShare(limit: number, workers: number, min = 1): number {
+  return workers <= 1 ? limit : Math.max(min, Math.floor(limit / workers));
+}
+
+/** The refusal message of a pending-connection limit (the same words in every process that counts). */
+export function pendingRefusal(
+  reason: ConnectionRefusal,
+  limits: PendingLimits,
+  listed: boolean,
+  fromSource: number,
+  total: number,
+): string {
+  if (reason === 'per-address-limit') {
+    return `${fromSource} connections from this address not admitted yet; limits.pendingPerAddress is ${limits.pendingPerAddress}; connection closed`;
+  }
+  if (reason === 'pending-limit') {
+    const cap = listed
+      ? `limits.pendingTotal is ${limits.pendingTotal}`
+      : `for addresses no peer lists, limits.pendingTotal - pendingReservedForPeers is ${limits.pendingTotal - limits.pendingReservedForPeers}`;
+    return `${total} connections not admitted yet; ${cap}; connection closed`;
+  }
+  return reason;
+}
+
 /** A TCP connection's endpoints: the same for the accepted socket and the TLS socket wrapping it. */
 function endpointKey(socket: net.Socket): string {
   return `${socket.remoteAddress}|${socket.remotePort}|${socket.localAddress}|${socket.localPort}`;
 }
 
-/** Bind `server` to host:port; resolves with the bound address. */
-function bind(server: net.Server, host: string, port: number): Promise<net.AddressInfo> {
+/**
+ * Bind `server` to host:port; resolves with the bound address. reusePort: the socket is this process's own
+ * (SO_REUSEPORT, the kernel spreads connections over every process bound so), not one shared by node:cluster.
+ */
+function bind(server: net.Server, host: string, port: number, reusePort = false): Promise<net.AddressInfo> {
   return new Promise((resolve, reject) => {
     const onError = (err: Error): void => reject(err);
     server.once('error', onError);
-    server.listen({ host, port }, () => {
+    server.listen({ host, port, ...(reusePort ? { reusePort: true, exclusive: true } : {}) }, () => {
       server.removeListener('error', onError);
       resolve(server.address() as net.AddressInfo);
     });
@@ -73,6 +128,7 @@ export class ProxyServer implements AssociationHost {
   private readonly perPeer = new Map<string, number>();
   private admittedTotal = 0;
   private closing = false;
+  private readonly reusePort: boolean;
   /** Connections accepted and not admitted yet, per listener (limits.pending*). */
   private readonly pending: Record<ListenerKind, PendingConnections> = {
     forward: new PendingConnections(),
@@ -89,15 +145,35 @@ export class ProxyServer implements AssociationHost {
   /** Bytes queued toward slower sockets over every live association (limits.relayBufferTotal). */
   readonly relayBudget: RelayBudget;
 
+  /** Worker processes sharing the listeners (1 = this process alone): the per-process limits are split. */
+  private readonly workers: number;
+  private readonly admission: AdmissionBroker | null;
+  /** Confirmations asked of the broker, until the association starts toward the archive. */
+  private readonly confirming = new Map<Association, Promise<AdmissionRefusal | null>>();
+
   constructor(
     snapshot: RuntimeSnapshot,
-    options: { events?: ProxyEvents; ledger?: LedgerBinding | null; clock?: Clock } = {},
+    options: {
+      events?: ProxyEvents;
+      ledger?: LedgerBinding | null;
+      clock?: Clock;
+      /** This process is one of `workers` sharing the listeners (limits.pending* and relayBufferTotal split). */
+      workers?: number;
+      admission?: AdmissionBroker | null;
+      /** Binding options of the listeners (reuseport: each worker binds its own socket). */
+      reusePort?: boolean;
+    } = {},
   ) {
     this.snapshot = snapshot;
     this.clock = options.clock ?? systemClock;
     this.events = options.events ?? new ProxyEvents();
     this.ledger = options.ledger ?? null;
-    this.relayBudget = new RelayBudget(snapshot.config.limits.relayBufferTotal);
+    this.workers = options.workers ?? 1;
+    this.admission = options.admission ?? null;
+    this.reusePort = options.reusePort ?? false;
+    this.relayBudget = new RelayBudget(
+      workerShare(snapshot.config.limits.relayBufferTotal, this.workers, 1024 * 1024),
+    );
     this.server = this.createForwardServer();
     this.returnServer = this.createReturnServer(snapshot);
   }
@@ -157,7 +233,7 @@ export class ProxyServer implements AssociationHost {
     server.on('error', (err) => this.events.emit('listener-error', { message: err.message }));
     const tcp = net.createServer({ noDelay: true }, (socket) => {
       const pp = this.snapshot.config.returnListener?.proxyProtocol ?? null;
-      if (!pp) this.handToTls(socket, server, this.admitConnection(socket, 'return'));
+      if (!pp) this.admitConnection(socket, 'return', (slot) => this.handToTls(socket, server, slot));
       else this.withPreamble(socket, 'return', pp, (slot) => this.handToTls(socket, server, slot));
     });
     tcp.on('error', (err) => this.events.emit('listener-error', { message: err.message }));
@@ -212,62 +288,89 @@ export class ProxyServer implements AssociationHost {
       return;
     }
     const balancer = this.fromBalancer(pp, remoteAddress);
-    const direct = balancer ? null : this.admitConnection(socket, listener);
-    if (!balancer && !direct) return;
-    const onError = (): void => void socket.destroy(); // reset while reading the header: 'close' follows
-    socket.on('error', onError);
-    void readPreamble(socket, balancer, pp.headerTimeoutMs, this.clock).then((r) => {
-      socket.removeListener('error', onError);
-      if (socket.destroyed) return;
-      if (r.kind === 'refused') {
-        socket.destroy();
-        this.events.emit('connection-refused', {
-          listener,
-          remoteAddress,
-          remotePort,
-          reason: r.reason,
-          message: `${r.message}; connection closed`,
-        });
-        return;
-      }
-      if (r.kind === 'proxied' && r.source) {
-        declareClientEndpoint(socket, { remoteAddress: r.source.address, remotePort: r.source.port });
-      }
-      then(direct ?? this.admitConnection(socket, listener));
-    });
+    const read = (direct: PendingSlot | null): void => {
+      const onError = (): void => void socket.destroy(); // reset while reading the header: 'close' follows
+      socket.on('error', onError);
+      void readPreamble(socket, balancer, pp.headerTimeoutMs, this.clock).then((r) => {
+        socket.removeListener('error', onError);
+        if (socket.destroyed) return;
+        if (r.kind === 'refused') {
+          socket.destroy();
+          this.events.emit('connection-refused', {
+            listener,
+            remoteAddress,
+            remotePort,
+            reason: r.reason,
+            message: `${r.message}; connection closed`,
+          });
+          return;
+        }
+        if (r.kind === 'proxied' && r.source) {
+          declareClientEndpoint(socket, { remoteAddress: r.source.address, remotePort: r.source.port });
+        }
+        if (direct) then(direct);
+        else this.admitConnection(socket, listener, then);
+      });
+    };
+    if (balancer) read(null);
+    else this.admitConnection(socket, listener, (direct) => direct && read(direct));
   }
 
   /**
    * Count a connection the moment it is accepted, or close it unread when it is over a limit (or the
-   * proxy is shutting down). Its slot is released when it is admitted or closes.
+   * proxy is shutting down); `then` gets its slot (null when refused). The slot is released when the
+   * connection is admitted or closes. With worker processes the count is also taken in the daemon's
+   * process, over every worker (AdmissionBroker.takePending), before `then` runs.
    */
-  private admitConnection(socket: net.Socket, listener: ListenerKind): PendingSlot | null {
+  private admitConnection(
+    socket: net.Socket,
+    listener: ListenerKind,
+    then: (slot: PendingSlot | null) => void,
+  ): void {
     const { remoteAddress, remotePort } = clientEndpoint(socket);
-    const refuse = (reason: ConnectionRefusal, message: string): null => {
+    const refuse = (reason: ConnectionRefusal, message: string): void => {
       socket.destroy();
       this.events.emit('connection-refused', { listener, remoteAddress, remotePort, reason, message });
-      return null;
+      then(null);
     };
     if (this.closing) return refuse('shutting-down', 'the proxy is shutting down; connection closed');
     const limits = this.snapshot.config.limits;
     const listed = this.snapshot.policy.isKnownAddress(listener, remoteAddress);
     const pending = this.pending[listener];
     const slot = pending.take(remoteAddress, listed, limits);
-    if (slot === 'per-address-limit') {
+    if (typeof slot === 'string') {
       return refuse(
         slot,
-        `${pending.fromSource(remoteAddress)} connections from this address not admitted yet; limits.pendingPerAddress is ${limits.pendingPerAddress}; connection closed`,
+        pendingRefusal(slot, limits, listed, pending.fromSource(remoteAddress), pending.total),
       );
     }
-    if (slot === 'pending-limit') {
-      const cap = listed
-        ? `limits.pendingTotal is ${limits.pendingTotal}`
-        : `for addresses no peer lists, limits.pendingTotal - pendingReservedForPeers is ${limits.pendingTotal - limits.pendingReservedForPeers}`;
-      return refuse(slot, `${pending.total} connections not admitted yet; ${cap}; connection closed`);
+    const broker = this.admission;
+    if (!broker) {
+      socket.once('close', () => slot.release());
+      then(slot);
+      return;
     }
-    if (typeof slot === 'string') return refuse(slot, slot);
-    socket.once('close', () => slot.release());
-    return slot;
+    // The same limits over every worker: the local count above is a part of it, never more lenient.
+    void broker.takePending({ listener, remoteAddress, listed, limits }).then((r) => {
+      if (r.kind === 'refused') {
+        slot.release();
+        refuse(r.reason, `${r.message} (counted over all workers)`);
+        return;
+      }
+      const both: PendingSlot = {
+        release: () => {
+          slot.release();
+          r.release();
+        },
+      };
+      if (socket.destroyed) {
+        both.release();
+        then(null);
+        return;
+      }
+      socket.once('close', () => both.release());
+      then(both);
+    });
   }
 
   get current(): RuntimeSnapshot {
@@ -290,7 +393,7 @@ export class ProxyServer implements AssociationHost {
         (this.boundForward.host !== listen.host || this.boundForward.port !== listen.port)
       ) {
         newForward = this.createForwardServer();
-        await bind(newForward, listen.host, listen.port);
+        await bind(newForward, listen.host, listen.port, this.reusePort);
         rebound.push(`listen ${listen.host}:${listen.port}`);
       }
       if (this.boundForward) {
@@ -300,7 +403,7 @@ export class ProxyServer implements AssociationHost {
           rebound.push('returnListener removed');
         } else if (rl && (!before || before.host !== rl.host || before.port !== rl.port)) {
           newReturn = this.createReturnServer(snapshot);
-          if (newReturn) await bind(newReturn.tcp, rl.host, rl.port);
+          if (newReturn) await bind(newReturn.tcp, rl.host, rl.port, this.reusePort);
           rebound.push(`returnListener ${rl.host}:${rl.port}`);
         }
       }
@@ -310,7 +413,7 @@ export class ProxyServer implements AssociationHost {
       throw err;
     }
     this.snapshot = snapshot;
-    this.relayBudget.limit = snapshot.config.limits.relayBufferTotal;
+    this.relayBudget.limit = workerShare(snapshot.config.limits.relayBufferTotal, this.workers, 1024 * 1024);
     if (newForward) {
       const old = this.server;
       this.server = newForward;
@@ -333,7 +436,7 @@ export class ProxyServer implements AssociationHost {
     host = this.snapshot.config.listen.host,
     port = this.snapshot.config.listen.port,
   ): Promise<net.AddressInfo> {
-    const addr = await bind(this.server, host, port);
+    const addr = await bind(this.server, host, port, this.reusePort);
     this.boundForward = { host, port };
     return addr;
   }
@@ -350,7 +453,7 @@ export class ProxyServer implements AssociationHost {
   ): Promise<net.AddressInfo | null> {
     const server = this.returnServer;
     if (!server || host === undefined || port === undefined) return null;
-    const addr = await bind(server.tcp, host, port);
+    const addr = await bind(server.tcp, host, port, this.reusePort);
     this.boundReturn = { host, port };
     return addr;
   }
@@ -411,7 +514,7 @@ export class ProxyServer implements AssociationHost {
 
   private onConnection(socket: net.Socket): void {
     const pp = this.snapshot.config.listen.proxyProtocol;
-    if (!pp) this.startForward(socket, this.admitConnection(socket, 'forward'));
+    if (!pp) this.admitConnection(socket, 'forward', (slot) => this.startForward(socket, slot));
     else
       this.withPreamble(socket, 'forward', pp, (slot) => {
         this.startForward(socket, slot);
@@ -459,17 +562,33 @@ export class ProxyServer implements AssociationHost {
     return this.perPeer.get(aeTitle) ?? 0;
   }
 
-  admitted(assoc: Association, peerAeTitle: string): void {
+  admitted(assoc: Association, peerAeTitle: string, peerLimit: number): void {
     this.settle(assoc);
     this.admittedTotal++;
     this.perPeer.set(peerAeTitle, (this.perPeer.get(peerAeTitle) ?? 0) + 1);
+    if (this.admission) {
+      const request = {
+        peerAeTitle,
+        peerLimit,
+        maxAssociations: this.snapshot.config.limits.maxAssociations,
+      };
+      this.confirming.set(assoc, this.admission.reserve(assoc.id, request));
+    }
+  }
+
+  admissionConfirmed(assoc: Association): Promise<AdmissionRefusal | null> | null {
+    const p = this.confirming.get(assoc) ?? null;
+    this.confirming.delete(assoc);
+    return p;
   }
 
   finished(assoc: Association): void {
     this.settle(assoc);
     if (!this.live.delete(assoc)) return;
     const peer = assoc.peerAeTitle;
+    this.confirming.delete(assoc);
     if (peer !== null) {
+      this.admission?.release(assoc.id);
       this.admittedTotal--;
       const n = (this.perPeer.get(peer) ?? 1) - 1;
       if (n <= 0) this.perPeer.delete(peer);

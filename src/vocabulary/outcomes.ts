@@ -33,6 +33,7 @@ export const ASSOCIATION_OUTCOMES = [
   'upstream-failed', // the far side could not be reached or did not answer: A-ASSOCIATE-RJ 2/3/1 to the requestor
   'closed', // the connection closed without release or abort (e.g. before any A-ASSOCIATE-RQ)
   'timeout', // a timer ran out (PS3.8 9.1.5 ARTIM, the idle timeout): the connection was closed or aborted
+  'worker-exited', // the relay worker carrying it exited (workers: N > 1): both connections closed with it
 ] as const;
 export type AssociationOutcome = (typeof ASSOCIATION_OUTCOMES)[number];
 

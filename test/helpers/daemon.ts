@@ -279,6 +279,7 @@ export function httpRequest(
 export function metricSample(text: string, name: string, labels: string): number | undefined {
   for (const line of text.split('\n')) {
     if (line.startsWith(`${name}{${labels}} `)) return Number(line.slice(name.length + labels.length + 3));
+    if (labels === '' && line.startsWith(`${name} `)) return Number(line.slice(name.length + 1));
   }
   return undefined;
 }
