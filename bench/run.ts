@@ -15,7 +15,10 @@
 // its steady state, after V8 has optimised the relay's hot functions), then measured runs are
 // interleaved, each round starting with the next mode, so machine noise and position hit all modes
 // alike. Tables report medians; CPU is the relay process's user+system time (/proc/PID/stat) per run.
-// Peak RSS is VmHWM of a relay process started fresh for each set.
+// Peak RSS is VmHWM of a relay process started fresh for each set. The many set also runs the proxy
+// with BENCH_WORKERS relay workers (default 2; 1 = skipped): its CPU is the daemon's and the workers'
+// together, its peak RSS the sum of each process's peak; BENCH_BALANCE=reuseport runs it with
+// workers.balance reuseport instead of round-robin.
 //
 // Environment: BENCH_RUNS (measured runs per mode; default 15 small, 7 large, 5 many), BENCH_WARMUP
 // (unmeasured transfers per mode; default 10 small, 1 large, 1 many), BENCH_SETS (comma list of
@@ -24,7 +27,7 @@
 // `baseline` for a before/after in one run) and BENCH_BASELINE_ARGS (node flags for it); with
 // BENCH_BASELINE_LEDGER=1 the baseline runs with the ledger on and is compared with proxy+ledger (a
 // before/after of a ledger change).
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
 import { writeDemoPki } from '../src/tls/pki.js';
@@ -44,6 +47,10 @@ import {
 import { openIdle, percentile, prepareLoad, runLoad } from './load.js';
 
 const SETS = (process.env.BENCH_SETS ?? 'small,large,many').split(',');
+/** The many set also runs the proxy with this many relay workers (`workers: N`); 1 = not run. */
+const BENCH_WORKERS = Number(process.env.BENCH_WORKERS ?? 2);
+/** workers.balance of that run: round-robin (default) or reuseport. */
+const BENCH_BALANCE = process.env.BENCH_BALANCE === 'reuseport' ? 'reuseport' : 'round-robin';
 const SMALL_COUNT = Number(process.env.BENCH_SMALL_COUNT ?? 200);
 const LARGE_COUNT = Number(process.env.BENCH_LARGE_COUNT ?? 3);
 const LARGE_MB = Number(process.env.BENCH_LARGE_MB ?? 200);
@@ -87,12 +94,13 @@ const STORESCU_SETS: StorescuSet[] = [
   },
 ];
 
-type Mode = 'direct' | 'stunnel' | 'bare' | 'proxy' | 'ledger' | 'baseline';
+type Mode = 'direct' | 'stunnel' | 'bare' | 'proxy' | 'workers' | 'ledger' | 'baseline';
 const LABEL: Record<Mode, string> = {
   direct: 'direct TLS',
   stunnel: 'stunnel',
   bare: 'bare Node relay',
   proxy: 'proxy',
+  workers: `proxy, ${BENCH_WORKERS} workers${BENCH_BALANCE === 'reuseport' ? ' (reuseport)' : ''}`,
   ledger: 'proxy+ledger',
   baseline: 'baseline build',
 };
@@ -110,11 +118,36 @@ function procStatus(pid: number, field: 'VmHWM' | 'VmRSS'): number {
   return m ? Number(m[1]) / 1024 : NaN;
 }
 
-/** User + system CPU time of a process (all its threads), in ms. */
+/** `pid` and its child processes (the relay workers of `workers: N`), from /proc. */
+function processTree(pid: number): number[] {
+  const children: number[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      if (ppid === pid) children.push(Number(entry));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return [pid, ...children];
+}
+
+/** User + system CPU time of a process (all its threads) and its children now running, in ms. */
 function cpuMs(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100; // USER_HZ = 100 on Linux
+  let sum = 0;
+  for (const p of processTree(pid)) {
+    const stat = readFileSync(`/proc/${p}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    sum += ((Number(fields[11]) + Number(fields[12])) * 1000) / 100; // USER_HZ = 100 on Linux
+  }
+  return sum;
+}
+
+/** Peak RSS of a process, plus its children's (workers: each one's peak, summed: an upper bound). */
+function treePeakRss(pid: number): number {
+  return processTree(pid).reduce((sum, p) => sum + procStatus(p, 'VmHWM'), 0);
 }
 
 interface Relay {
@@ -133,7 +166,7 @@ interface Env {
 /** A fresh relay process of the given mode in front of the archive on archivePort. */
 async function startRelay(
   env: Env,
-  mode: 'bare' | 'proxy' | 'ledger' | 'baseline',
+  mode: 'bare' | 'proxy' | 'workers' | 'ledger' | 'baseline',
   name: string,
   archivePort: number,
 ): Promise<Relay> {
@@ -174,6 +207,7 @@ async function startRelay(
         ...(mode === 'ledger' || (mode === 'baseline' && BASELINE_LEDGER)
           ? [`ledger: { path: ${join(work, `ledger-${name}`)}, fsync: batch, signingKey: ${env.signingKey} }`]
           : []),
+        ...(mode === 'workers' ? [`workers: { count: ${BENCH_WORKERS}, balance: ${BENCH_BALANCE} }`] : []),
         'logging: { level: warn }',
         // No admin endpoint: relays run side by side, and readiness C-ECHOs would add associations.
         'admin: null',
@@ -273,6 +307,7 @@ async function storescuSet(
     stunnel: [],
     bare: [],
     proxy: [],
+    workers: [],
     ledger: [],
     baseline: [],
   });
@@ -316,6 +351,7 @@ async function storescuSet(
         stunnel: median(mbps.stunnel),
         bare: median(mbps.bare),
         proxy: median(mbps.proxy),
+        workers: NaN, // the many set only
         ledger: median(mbps.ledger),
         baseline: median(mbps.baseline),
       },
@@ -364,6 +400,7 @@ async function manySet(env: Env): Promise<ManySummary> {
   const { scp, stunnel } = await startArchive(env, 'many', true);
   const bare = await startRelay(env, 'bare', 'many-bare', scp.port);
   const proxy = await startRelay(env, 'proxy', 'many-proxy', scp.port);
+  const workers = BENCH_WORKERS > 1 ? await startRelay(env, 'workers', 'many-workers', scp.port) : null;
   const baseline = BASELINE ? await startRelay(env, 'baseline', 'many-baseline', scp.port) : null;
   // 50 × 64 KB with a 2 MB instance after every 17th, as a mixed study arrives.
   const instances: number[] = [];
@@ -372,11 +409,18 @@ async function manySet(env: Env): Promise<ManySummary> {
     if (i % 17 === 16) instances.push(2 * 1024 * 1024);
   }
   const data = prepareLoad(instances);
-  const modes: Mode[] = ['stunnel', 'bare', 'proxy', ...(baseline ? ['baseline' as const] : [])];
+  const modes: Mode[] = [
+    'stunnel',
+    'bare',
+    'proxy',
+    ...(workers ? ['workers' as const] : []),
+    ...(baseline ? ['baseline' as const] : []),
+  ];
   const target: Record<string, { port: number; pid: number; called: string }> = {
     stunnel: { port: stunnel.port, pid: stunnel.pid, called: 'ARCHIVE' },
     bare: { port: bare.port, pid: bare.pid, called: 'ARCHIVE' },
     proxy: { port: proxy.port, pid: proxy.pid, called: 'DICOM_PROXY' },
+    ...(workers ? { workers: { port: workers.port, pid: workers.pid, called: 'DICOM_PROXY' } } : {}),
     ...(baseline ? { baseline: { port: baseline.port, pid: baseline.pid, called: 'DICOM_PROXY' } } : {}),
   };
   const acc: Record<string, { mbps: number[]; cpu: number[]; setup: number[]; errors: number }> = {};
@@ -437,6 +481,7 @@ async function manySet(env: Env): Promise<ManySummary> {
       stunnel: procStatus(stunnel.pid, 'VmHWM'),
       bare: procStatus(bare.pid, 'VmHWM'),
       proxy: procStatus(proxy.pid, 'VmHWM'),
+      ...(workers ? { workers: treePeakRss(workers.pid) } : {}),
       ...(baseline ? { baseline: procStatus(baseline.pid, 'VmHWM') } : {}),
     };
     return {
@@ -464,6 +509,7 @@ async function manySet(env: Env): Promise<ManySummary> {
   } finally {
     await bare.stop();
     await proxy.stop();
+    await workers?.stop();
     await baseline?.stop();
     await procs.stop(stunnel.child);
     await procs.stop(scp.child);
