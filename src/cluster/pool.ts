@@ -148,7 +148,9 @@ export class WorkerPool {
   }
 
   setLedgerHealthy(healthy: boolean): void {
-    for (const s of this.slots) s.worker?.send({ t: 'ledger-health', healthy });
+    for (const s of this.slots) {
+      if (s.worker?.isConnected()) s.worker.send({ t: 'ledger-health', healthy });
+    }
   }
 
   private start(slot: Slot): Promise<ListeningReport> {
@@ -207,6 +209,7 @@ export class WorkerPool {
           settle(null, slot.listening);
         } else if (m.t === 'failed') {
           settle(new Error(`relay worker ${slot.index}: ${m.message}`));
+          worker.process.kill('SIGTERM'); // it cannot serve: its exit starts the backoff
         } else {
           this.onMessage(slot, m);
         }

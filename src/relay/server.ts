@@ -145,7 +145,7 @@ export class ProxyServer implements AssociationHost {
   /** Bytes queued toward slower sockets over every live association (limits.relayBufferTotal). */
   readonly relayBudget: RelayBudget;
 
-  /** Worker processes sharing the listeners (1 = this process alone): the per-process limits are split. */
+  /** Worker processes sharing the listeners (1 = this process alone): limits.relayBufferTotal is split. */
   private readonly workers: number;
   private readonly admission: AdmissionBroker | null;
   /** Confirmations asked of the broker, until the association starts toward the archive. */
@@ -157,7 +157,10 @@ export class ProxyServer implements AssociationHost {
       events?: ProxyEvents;
       ledger?: LedgerBinding | null;
       clock?: Clock;
-      /** This process is one of `workers` sharing the listeners (limits.pending* and relayBufferTotal split). */
+      /**
+       * This process is one of `workers` sharing the listeners: limits.relayBufferTotal is split; the
+       * other limits are counted by `admission`.
+       */
       workers?: number;
       admission?: AdmissionBroker | null;
       /** Binding options of the listeners (reuseport: each worker binds its own socket). */
