@@ -66,13 +66,6 @@ class RemoteLedger implements LedgerSink {
     });
   }
 
-  /** The primary is gone: no record can be written any more. */
-  failAll(message: string): void {
-    this.healthy = false;
-    for (const w of this.waiting.values()) w.reject(new Error(message));
-    this.waiting.clear();
-  }
-
   answer(ack: LedgerAck): void {
     const w = this.waiting.get(ack.seq);
     if (!w) return;
@@ -92,7 +85,7 @@ class RemoteLedger implements LedgerSink {
 class RemoteAdmission implements AdmissionBroker {
   private readonly waiting = new Map<string, (over: AdmissionRefusal | null) => void>();
   private token = 0;
-  private readonly pending = new Map<number, (answer: PendingAnswer['refused'] | 'gone') => void>();
+  private readonly pending = new Map<number, (answer: PendingAnswer['refused']) => void>();
 
   constructor(private readonly out: Outbox<WorkerItem>) {}
 
@@ -119,9 +112,7 @@ class RemoteAdmission implements AdmissionBroker {
     const token = ++this.token;
     return new Promise((resolve) => {
       this.pending.set(token, (answer) => {
-        if (answer === 'gone') {
-          resolve({ kind: 'refused', reason: 'shutting-down', message: 'the daemon process is gone' });
-        } else if (answer) {
+        if (answer) {
           resolve({ kind: 'refused', reason: answer.reason, message: answer.message });
         } else {
           let held = true;
@@ -142,14 +133,6 @@ class RemoteAdmission implements AdmissionBroker {
   answerPending(a: PendingAnswer): void {
     this.pending.get(a.token)?.(a.refused);
     this.pending.delete(a.token);
-  }
-
-  /** The primary is gone: the associations waiting for its count go on to be aborted by the drain. */
-  answerAll(): void {
-    for (const resolve of this.waiting.values()) resolve(null);
-    this.waiting.clear();
-    for (const answer of this.pending.values()) answer('gone');
-    this.pending.clear();
   }
 
   answer(id: string, over: AdmissionRefusal | null): void {
@@ -255,12 +238,8 @@ export async function runWorker(): Promise<number> {
           break;
       }
     });
-    // The primary is gone (killed, crashed): nothing can be recorded any more, so nothing is relayed.
-    process.on('disconnect', () => {
-      ledgerSink?.failAll('the daemon process is gone: the record cannot be written');
-      admission.answerAll();
-      if (!draining) void drain(0);
-    });
+    // The daemon process gone (killed, crashed), node:cluster exits this worker at once: nothing could be
+    // recorded any more, so nothing is relayed; its connections close with it.
     // SIGTERM/SIGINT reach the whole process group from a terminal or a service manager: the primary
     // decides when workers drain, so these are ignored here.
     process.on('SIGTERM', () => undefined);

@@ -76,6 +76,12 @@ async function workersUp(daemon: Daemon, from = 0): Promise<Map<number, number>>
   return pids;
 }
 
+/** True while `pid` runs (a zombie awaiting its reaper has exited). */
+function running(pid: number): boolean {
+  const stat = orElse(() => readFileSync(`/proc/${pid}/stat`, 'utf8'), '');
+  return stat !== '' && stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+}
+
 /** `read()`, or `fallback` when it throws (a /proc entry of a process or socket that has just gone). */
 function orElse<T>(read: () => T, fallback: T): T {
   try {
@@ -393,6 +399,43 @@ describe('workers: 2 (relay worker processes behind one daemon)', { timeout: 600
       assert.deepEqual(await daemon.exit(60_000), { code: 0, signal: null });
     },
   );
+
+  it('workers whose daemon process is killed exit, closing their associations (no orphans)', T, async () => {
+    const pki = await standardPki();
+    defer(() => removePki(pki));
+    const archive = await startTestArchive(pki);
+    defer(() => archive.close());
+    const policy = join(pki.dir, 'policy.yaml');
+    await writeFile(
+      policy,
+      daemonYaml({
+        archivePort: archive.archive.port,
+        pki,
+        admin: false,
+        limits: LIMITS,
+        extra: 'workers: 2',
+      }),
+    );
+    const daemon = await startDaemon(procs, policy, { admin: false });
+    defer(() => procs.stop(daemon.child));
+    const pids = await workersUp(daemon);
+    const open = await openAssociation(daemon.port, 'SCU');
+    defer(() => open.destroy());
+    daemon.signal('SIGKILL');
+    await daemon.exit(30_000);
+    // The worker exits with its daemon (node:cluster, on the IPC channel's close): the modality sees the
+    // connection close (no success can be given for anything any more).
+    const next = await open.next(20_000).catch(() => null);
+    assert.ok(next === null || next.type === 0x07, `A-ABORT or close, got ${JSON.stringify(next)}`);
+    await open.waitClosed(20_000);
+    const deadline = Date.now() + 20_000;
+    for (const pid of pids.values()) {
+      while (running(pid)) {
+        assert.ok(Date.now() < deadline, `worker ${pid} still runs 20 s after its daemon was killed`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    }
+  });
 
   it('balance: reuseport: each worker binds the listener itself; both relay', T, async () => {
     const pki = await standardPki();
