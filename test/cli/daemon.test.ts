@@ -6,14 +6,16 @@ import assert from 'node:assert/strict';
 import { X509Certificate } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { after, afterEach, before, describe, it } from 'node:test';
+import { after, before, describe, it } from 'node:test';
 import dimse from 'dcmjs-dimse';
-import { echo, store, type EchoResult, type StoreResult } from '../../src/dicom/dcmjs.js';
+import { store, type StoreResult } from '../../src/dicom/dcmjs.js';
 import { issueCertificate } from '../../src/tls/pki.js';
 import {
   assertBuilt,
   assertStoredPixels,
   daemonYaml,
+  deferAfterEach,
+  echoAs,
   httpRequest,
   metricSample,
   startDaemon,
@@ -35,28 +37,10 @@ const T = { timeout: 240_000 };
 
 const procs = new Procs();
 /** Cleanups of the running test, run in reverse order after it (daemon first, then archive, then files). */
-let cleanups: Array<() => Promise<void> | void> = [];
-function defer(fn: () => Promise<void> | void): void {
-  cleanups.push(fn);
-}
+const defer = deferAfterEach();
 
 before(() => assertBuilt());
-afterEach(async () => {
-  const list = cleanups.reverse();
-  cleanups = [];
-  for (const fn of list) await fn();
-});
 after(() => procs.stopAll());
-
-function echoAs(daemon: Daemon, callingAeTitle: string): Promise<EchoResult> {
-  return echo({
-    host: '127.0.0.1',
-    port: daemon.port,
-    callingAeTitle,
-    calledAeTitle: 'DICOM_PROXY',
-    timeoutMs: 20_000,
-  });
-}
 
 async function assertEchoAccepted(daemon: Daemon, callingAeTitle: string): Promise<void> {
   const r = await echoAs(daemon, callingAeTitle);

@@ -9,12 +9,14 @@ import { spawnSync } from 'node:child_process';
 import { readFileSync, readdirSync, readlinkSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { after, afterEach, before, describe, it } from 'node:test';
-import { echo, store, type EchoResult } from '../../src/dicom/dcmjs.js';
+import { after, before, describe, it } from 'node:test';
+import { store } from '../../src/dicom/dcmjs.js';
 import {
   CLI,
   assertBuilt,
   daemonYaml,
+  deferAfterEach,
+  echoAs,
   httpRequest,
   metricSample,
   startDaemon,
@@ -29,27 +31,9 @@ import { RawScu, VERIFICATION, associateRq } from '../helpers/raw.js';
 const T = { timeout: 180_000 };
 const LIMITS = '{ associationRequestTimeout: 10s, idleTimeout: 5m, drainTimeout: 30s }';
 const procs = new Procs();
-let cleanups: Array<() => Promise<void> | void> = [];
-function defer(fn: () => Promise<void> | void): void {
-  cleanups.push(fn);
-}
+const defer = deferAfterEach();
 before(() => assertBuilt());
-afterEach(async () => {
-  const list = cleanups.reverse();
-  cleanups = [];
-  for (const fn of list) await fn();
-});
 after(() => procs.stopAll());
-
-function echoAs(daemon: Daemon, callingAeTitle: string): Promise<EchoResult> {
-  return echo({
-    host: '127.0.0.1',
-    port: daemon.port,
-    callingAeTitle,
-    calledAeTitle: 'DICOM_PROXY',
-    timeoutMs: 20_000,
-  });
-}
 
 /** Polls `check` (every 50 ms) until it holds; fails naming `what` after `ms`. */
 async function until(check: () => Promise<boolean> | boolean, what: string, ms = 20_000): Promise<void> {
@@ -91,27 +75,37 @@ function orElse<T>(read: () => T, fallback: T): T {
   }
 }
 
-/** The pid (among `pids`) holding an established TCP connection to 127.0.0.1:`port`, from /proc. */
-function pidConnectedTo(pids: Iterable<number>, port: number): number | null {
+/**
+ * Inodes of the TCP sockets (from /proc/net/tcp and tcp6) in `state` ('01' ESTABLISHED, '0A' LISTEN) whose
+ * `end` address (local or remote) has port `port`.
+ */
+function tcpInodes(state: '01' | '0A', end: 'local' | 'remote', port: number): Set<string> {
   const inodes = new Set<string>();
   for (const file of ['/proc/net/tcp', '/proc/net/tcp6']) {
-    const text = orElse(() => readFileSync(file, 'utf8'), '');
-    for (const line of text.split('\n').slice(1)) {
+    for (const line of orElse(() => readFileSync(file, 'utf8'), '')
+      .split('\n')
+      .slice(1)) {
       const f = line.trim().split(/\s+/);
-      const remote = f[2];
-      if (!remote || f[3] !== '01') continue; // 01 = ESTABLISHED
-      if (parseInt(remote.split(':')[1] ?? '', 16) === port && f[9]) inodes.add(f[9]);
+      const address = f[end === 'local' ? 1 : 2];
+      if (!address || f[3] !== state || !f[9]) continue;
+      if (parseInt(address.split(':')[1] ?? '', 16) === port) inodes.add(f[9]);
     }
   }
-  for (const pid of pids) {
-    const fds = orElse(() => readdirSync(`/proc/${pid}/fd`), []);
-    for (const fd of fds) {
-      const link = orElse(() => readlinkSync(`/proc/${pid}/fd/${fd}`), '');
-      const m = /^socket:\[(\d+)\]$/.exec(link);
-      if (m?.[1] && inodes.has(m[1])) return pid;
-    }
-  }
-  return null;
+  return inodes;
+}
+
+/** True when process `pid` holds one of the sockets `inodes`. */
+function holdsSocket(pid: number, inodes: Set<string>): boolean {
+  return orElse(() => readdirSync(`/proc/${pid}/fd`), []).some((fd) => {
+    const m = /^socket:\[(\d+)\]$/.exec(orElse(() => readlinkSync(`/proc/${pid}/fd/${fd}`), ''));
+    return m?.[1] !== undefined && inodes.has(m[1]);
+  });
+}
+
+/** The pid (among `pids`) holding an established TCP connection to 127.0.0.1:`port`. */
+function pidConnectedTo(pids: Iterable<number>, port: number): number | null {
+  const inodes = tcpInodes('01', 'remote', port);
+  return [...pids].find((pid) => holdsSocket(pid, inodes)) ?? null;
 }
 
 /** An association held open from a raw SCU (A-ASSOCIATE-AC received), to release or lose later. */
@@ -476,23 +470,5 @@ describe('workers: 2 (relay worker processes behind one daemon)', { timeout: 600
 
 /** True when process `pid` holds a listening TCP socket on `port` (from /proc). */
 function listensOn(pid: number, port: number): boolean {
-  const inodes = new Set<string>();
-  for (const file of ['/proc/net/tcp', '/proc/net/tcp6']) {
-    const text = orElse(() => readFileSync(file, 'utf8'), '');
-    for (const line of text.split('\n').slice(1)) {
-      const f = line.trim().split(/\s+/);
-      const local = f[1];
-      if (!local || f[3] !== '0A') continue; // 0A = LISTEN
-      if (parseInt(local.split(':')[1] ?? '', 16) === port && f[9]) inodes.add(f[9]);
-    }
-  }
-  const fds = orElse(() => readdirSync(`/proc/${pid}/fd`), []);
-  return fds.some((fd) => {
-    try {
-      const m = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`));
-      return m?.[1] !== undefined && inodes.has(m[1]);
-    } catch {
-      return false;
-    }
-  });
+  return holdsSocket(pid, tcpInodes('0A', 'local', port));
 }

@@ -9,7 +9,9 @@ import { open } from 'node:fs/promises';
 import * as http from 'node:http';
 import { join, resolve } from 'node:path';
 import type { TLSSocket } from 'node:tls';
+import { afterEach } from 'node:test';
 import type { PemPair } from '../../src/tls/pki.js';
+import { echo, type EchoResult } from '../../src/dicom/dcmjs.js';
 import { startTestArchive, type TestArchive } from './instances.js';
 import type { Procs } from './peers.js';
 import { proxyYaml, type ProxyTestOptions } from './proxy.js';
@@ -377,4 +379,29 @@ export async function assertStoredPixels(file: string, index: number, pixelBytes
   } finally {
     await fh.close();
   }
+}
+
+/**
+ * Cleanups of the running test, run in reverse order after it (daemon first, then archive, then files):
+ * call once at a test file's top level; returns the function that registers one.
+ */
+export function deferAfterEach(): (fn: () => Promise<void> | void) => void {
+  let cleanups: Array<() => Promise<void> | void> = [];
+  afterEach(async () => {
+    const list = cleanups.reverse();
+    cleanups = [];
+    for (const fn of list) await fn();
+  });
+  return (fn) => void cleanups.push(fn);
+}
+
+/** A C-ECHO through the daemon to its route DICOM_PROXY, as `callingAeTitle`. */
+export function echoAs(daemon: Daemon, callingAeTitle: string): Promise<EchoResult> {
+  return echo({
+    host: '127.0.0.1',
+    port: daemon.port,
+    callingAeTitle,
+    calledAeTitle: 'DICOM_PROXY',
+    timeoutMs: 20_000,
+  });
 }
