@@ -23,7 +23,7 @@ import {
   startGatedArchive,
   type Daemon,
 } from '../helpers/daemon.js';
-import { testInstance, startTestArchive } from '../helpers/instances.js';
+import { testInstance, startTestArchive, type TestArchive } from '../helpers/instances.js';
 import { Procs } from '../helpers/peers.js';
 import { removePki, standardPki } from '../helpers/proxy.js';
 import { RawScu, VERIFICATION, associateRq } from '../helpers/raw.js';
@@ -126,30 +126,49 @@ async function release(scu: RawScu): Promise<boolean> {
   return rp?.type === 0x06;
 }
 
+/**
+ * A fresh PKI, a mutual-TLS test archive, and the daemon started on a policy with `extra` (the workers
+ * setting) and `peerLines`; waits for both workers. Everything is stopped after the test.
+ */
+async function startWithWorkers(o: {
+  extra: string;
+  admin?: boolean;
+  peerLines?: readonly string[];
+  ledger?: boolean;
+}): Promise<{ daemon: Daemon; pids: Map<number, number>; archive: TestArchive; ledgerPath: string }> {
+  const pki = await standardPki();
+  defer(() => removePki(pki));
+  const archive = await startTestArchive(pki);
+  defer(() => archive.close());
+  const ledgerPath = join(pki.dir, 'ledger');
+  const policy = join(pki.dir, 'policy.yaml');
+  const admin = o.admin ?? true;
+  await writeFile(
+    policy,
+    daemonYaml({
+      archivePort: archive.archive.port,
+      pki,
+      admin,
+      limits: LIMITS,
+      ...(o.peerLines ? { peerLines: o.peerLines } : {}),
+      extra: [o.extra, ...(o.ledger ? [`ledger: { path: ${ledgerPath} }`] : [])].join('\n'),
+    }),
+  );
+  const daemon = await startDaemon(procs, policy, { admin });
+  defer(() => procs.stop(daemon.child));
+  const pids = await workersUp(daemon);
+  return { daemon, pids, archive, ledgerPath };
+}
+
 describe('workers: 2 (relay worker processes behind one daemon)', { timeout: 600_000 }, () => {
   it(
     'both workers relay; one ledger chain verifies; metrics count per worker; SIGTERM drains them',
     T,
     async () => {
-      const pki = await standardPki();
-      defer(() => removePki(pki));
-      const archive = await startTestArchive(pki);
-      defer(() => archive.close());
-      const ledgerPath = join(pki.dir, 'ledger');
-      const policy = join(pki.dir, 'policy.yaml');
-      await writeFile(
-        policy,
-        daemonYaml({
-          archivePort: archive.archive.port,
-          pki,
-          admin: true,
-          limits: LIMITS,
-          extra: [`workers: 2`, `ledger: { path: ${ledgerPath} }`].join('\n'),
-        }),
-      );
-      const daemon = await startDaemon(procs, policy, { admin: true });
-      defer(() => procs.stop(daemon.child));
-      const pids = await workersUp(daemon);
+      const { daemon, pids, archive, ledgerPath } = await startWithWorkers({
+        extra: 'workers: 2',
+        ledger: true,
+      });
       assert.equal(pids.size, 2);
       assert.ok(![...pids.values()].includes(daemon.pid), 'the workers are processes of their own');
       const [listening] = daemon.events('listening');
@@ -228,25 +247,10 @@ describe('workers: 2 (relay worker processes behind one daemon)', { timeout: 600
     'a peer at its association limit on one worker is refused on the other (2/3/2), and let in once below it',
     T,
     async () => {
-      const pki = await standardPki();
-      defer(() => removePki(pki));
-      const archive = await startTestArchive(pki);
-      defer(() => archive.close());
-      const policy = join(pki.dir, 'policy.yaml');
-      await writeFile(
-        policy,
-        daemonYaml({
-          archivePort: archive.archive.port,
-          pki,
-          admin: true,
-          limits: LIMITS,
-          peerLines: ['  SCU: { addresses: [127.0.0.1], services: [echo], maxAssociations: 1 }'],
-          extra: 'workers: 2',
-        }),
-      );
-      const daemon = await startDaemon(procs, policy, { admin: true });
-      defer(() => procs.stop(daemon.child));
-      await workersUp(daemon);
+      const { daemon } = await startWithWorkers({
+        extra: 'workers: 2',
+        peerLines: ['  SCU: { addresses: [127.0.0.1], services: [echo], maxAssociations: 1 }'],
+      });
       const held = await openAssociation(daemon.port, 'SCU');
       defer(() => held.destroy());
       // Each new connection goes to a worker in turn: among three, at least one lands on the worker that
@@ -395,24 +399,7 @@ describe('workers: 2 (relay worker processes behind one daemon)', { timeout: 600
   );
 
   it('workers whose daemon process is killed exit, closing their associations (no orphans)', T, async () => {
-    const pki = await standardPki();
-    defer(() => removePki(pki));
-    const archive = await startTestArchive(pki);
-    defer(() => archive.close());
-    const policy = join(pki.dir, 'policy.yaml');
-    await writeFile(
-      policy,
-      daemonYaml({
-        archivePort: archive.archive.port,
-        pki,
-        admin: false,
-        limits: LIMITS,
-        extra: 'workers: 2',
-      }),
-    );
-    const daemon = await startDaemon(procs, policy, { admin: false });
-    defer(() => procs.stop(daemon.child));
-    const pids = await workersUp(daemon);
+    const { daemon, pids } = await startWithWorkers({ extra: 'workers: 2', admin: false });
     const open = await openAssociation(daemon.port, 'SCU');
     defer(() => open.destroy());
     daemon.signal('SIGKILL');
@@ -432,24 +419,7 @@ describe('workers: 2 (relay worker processes behind one daemon)', { timeout: 600
   });
 
   it('balance: reuseport: each worker binds the listener itself; both relay', T, async () => {
-    const pki = await standardPki();
-    defer(() => removePki(pki));
-    const archive = await startTestArchive(pki);
-    defer(() => archive.close());
-    const policy = join(pki.dir, 'policy.yaml');
-    await writeFile(
-      policy,
-      daemonYaml({
-        archivePort: archive.archive.port,
-        pki,
-        admin: true,
-        limits: LIMITS,
-        extra: 'workers: { count: 2, balance: reuseport }',
-      }),
-    );
-    const daemon = await startDaemon(procs, policy, { admin: true });
-    defer(() => procs.stop(daemon.child));
-    const pids = await workersUp(daemon);
+    const { daemon, pids } = await startWithWorkers({ extra: 'workers: { count: 2, balance: reuseport }' });
     // Both workers hold a listening socket of their own on the one port (SO_REUSEPORT); the daemon none.
     for (const pid of pids.values())
       assert.ok(listensOn(pid, daemon.port), `worker ${pid} listens on ${daemon.port}`);
