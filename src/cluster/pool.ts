@@ -20,7 +20,7 @@ import type { AdmissionRefusal } from '../relay/association.js';
 import { ClusterAdmission } from './admission.js';
 import {
   Outbox,
-  isWorkerMessage,
+  isMessage,
   type LedgerAck,
   type ListeningReport,
   type PendingAnswer,
@@ -137,16 +137,6 @@ export class WorkerPool {
     return this.admission.total;
   }
 
-  /** Associations carried now, per worker index (status, tests). */
-  carried(): Record<number, number> {
-    return Object.fromEntries(this.slots.map((s) => [s.index, s.carried.size]));
-  }
-
-  /** The pids of the running workers, by index (tests, status). */
-  workerPids(): Record<number, number | null> {
-    return Object.fromEntries(this.slots.map((s) => [s.index, s.worker?.process.pid ?? null]));
-  }
-
   setLedgerHealthy(healthy: boolean): void {
     for (const s of this.slots) {
       if (s.worker?.isConnected()) s.worker.send({ t: 'ledger-health', healthy });
@@ -198,7 +188,7 @@ export class WorkerPool {
         });
       });
       worker.on('message', (m: unknown) => {
-        if (!isWorkerMessage(m)) return;
+        if (!isMessage<WorkerMessage>(m)) return;
         if (m.t === 'listening') {
           slot.listening = { forward: m.forward, return: m.return };
           this.events.emit('worker-started', {
@@ -263,32 +253,13 @@ export class WorkerPool {
       }
       case 'append': {
         const sink = this.options.ledger;
-        const ack = (a: LedgerAck): void => slot.acks?.push({ k: 'ledger', ack: a });
-        if (!sink) {
-          ack({ seq: item.seq, kind: 'done', error: 'no ledger is configured' });
-          break;
-        }
-        sink
-          .append(item.evidence, () => ack({ seq: item.seq, kind: 'written' }))
-          .then(
-            () => ack({ seq: item.seq, kind: 'done' }),
-            (err: unknown) =>
-              ack({ seq: item.seq, kind: 'done', error: (err as Error)?.message ?? String(err) }),
-          );
+        const written = (): void => slot.acks?.push({ k: 'ledger', ack: { seq: item.seq, kind: 'written' } });
+        this.answerRecord(slot, item.seq, sink ? sink.append(item.evidence, written) : null);
         break;
       }
       case 'commit': {
         const sink = this.options.ledger;
-        const ack = (a: LedgerAck): void => slot.acks?.push({ k: 'ledger', ack: a });
-        if (!sink?.appendCommitted) {
-          ack({ seq: item.seq, kind: 'done' });
-          break;
-        }
-        sink.appendCommitted(item.evidence).then(
-          () => ack({ seq: item.seq, kind: 'done' }),
-          (err: unknown) =>
-            ack({ seq: item.seq, kind: 'done', error: (err as Error)?.message ?? String(err) }),
-        );
+        this.answerRecord(slot, item.seq, sink?.appendCommitted?.(item.evidence) ?? Promise.resolve());
         break;
       }
       case 'reserve': {
@@ -308,6 +279,23 @@ export class WorkerPool {
         this.admission.releasePending(slot.index, item.token);
         break;
     }
+  }
+
+  /** The worker's ledger request `seq` is done when `record` settles (null: no ledger is configured). */
+  private answerRecord(slot: Slot, seq: number, record: Promise<void> | null): void {
+    const done = (error?: string): void =>
+      void slot.acks?.push({
+        k: 'ledger',
+        ack: { seq, kind: 'done', ...(error === undefined ? {} : { error }) },
+      });
+    if (!record) {
+      done('no ledger is configured');
+      return;
+    }
+    record.then(
+      () => done(),
+      (err: unknown) => done((err as Error)?.message ?? String(err)),
+    );
   }
 
   private onExit(slot: Slot, worker: Worker, code: number | null, signal: string | null): void {

@@ -105,10 +105,10 @@ export class Outbox<T> {
   }
 }
 
-export function isWorkerMessage(m: unknown): m is WorkerMessage {
-  return typeof m === 'object' && m !== null && typeof (m as { t?: unknown }).t === 'string';
-}
-
-export function isPrimaryMessage(m: unknown): m is PrimaryMessage {
+/**
+ * A message of this protocol (an object with its tag `t`), as opposed to node:cluster's own messages on
+ * the same channel. T: the direction the receiver expects.
+ */
+export function isMessage<T extends WorkerMessage | PrimaryMessage>(m: unknown): m is T {
   return typeof m === 'object' && m !== null && typeof (m as { t?: unknown }).t === 'string';
 }

@@ -13,7 +13,7 @@ import { tuneRuntime } from '../util/gc.js';
 import type { ProxyConfig } from '../config/types.js';
 import {
   Outbox,
-  isPrimaryMessage,
+  isMessage,
   type LedgerAck,
   type PendingAnswer,
   type PrimaryMessage,
@@ -153,7 +153,7 @@ export async function runWorker(): Promise<number> {
   tuneRuntime();
   const init = await new Promise<WorkerInit>((resolve) => {
     const onMessage = (m: unknown): void => {
-      if (isPrimaryMessage(m) && m.t === 'init') {
+      if (isMessage<PrimaryMessage>(m) && m.t === 'init') {
         process.off('message', onMessage);
         resolve(m);
       }
@@ -217,7 +217,7 @@ export async function runWorker(): Promise<number> {
       }
     };
     process.on('message', (m: unknown) => {
-      if (!isPrimaryMessage(m)) return;
+      if (!isMessage<PrimaryMessage>(m)) return;
       const message: PrimaryMessage = m;
       switch (message.t) {
         case 'acks':

@@ -7,7 +7,13 @@ import { tlsPolicySchema } from './tls-policy.js';
 import { parseDuration } from './duration.js';
 import { clientTlsSchema, durationSchema, filePathSchema, hostSchema } from './primitives.js';
 import { aeTitleError, trimAeTitle, uidError } from './syntax.js';
-import { LEDGER_FAILURE_MODES, LEDGER_FSYNC_MODES, SERVICE_NAMES, TLS_PROFILE_NAMES } from './types.js';
+import {
+  LEDGER_FAILURE_MODES,
+  LEDGER_FSYNC_MODES,
+  SERVICE_NAMES,
+  TLS_PROFILE_NAMES,
+  WORKER_BALANCE_MODES,
+} from './types.js';
 
 /**
  * Zod schemas for the YAML surface. They check each value on its own (type, syntax, range); checks that
@@ -153,7 +159,6 @@ export const limitsSchema = z.strictObject({
 });
 
 export const WORKERS_MAX = 64;
-export const WORKER_BALANCE_MODES = ['round-robin', 'reuseport'] as const;
 
 /** `workers: auto | N`, or the long form with the way connections are spread over them. */
 const workerCountSchema = z.union([z.literal('auto'), z.int().min(1).max(WORKERS_MAX)]);

@@ -176,6 +176,10 @@ export interface LimitsConfig {
  * processes share the listeners, the daemon's process keeping the ledger, the audit trail, metrics,
  * logs, reload and the admin endpoint.
  */
+/** workers.balance: how connections are spread over the relay workers. */
+export const WORKER_BALANCE_MODES = Object.freeze(['round-robin', 'reuseport'] as const);
+export type WorkerBalance = (typeof WORKER_BALANCE_MODES)[number];
+
 export interface WorkersConfig {
   /** 'auto' = one per CPU the process may use (os.availableParallelism()), resolved at start. */
   count: number | 'auto';
@@ -183,7 +187,7 @@ export interface WorkersConfig {
    * round-robin: the daemon accepts every connection and hands it to the workers in turn (node:cluster);
    * reuseport: each worker binds the listeners itself with SO_REUSEPORT and the kernel spreads them.
    */
-  balance: 'round-robin' | 'reuseport';
+  balance: WorkerBalance;
 }
 
 export interface ReloadConfig {

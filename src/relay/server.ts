@@ -63,9 +63,12 @@ export interface AdmissionBroker {
   >;
 }
 
-/** The part of the per-process limits one of `workers` processes holds: their sum never exceeds the limit. */
-export function workerShare(limit: number, workers: number, min = 1): number {
-  return workers <= 1 ? limit : Math.max(min, Math.floor(limit / workers));
+/**
+ * The part of a per-process budget one of `workers` processes holds: their sum never exceeds the limit
+ * (for limits of at least `workers`, as limits.relayBufferTotal's 1 MiB minimum always is).
+ */
+export function workerShare(limit: number, workers: number): number {
+  return workers <= 1 ? limit : Math.max(1, Math.floor(limit / workers));
 }
 
 /** The refusal message of a pending-connection limit (the same words in every process that counts). */
@@ -174,9 +177,7 @@ export class ProxyServer implements AssociationHost {
     this.workers = options.workers ?? 1;
     this.admission = options.admission ?? null;
     this.reusePort = options.reusePort ?? false;
-    this.relayBudget = new RelayBudget(
-      workerShare(snapshot.config.limits.relayBufferTotal, this.workers, 1024 * 1024),
-    );
+    this.relayBudget = new RelayBudget(workerShare(snapshot.config.limits.relayBufferTotal, this.workers));
     this.server = this.createForwardServer();
     this.returnServer = this.createReturnServer(snapshot);
   }
@@ -416,7 +417,7 @@ export class ProxyServer implements AssociationHost {
       throw err;
     }
     this.snapshot = snapshot;
-    this.relayBudget.limit = workerShare(snapshot.config.limits.relayBufferTotal, this.workers, 1024 * 1024);
+    this.relayBudget.limit = workerShare(snapshot.config.limits.relayBufferTotal, this.workers);
     if (newForward) {
       const old = this.server;
       this.server = newForward;

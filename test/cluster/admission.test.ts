@@ -154,7 +154,7 @@ describe('ClusterAdmission: the counts over every worker', () => {
 });
 
 describe('workerShare: per-process budgets split so their sum never exceeds the limit', () => {
-  it('splits, with a floor', () => {
+  it('splits; a share is never 0', () => {
     assert.equal(workerShare(16 * 1024 * 1024, 1), 16 * 1024 * 1024);
     assert.equal(workerShare(16 * 1024 * 1024, 2), 8 * 1024 * 1024);
     assert.equal(workerShare(5, 2), 2);
