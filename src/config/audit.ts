@@ -7,6 +7,7 @@
  *     enterpriseSiteId: null              # AuditSourceIdentification@AuditEnterpriseSiteID
  *     file: null                          # local file, one XML message per line, appended
  *     maxInstancesPerMessage: 500         # Instance UIDs listed in one "DICOM Instances Transferred"
+ *     patientNames: true                  # Patient's Name in the Patient participant object (false: left out)
  *     syslog:                             # optional
  *       host: audit.example.org
  *       port: 6514                        # RFC 5425 section 4.1
@@ -50,6 +51,7 @@ export const AUDIT_DEFAULTS = Object.freeze({
   enterpriseSiteId: null,
   file: null,
   maxInstancesPerMessage: 500,
+  patientNames: true,
   syslog: Object.freeze({
     port: SYSLOG_TLS_PORT,
     spoolDir: 'var/audit-spool',
@@ -106,6 +108,7 @@ export const auditSchema = z.strictObject({
   enterpriseSiteId: tokenSchema.nullable().optional(),
   file: filePathSchema.nullable().optional(),
   maxInstancesPerMessage: z.int().min(1).max(100_000).optional(),
+  patientNames: z.boolean().optional(),
   syslog: auditSyslogSchema.nullable().optional(),
 });
 
@@ -146,6 +149,8 @@ export interface AuditConfig {
   /** Absolute path of the local audit file; null = none. */
   file: string | null;
   maxInstancesPerMessage: number;
+  /** Write Patient's Name into the Patient participant objects (a site's policy may say no). */
+  patientNames: boolean;
   syslog: AuditSyslogConfig | null;
 }
 
@@ -203,6 +208,7 @@ export function resolveAuditConfig(
     enterpriseSiteId: a.enterpriseSiteId ?? AUDIT_DEFAULTS.enterpriseSiteId,
     file: a.file === undefined || a.file === null ? null : file(a.file),
     maxInstancesPerMessage: a.maxInstancesPerMessage ?? AUDIT_DEFAULTS.maxInstancesPerMessage,
+    patientNames: a.patientNames ?? AUDIT_DEFAULTS.patientNames,
     syslog,
   };
 }

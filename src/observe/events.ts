@@ -1,5 +1,6 @@
 // The core emits facts; logs, metrics, audit and the ledger subscribe. Nothing here calls back into the core.
 import { EventEmitter } from 'node:events';
+import type { DataSetSummary } from '../dicom/prefix.js';
 
 import type {
   AssociationOutcome,
@@ -48,6 +49,15 @@ export interface AssociationSummary {
   instances: number;
   operations: Record<string, number>;
   tls: TlsSessionInfo | null;
+}
+
+/** The identifier of a C-FIND request, kept (bounded) for its Query audit message. */
+export interface QueryIdentifier {
+  /** Base64 of the identifier's first bound (relay/evidence.ts MAX_QUERY_IDENTIFIER), as relayed. */
+  identifier: string;
+  transferSyntaxUid: string;
+  /** The identifier was longer than that bound. */
+  truncated: boolean;
 }
 
 export interface ProxyEventMap {
@@ -121,6 +131,8 @@ export interface ProxyEventMap {
       status: number;
       statusClass: string;
       durationMs: number;
+      /** A C-FIND's identifier, as relayed (bounded), for the Query audit message. */
+      query?: QueryIdentifier;
     },
   ];
   instance: [
@@ -135,6 +147,22 @@ export interface ProxyEventMap {
       /** SHA-256 of the data set as transferred (null when no ledger is configured). */
       sha256: string | null;
       status: number | null;
+      /** Patient and Study read from the data set's first bytes (dicom/prefix.ts); null fields = unknown. */
+      dataset: DataSetSummary;
+    },
+  ];
+  /**
+   * A C-MOVE or C-GET request's identifier has been relayed: the archive is asked to begin transferring
+   * the instances it names (PS3.15 A.5.3.3). `dataset`: the Patient and Study keys of the identifier.
+   */
+  'retrieve-started': [
+    {
+      id: string;
+      direction: Direction;
+      command: 'C-MOVE' | 'C-GET';
+      sopClassUid: string | null;
+      moveDestination: string | null;
+      dataset: DataSetSummary;
     },
   ];
   'ledger-failed': [{ id: string; message: string }];

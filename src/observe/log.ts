@@ -90,7 +90,13 @@ export function logEvents(events: ProxyEvents, log: winston.Logger): () => void 
     'dimse-refused': (e) =>
       log.warn('DIMSE request refused by policy', { event: 'dimse-refused', ...meta(e) }),
     'protocol-error': (e) => log.warn(protocolErrorMessage(e.code), { event: 'protocol-error', ...meta(e) }),
-    instance: (e) => log.debug('instance', { event: 'instance', ...meta(e) }),
+    // Patient data stays out of the logs: of what the data set named, only the study is logged.
+    instance: ({ dataset, ...e }) =>
+      log.debug('instance', {
+        event: 'instance',
+        ...meta(e),
+        studyInstanceUid: dataset.studyInstanceUid,
+      }),
     'association-closed': (e) => {
       const level = e.outcome === 'released' || e.outcome === 'rejected' ? 'info' : 'warn';
       log.log(level, 'association', { event: 'association', ...meta(e) });

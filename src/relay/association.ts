@@ -71,6 +71,7 @@ import type {
   AssociationOutcome,
   Direction,
   ProxyEvents,
+  QueryIdentifier,
   RejectSpec,
   TlsSessionInfo,
 } from '../observe/events.js';
@@ -1349,6 +1350,12 @@ export class Association {
     return false;
   }
 
+  private queryOf(cmd: CommandSet, key: number): { query?: QueryIdentifier } {
+    if (cmd.commandField !== CommandField.CFindRq) return {};
+    const query = this.evidence.takeQuery(key);
+    return query ? { query } : {};
+  }
+
   private onRequest(dir: Leg, cmd: CommandSet, ctx: AcceptedContext): void {
     const key = messageKey(dir, cmd.messageId ?? 0);
     this.pending.set(key, { command: cmd, startedAt: performance.now() });
@@ -1398,6 +1405,7 @@ export class Association {
       status,
       statusClass: cls,
       durationMs: performance.now() - req.startedAt,
+      ...this.queryOf(req.command, key),
     });
     // The record waits for the data set anyway (evidence.ts); only the relaying of a success is held.
     const ledger = this.host.ledger;

@@ -5,11 +5,20 @@
 // one) AND its data set has passed whole (or the association ended first): so the record always covers
 // exactly the bytes relayed for it, never the part relayed so far when an archive answers early.
 
-import type { Direction, ProxyEvents, TlsSessionInfo } from '../observe/events.js';
+import type { Direction, ProxyEvents, QueryIdentifier, TlsSessionInfo } from '../observe/events.js';
 import type { InstanceEvidence, LedgerSink } from '../integrity/types.js';
 import type { HashStream, StreamHasher } from '../integrity/hasher.js';
-import { statusClass, type CommandSet } from '../dimse/command.js';
+import { CommandField, hasDataSet, statusClass, type CommandSet } from '../dimse/command.js';
 import { parseCommitmentDataSet, type CommitmentResult } from '../dicom/commitment.js';
+import { DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, trimUid } from '../dicom/dataset.js';
+import {
+  DataSetPrefixReader,
+  inflatePrefix,
+  PREFIX_BUDGET,
+  readSummary,
+  UNKNOWN_SUMMARY,
+  type DataSetSummary,
+} from '../dicom/prefix.js';
 import type { ChunkLease } from './outbound.js';
 
 export interface LedgerBinding {
@@ -54,6 +63,8 @@ export interface Transfer {
   bytes: number;
   /** SHA-256 over the data PDV values as they pass (only when a ledger is configured). */
   hash: HashStream | null;
+  /** Reads Patient and Study from the data set's first bytes as they pass (dicom/prefix.ts). */
+  prefix: DataSetPrefixReader;
   moveOriginatorAeTitle: string | null;
   moveOriginatorMessageId: number | null;
   /** The last data fragment has been relayed. */
@@ -76,6 +87,32 @@ export const STORAGE_COMMITMENT_SOP_CLASS = '1.2.840.10008.1.20.1';
 const MAX_COMMITMENT_DATASET = 16 * 1024 * 1024;
 /** Relayed data bytes that may wait for the check phase to be hashed (see scheduleHashes). */
 const HASH_BACKLOG = 1024 * 1024;
+/** Most bytes of a C-FIND identifier kept for the audit trail's Query message (PS3.15 A.5.3.10). */
+export const MAX_QUERY_IDENTIFIER = 4096;
+/** C-FIND identifiers kept at once, waiting for their final response. */
+const MAX_QUERIES_KEPT = 64;
+
+/** What reads relayed data bytes after they were written: a digest, or the data set prefix reader. */
+interface DataSink {
+  update(buf: Buffer, start: number, end: number): void;
+}
+
+/** Requests whose identifier (data set) is kept: C-FIND, C-MOVE, C-GET. */
+const IDENTIFIER_COMMANDS: ReadonlySet<number> = new Set([
+  CommandField.CFindRq,
+  CommandField.CMoveRq,
+  CommandField.CGetRq,
+]);
+
+interface QueryCapture {
+  key: number;
+  cmd: CommandSet;
+  direction: Direction;
+  transferSyntaxUid: string;
+  chunks: Buffer[];
+  bytes: number;
+  total: number;
+}
 
 export class Evidence {
   /** Transfers by message key (direction of the request, Message ID), until recorded. */
@@ -83,12 +120,17 @@ export class Evidence {
   /** The transfer whose data set streams now in each direction [0 = from down, 1 = from up]. */
   private readonly current: [Transfer | null, Transfer | null] = [null, null];
   private readonly commitCapture: [CommitmentCapture | null, CommitmentCapture | null] = [null, null];
+  private readonly queryCapture: [QueryCapture | null, QueryCapture | null] = [null, null];
+  /** Identifiers of C-FIND requests whose data set passed, until their final response (bounded). */
+  private readonly queries = new Map<number, QueryIdentifier>();
   /** Instances whose data set passed whole. */
   instances = 0;
 
   constructor(private readonly host: EvidenceHost) {}
 
   // ---------------------------------------------------------------- hashing off the critical path
+  //
+  // (The data set prefix reader is fed through the same queue: it reads what was relayed, never holds it.)
   //
   // With a ledger every data byte is hashed, but only once the write that relays it has reached the
   // kernel. A socket write is not always sent at once: while the previous write to a TLS socket is
@@ -98,7 +140,7 @@ export class Evidence {
   // this loop turn have been forwarded and the waiting writes flushed. The queue is bounded: beyond
   // HASH_BACKLOG bytes it is hashed at once. A digest hashes what is queued first (record).
 
-  private readonly hashQueue: Array<HashStream | Buffer | number> = [];
+  private readonly hashQueue: Array<DataSink | Buffer | number> = [];
   /** Read buffers with bytes waiting in hashQueue (released once hashed). */
   private readonly hashLeases: ChunkLease[] = [];
   private hashBacklog = 0;
@@ -112,7 +154,7 @@ export class Evidence {
     return this.hashQueue.length > 0;
   }
 
-  private hashLater(hash: HashStream, buf: Buffer, start: number, end: number): void {
+  private hashLater(hash: DataSink, buf: Buffer, start: number, end: number): void {
     this.hashQueue.push(hash, buf, start, end);
     this.hashBacklog += end - start;
     const lease = this.host.currentLease();
@@ -135,7 +177,7 @@ export class Evidence {
   private drainHashes(): void {
     const q = this.hashQueue;
     for (let i = 0; i < q.length; i += 4) {
-      (q[i] as HashStream).update(q[i + 1] as Buffer, q[i + 2] as number, q[i + 3] as number);
+      (q[i] as DataSink).update(q[i + 1] as Buffer, q[i + 2] as number, q[i + 3] as number);
     }
     q.length = 0;
     this.hashBacklog = 0;
@@ -162,6 +204,7 @@ export class Evidence {
         transferSyntaxUid,
         bytes: 0,
         hash: this.host.ledger ? this.host.ledger.hasher.begin() : null,
+        prefix: new DataSetPrefixReader(transferSyntaxUid),
         moveOriginatorAeTitle: cmd.moveOriginatorAeTitle ?? null,
         moveOriginatorMessageId: cmd.moveOriginatorMessageId ?? null,
         complete: false,
@@ -178,7 +221,49 @@ export class Evidence {
       // PS3.4 J.3.3: the archive reports the outcome of a commitment request (1 = all committed,
       // 2 = failures exist); the instances it lists as committed get `committed` ledger records.
       this.commitCapture[dir] = { transferSyntaxUid, chunks: [], bytes: 0, overflow: false };
+    } else if (IDENTIFIER_COMMANDS.has(cmd.commandField) && hasDataSet(cmd)) {
+      // The identifier of a C-FIND is what the Query audit message carries (PS3.15 A.5.3.10); that of a
+      // C-MOVE / C-GET names the patient and study the Begin Transferring message is about (A.5.3.3).
+      this.queryCapture[dir] = { key, cmd, direction, transferSyntaxUid, chunks: [], bytes: 0, total: 0 };
     }
+  }
+
+  private identifierComplete(q: QueryCapture): void {
+    const bytes = Buffer.concat(q.chunks, q.bytes);
+    if (q.cmd.commandField === CommandField.CFindRq) {
+      // Bounded: a modality has at most its async window of C-FINDs outstanding, each taken at its end.
+      if (this.queries.size < MAX_QUERIES_KEPT) {
+        this.queries.set(q.key, {
+          identifier: bytes.toString('base64'),
+          transferSyntaxUid: q.transferSyntaxUid,
+          truncated: q.total > q.bytes,
+        });
+      }
+      return;
+    }
+    const inflated =
+      trimUid(q.transferSyntaxUid) === DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
+        ? inflatePrefix(bytes, PREFIX_BUDGET)
+        : bytes;
+    this.host.events.emit('retrieve-started', {
+      id: this.host.id,
+      direction: q.direction,
+      command: q.cmd.commandField === CommandField.CMoveRq ? 'C-MOVE' : 'C-GET',
+      sopClassUid: q.cmd.affectedSopClassUid ?? null,
+      moveDestination: q.cmd.moveDestination ?? null,
+      dataset:
+        inflated === null
+          ? UNKNOWN_SUMMARY
+          : readSummary(inflated, q.transferSyntaxUid, q.total === q.bytes).summary,
+    });
+  }
+
+  /** The captured identifier of the C-FIND request under `key` (taken once, when it completes). */
+  takeQuery(key: number): QueryIdentifier | null {
+    const q = this.queries.get(key);
+    if (q === undefined) return null;
+    this.queries.delete(key);
+    return q;
   }
 
   /** Data PDV value bytes [start, end) of buf, relayed in direction dir. */
@@ -187,7 +272,19 @@ export class Evidence {
     if (t) {
       t.bytes += end - start;
       if (t.hash) this.hashLater(t.hash, buf, start, end);
+      if (!t.prefix.done) this.hashLater(t.prefix, buf, start, end);
     } else if (this.commitCapture[dir]) this.capture(dir, buf, start, end);
+    else {
+      const q = this.queryCapture[dir];
+      if (q) {
+        q.total += end - start;
+        const take = Math.min(end - start, MAX_QUERY_IDENTIFIER - q.bytes);
+        if (take > 0) {
+          q.chunks.push(Buffer.from(buf.subarray(start, start + take))); // a copy: the bytes go out unchanged
+          q.bytes += take;
+        }
+      }
+    }
   }
 
   /** The transfer whose data set is streaming in direction dir, if it is the one for `key`. */
@@ -198,6 +295,11 @@ export class Evidence {
 
   /** The last data fragment of a message has passed in direction dir. */
   dataSetComplete(dir: 0 | 1): void {
+    const q = this.queryCapture[dir];
+    if (q) {
+      this.queryCapture[dir] = null;
+      this.identifierComplete(q);
+    }
     const c = this.commitCapture[dir];
     if (c) {
       this.commitCapture[dir] = null;
@@ -224,6 +326,8 @@ export class Evidence {
     for (const t of this.transfers.values()) this.record(t, t.status ?? null);
     this.transfers.clear();
     this.current[0] = this.current[1] = null;
+    this.queryCapture[0] = this.queryCapture[1] = null;
+    this.queries.clear();
   }
 
   private recordKey(t: Transfer): void {
@@ -243,18 +347,19 @@ export class Evidence {
    */
   private record(t: Transfer, status: number | null): void {
     const ledger = this.host.ledger;
-    if (!ledger) {
-      this.emitInstance(t, status, null);
-      return;
-    }
     // A data set cut short still gets the digest of what passed: the ledger is the truth of what happened.
     this.drainHashes();
+    const dataset = t.prefix.summary();
+    if (!ledger) {
+      this.emitInstance(t, status, null, dataset);
+      return;
+    }
     const digest = (t.hash ?? ledger.hasher.begin()).digest();
     t.hash = null;
     const ctx = this.host.recordContext();
     const time = new Date().toISOString();
     const written = digest.then((sha256) => {
-      this.emitInstance(t, status, sha256);
+      this.emitInstance(t, status, sha256, dataset);
       const evidence: InstanceEvidence = {
         time,
         association: this.host.id,
@@ -286,7 +391,12 @@ export class Evidence {
     this.host.trackRecord(written.catch((err: unknown) => this.host.ledgerFailed(err)));
   }
 
-  private emitInstance(t: Transfer, status: number | null, sha256: string | null): void {
+  private emitInstance(
+    t: Transfer,
+    status: number | null,
+    sha256: string | null,
+    dataset: DataSetSummary,
+  ): void {
     this.host.events.emit('instance', {
       id: this.host.id,
       direction: t.direction,
@@ -297,6 +407,7 @@ export class Evidence {
       bytes: t.bytes,
       sha256,
       status,
+      dataset,
     });
   }
 

@@ -15,101 +15,31 @@ import {
   MAX_SEQUENCE_DEPTH,
   parseCommitmentDataSet,
 } from '../../src/dicom/commitment.js';
+import {
+  DEFLATED,
+  EXPLICIT_BE,
+  EXPLICIT_LE,
+  IMPLICIT,
+  IMPLICIT_LE_SYNTAX,
+  SYNTAXES,
+  UNDEFINED,
+  dataSet,
+  encode,
+  encodeItems,
+  header,
+  syntaxOf,
+  tagBytes,
+  u32,
+  type Elem,
+  type Item,
+} from '../helpers/dataset.js';
 
 const { Dataset } = dimse;
 dimse.log.setLevel('error');
 
-const IMPLICIT = '1.2.840.10008.1.2';
-const EXPLICIT_LE = '1.2.840.10008.1.2.1';
-const EXPLICIT_BE = '1.2.840.10008.1.2.2';
-const DEFLATED = '1.2.840.10008.1.2.1.99';
-const SYNTAXES = [IMPLICIT, EXPLICIT_LE, EXPLICIT_BE, DEFLATED] as const;
 
 const CT = '1.2.840.10008.5.1.4.1.1.2';
 const MR = '1.2.840.10008.5.1.4.1.1.4';
-
-// ---- a tiny test-local encoder (PS3.5 7.1, 7.5) ----
-
-interface Item {
-  elements: Elem[];
-  undefinedLength?: boolean;
-}
-type Elem =
-  | { tag: number; vr: string; value: string | number | Buffer; rawLength?: number }
-  | { tag: number; vr: 'SQ' | 'UN'; items: Item[]; undefinedLength?: boolean };
-
-interface Syntax {
-  explicit: boolean;
-  little: boolean;
-}
-const IMPLICIT_LE_SYNTAX: Syntax = { explicit: false, little: true };
-const syntaxOf = (ts: string): Syntax =>
-  ts === IMPLICIT ? IMPLICIT_LE_SYNTAX : { explicit: true, little: ts !== EXPLICIT_BE };
-
-const LONG = new Set(['OB', 'OD', 'OF', 'OL', 'OV', 'OW', 'SQ', 'SV', 'UC', 'UN', 'UR', 'UT', 'UV']);
-const UNDEFINED = 0xffffffff;
-
-function u16(n: number, s: Syntax): Buffer {
-  const b = Buffer.alloc(2);
-  if (s.little) b.writeUInt16LE(n);
-  else b.writeUInt16BE(n);
-  return b;
-}
-function u32(n: number, s: Syntax): Buffer {
-  const b = Buffer.alloc(4);
-  if (s.little) b.writeUInt32LE(n);
-  else b.writeUInt32BE(n);
-  return b;
-}
-function tagBytes(tag: number, s: Syntax): Buffer {
-  return Buffer.concat([u16(tag >>> 16, s), u16(tag & 0xffff, s)]);
-}
-
-function header(tag: number, vr: string, length: number, s: Syntax): Buffer {
-  if (!s.explicit) return Buffer.concat([tagBytes(tag, s), u32(length, s)]);
-  const vrBytes = Buffer.from(vr, 'latin1');
-  if (LONG.has(vr)) return Buffer.concat([tagBytes(tag, s), vrBytes, Buffer.alloc(2), u32(length, s)]);
-  return Buffer.concat([tagBytes(tag, s), vrBytes, u16(length, s)]);
-}
-
-function valueBytes(vr: string, value: string | number | Buffer, s: Syntax): Buffer {
-  if (Buffer.isBuffer(value)) return value;
-  if (typeof value === 'number') return u16(value, s);
-  return Buffer.from(value.length % 2 === 1 ? value + (vr === 'UI' ? '\0' : ' ') : value, 'latin1');
-}
-
-function encodeItems(items: Item[], s: Syntax): Buffer {
-  const parts: Buffer[] = [];
-  for (const item of items) {
-    const body = encode(item.elements, s);
-    parts.push(tagBytes(0xfffee000, s), u32(item.undefinedLength ? UNDEFINED : body.length, s), body);
-    if (item.undefinedLength) parts.push(tagBytes(0xfffee00d, s), u32(0, s));
-  }
-  return Buffer.concat(parts);
-}
-
-function encode(elements: Elem[], s: Syntax): Buffer {
-  const parts: Buffer[] = [];
-  for (const e of elements) {
-    if ('items' in e) {
-      // The value of a UN sequence is Implicit VR Little Endian whatever the syntax (PS3.5 6.2.2).
-      const inner = e.vr === 'UN' ? IMPLICIT_LE_SYNTAX : s;
-      const body = encodeItems(e.items, inner);
-      parts.push(header(e.tag, e.vr, e.undefinedLength ? UNDEFINED : body.length, s), body);
-      if (e.undefinedLength) parts.push(tagBytes(0xfffee0dd, inner), u32(0, inner));
-    } else {
-      const value = valueBytes(e.vr, e.value, s);
-      parts.push(header(e.tag, e.vr, e.rawLength ?? value.length, s), value);
-    }
-  }
-  return Buffer.concat(parts);
-}
-
-/** The data set in a transfer syntax (the deflated one: Explicit VR LE, raw deflate, PS3.5 A.5). */
-function dataSet(elements: Elem[], ts: string): Buffer {
-  const bytes = encode(elements, syntaxOf(ts === DEFLATED ? EXPLICIT_LE : ts));
-  return ts === DEFLATED ? deflateRawSync(bytes) : bytes;
-}
 
 const ui = (tag: number, value: string): Elem => ({ tag, vr: 'UI', value });
 const sq = (tag: number, items: Item[], undefinedLength = false): Elem => ({

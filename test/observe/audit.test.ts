@@ -36,206 +36,19 @@ import {
 import { scanFrames, TLS13_SETTLE_MS } from '../../src/observe/audit/syslog.js';
 import { createCa, issueCertificate, type PemPair } from '../../src/tls/pki.js';
 import { ManualClock } from '../helpers/clock.js';
-
-// ------------------------------------------------------------------ a minimal, strict XML 1.0 parser
-
-interface XNode {
-  name: string;
-  attrs: Record<string, string>;
-  children: XNode[];
-  text: string;
-}
-
-const NAME = /^[A-Za-z_:][A-Za-z0-9_.:-]*/;
-// XML 1.0 section 2.2 Char.
-const XML_CHAR = /^[\t\n\r\u0020-\uD7FF\uE000-\uFFFD\u{10000}-\u{10FFFF}]*$/u;
-
-function decodeEntities(raw: string, where: string): string {
-  return raw.replace(/&([^;]*);?/g, (m, body: string) => {
-    assert.ok(m.endsWith(';'), `unterminated reference in ${where}`);
-    const named: Record<string, string> = { amp: '&', lt: '<', gt: '>', quot: '"', apos: "'" };
-    if (body in named) return named[body] as string;
-    let cp: number;
-    if (/^#x[0-9A-Fa-f]+$/.test(body)) cp = parseInt(body.slice(2), 16);
-    else if (/^#[0-9]+$/.test(body)) cp = parseInt(body.slice(1), 10);
-    else assert.fail(`unknown entity &${body}; in ${where}`);
-    const ch = String.fromCodePoint(cp);
-    assert.match(ch, XML_CHAR, `character reference &${body}; is not an XML Char`);
-    return ch;
-  });
-}
-
-/** Parses a document with one root element; throws (assert) on anything not well-formed. */
-function parseXml(src: string): XNode {
-  assert.match(src, XML_CHAR, 'document holds characters XML 1.0 does not allow');
-  let pos = 0;
-  const skipWs = (): void => {
-    while (pos < src.length && /\s/.test(src[pos] as string)) pos++;
-  };
-  const parseElement = (): XNode => {
-    assert.equal(src[pos], '<', `expected < at ${pos}`);
-    pos++;
-    const name = NAME.exec(src.slice(pos))?.[0];
-    assert.ok(name, `bad element name at ${pos}`);
-    pos += name.length;
-    const node: XNode = { name, attrs: {}, children: [], text: '' };
-    for (;;) {
-      const before = pos;
-      skipWs();
-      if (src.startsWith('/>', pos)) {
-        pos += 2;
-        return node;
-      }
-      if (src[pos] === '>') {
-        pos++;
-        break;
-      }
-      assert.ok(pos > before, `attributes of <${name}> must be separated by whitespace (at ${pos})`);
-      const attr = NAME.exec(src.slice(pos))?.[0];
-      assert.ok(attr, `bad attribute name in <${name}> at ${pos}`);
-      pos += attr.length;
-      assert.equal(src[pos], '=', `expected = after ${attr}`);
-      pos++;
-      const quote = src[pos];
-      assert.ok(quote === '"' || quote === "'", `attribute ${attr} must be quoted`);
-      const end = src.indexOf(quote, pos + 1);
-      assert.ok(end > 0, `unterminated attribute ${attr}`);
-      const raw = src.slice(pos + 1, end);
-      assert.ok(!raw.includes('<'), `< in attribute ${attr}`);
-      assert.ok(!(attr in node.attrs), `duplicate attribute ${attr} in <${name}>`);
-      node.attrs[attr] = decodeEntities(raw, `${name}@${attr}`);
-      pos = end + 1;
-    }
-    for (;;) {
-      const lt = src.indexOf('<', pos);
-      assert.ok(lt >= 0, `<${name}> is not closed`);
-      const text = src.slice(pos, lt);
-      assert.ok(!text.includes('>') || !text.includes(']]>'), 'stray ]]>');
-      node.text += decodeEntities(text, `text of ${name}`);
-      pos = lt;
-      if (src.startsWith('</', pos)) {
-        pos += 2;
-        const close = NAME.exec(src.slice(pos))?.[0];
-        assert.equal(close, name, `</${String(close)}> closes <${name}>`);
-        pos += name.length;
-        skipWs();
-        assert.equal(src[pos], '>', 'bad end tag');
-        pos++;
-        return node;
-      }
-      node.children.push(parseElement());
-    }
-  };
-  skipWs();
-  const root = parseElement();
-  skipWs();
-  assert.equal(pos, src.length, 'content after the root element');
-  return root;
-}
-
-function kids(node: XNode, name: string): XNode[] {
-  return node.children.filter((c) => c.name === name);
-}
-
-function kid(node: XNode, name: string): XNode {
-  const found = kids(node, name);
-  assert.equal(found.length, 1, `expected one <${name}> in <${node.name}>, found ${found.length}`);
-  return found[0] as XNode;
-}
-
-function b64(value: string | undefined): string {
-  return Buffer.from(value ?? '', 'base64').toString('utf8');
-}
-
-// --------------------------------------------------- PS3.15 A.5.1 structure (element order, required parts)
-
-function checkCoded(node: XNode): void {
-  for (const a of ['csd-code', 'codeSystemName', 'originalText']) {
-    assert.ok(node.attrs[a], `<${node.name}> lacks ${a}`);
-  }
-}
-
-/** Checks an AuditMessage against the A.5.1 schema's structure; returns the parsed tree. */
-function checkAuditMessage(xml: string): XNode {
-  assert.ok(!/[\r\n]/.test(xml), 'a message is one line');
-  const root = parseXml(xml);
-  assert.equal(root.name, 'AuditMessage');
-  const order = root.children.map((c) => c.name).join(' ') + ' ';
-  assert.match(
-    order,
-    /^EventIdentification (ActiveParticipant )+AuditSourceIdentification (ParticipantObjectIdentification )*$/,
-    `AuditMessage children out of order: ${order}`,
-  );
-
-  const ev = kid(root, 'EventIdentification');
-  assert.match(ev.attrs['EventDateTime'] ?? '', /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$/);
-  assert.ok(['0', '4', '8', '12'].includes(ev.attrs['EventOutcomeIndicator'] ?? ''));
-  if (ev.attrs['EventActionCode'] !== undefined) assert.match(ev.attrs['EventActionCode'], /^[CRUDE]$/);
-  const evOrder = ev.children.map((c) => c.name).join(' ') + ' ';
-  assert.match(
-    evOrder,
-    /^EventID (EventTypeCode )*(EventOutcomeDescription )?$/,
-    `EventIdentification: ${evOrder}`,
-  );
-  for (const c of ev.children) if (c.name !== 'EventOutcomeDescription') checkCoded(c);
-
-  for (const ap of kids(root, 'ActiveParticipant')) {
-    assert.ok(ap.attrs['UserID'] !== undefined && ap.attrs['UserID'] !== '', 'UserID is mandatory');
-    assert.match(ap.attrs['UserIsRequestor'] ?? '', /^(true|false)$/);
-    if (ap.attrs['NetworkAccessPointTypeCode'] !== undefined) {
-      assert.match(ap.attrs['NetworkAccessPointTypeCode'], /^[1-5]$/);
-      assert.ok(ap.attrs['NetworkAccessPointID'], 'type code without NetworkAccessPointID');
-    }
-    if (ap.attrs['AlternativeUserID']?.startsWith('AETITLES')) {
-      assert.match(ap.attrs['AlternativeUserID'], /^AETITLES=[^;]+(;[^;]+)*$/); // A.5.2.2
-    }
-    for (const c of ap.children) {
-      assert.equal(c.name, 'RoleIDCode');
-      checkCoded(c);
-    }
-  }
-
-  const src = kid(root, 'AuditSourceIdentification');
-  assert.ok(src.attrs['AuditSourceID'], 'AuditSourceID is mandatory');
-  for (const c of src.children) {
-    assert.equal(c.name, 'AuditSourceTypeCode');
-    assert.ok(c.attrs['csd-code']);
-  }
-
-  for (const po of kids(root, 'ParticipantObjectIdentification')) {
-    assert.ok(po.attrs['ParticipantObjectID'] !== undefined, 'ParticipantObjectID is mandatory');
-    const poOrder = po.children.map((c) => c.name).join(' ') + ' ';
-    assert.match(
-      poOrder,
-      /^ParticipantObjectIDTypeCode (ParticipantObjectName |ParticipantObjectQuery )(ParticipantObjectDetail )*(ParticipantObjectDescription )*$/,
-      `ParticipantObjectIdentification: ${poOrder}`,
-    );
-    checkCoded(kid(po, 'ParticipantObjectIDTypeCode'));
-    for (const d of kids(po, 'ParticipantObjectDetail')) {
-      assert.ok(d.attrs['type']);
-      assert.match(d.attrs['value'] ?? '', /^[A-Za-z0-9+/]*={0,2}$/, 'ValuePair value is base64Binary');
-    }
-    for (const desc of kids(po, 'ParticipantObjectDescription')) {
-      for (const sop of desc.children) {
-        assert.equal(sop.name, 'SOPClass');
-        assert.match(sop.attrs['NumberOfInstances'] ?? '', /^\d+$/);
-        for (const inst of sop.children) {
-          assert.equal(inst.name, 'Instance');
-          assert.ok(inst.attrs['UID']);
-        }
-      }
-    }
-  }
-  return root;
-}
-
-function code(node: XNode): string {
-  return node.attrs['csd-code'] ?? '';
-}
-
-function roles(root: XNode): string[][] {
-  return kids(root, 'ActiveParticipant').map((ap) => kids(ap, 'RoleIDCode').map(code));
-}
+import {
+  b64,
+  checkAuditMessage,
+  code,
+  kid,
+  kids,
+  patientsOf,
+  roles,
+  sopClassObjectsOf,
+  studiesOf,
+  type XNode,
+} from '../helpers/audit-xml.js';
+import { UNKNOWN_SUMMARY } from '../../src/dicom/prefix.js';
 
 const CTX: MessageContext = {
   time: new Date('2024-05-06T07:08:09.123Z'),
@@ -1052,6 +865,7 @@ function config(over: Partial<AuditConfig> = {}): AuditConfig {
     enterpriseSiteId: null,
     file: null,
     maxInstancesPerMessage: 500,
+    patientNames: true,
     syslog: null,
     ...over,
   };
@@ -1183,6 +997,7 @@ describe('(g) AuditTrail.subscribe maps the core events end to end', { timeout: 
         bytes: 100,
         sha256: null,
         status,
+        dataset: UNKNOWN_SUMMARY,
       });
 
     events.emit('association-refused', {
@@ -1288,6 +1103,7 @@ describe('(g) AuditTrail.subscribe maps the core events end to end', { timeout: 
       bytes: 10,
       sha256: null,
       status: 0,
+      dataset: UNKNOWN_SUMMARY,
     });
     events.emit(
       'association-closed',
@@ -1362,7 +1178,7 @@ describe('(g) AuditTrail.subscribe maps the core events end to end', { timeout: 
 
     const transfers = byEvent('110104').map((r) => ({ record: r, root: checkAuditMessage(r.xml) }));
     const summaryOf = (root: XNode) =>
-      kids(root, 'ParticipantObjectIdentification').map((o) => {
+      sopClassObjectsOf(root).map((o) => {
         const sop = kid(kid(o, 'ParticipantObjectDescription'), 'SOPClass');
         return [
           sop.attrs['UID'],
@@ -1408,6 +1224,10 @@ describe('(g) AuditTrail.subscribe maps the core events end to end', { timeout: 
       kid(kid(rest[1]!.root, 'EventIdentification'), 'EventOutcomeDescription').text,
       /2 instance\(s\) not stored \(status 0xA700, no response\)/,
     );
+    // The data sets named no patient (events without data set knowledge): the Patient object says unknown.
+    for (const t of [...transfers, returned]) {
+      assert.deepEqual(patientsOf(t.root), [['unknown', 'unknown']]);
+    }
     const archive = kids(transfers[0]!.root, 'ActiveParticipant')[1] as XNode;
     assert.deepEqual(
       [archive.attrs['UserID'], archive.attrs['NetworkAccessPointID'], archive.attrs['UserName']],
@@ -1520,5 +1340,184 @@ describe('(g) AuditTrail.subscribe maps the core events end to end', { timeout: 
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
+  });
+});
+
+// ---------------------------------------------------------------- Patient, Study and Query (A.5.3.3/7/10)
+
+describe('(h) Patient and Study participant objects, ParticipantObjectQuery', { timeout: 30_000 }, () => {
+  const STUDY_A = '1.2.826.0.1.3680043.2.1125.7.1';
+  const STUDY_B = '1.2.826.0.1.3680043.2.1125.7.2';
+  const STUDY_C = '1.2.826.0.1.3680043.2.1125.7.3';
+  const patient = (id: string, name: string, study: string, accession: string | null = null) => ({
+    ...UNKNOWN_SUMMARY,
+    patientId: id,
+    patientName: name,
+    issuerOfPatientId: id === 'P1' ? 'HOSP' : null,
+    studyInstanceUid: study,
+    accessionNumber: accession,
+  });
+
+  function harness(over: Partial<AuditConfig> = {}) {
+    const events = new ProxyEvents();
+    const sink = new MemorySink();
+    const trail = new AuditTrail(config(over), [sink], {
+      hostname: 'gw1',
+      processId: '4242',
+      aeTitles: ['DICOM_PROXY'],
+      target: () => ({ address: 'pacs.example.org', aeTitle: 'PACS' }),
+      closeGraceMs: 0,
+    });
+    trail.subscribe(events);
+    events.emit('association-accepted', {
+      id: 'a1',
+      remoteAddress: '10.20.0.15',
+      callingAeTitle: 'CT_ROOM1',
+      calledAeTitle: 'DICOM_PROXY',
+      upstream: 'archive',
+      listener: 'forward',
+      acceptedContexts: 1,
+      refusedContexts: 0,
+      tls: { protocol: 'TLSv1.3', cipher: 'x', peerSubject: 'CN=pacs', peerFingerprint256: 'AA:BB' },
+    });
+    let n = 0;
+    const store = (sop: string, dataset: typeof UNKNOWN_SUMMARY, status: number | null = 0) =>
+      events.emit('instance', {
+        id: 'a1',
+        direction: 'modality-to-archive',
+        messageId: ++n,
+        sopClassUid: sop,
+        sopInstanceUid: `1.2.3.${n}`,
+        transferSyntaxUid: '1.2.840.10008.1.2.1',
+        bytes: 100,
+        sha256: null,
+        status,
+        dataset,
+      });
+    return { events, sink, trail, store };
+  }
+
+  test('Instances Transferred: one message per patient, a Study object per study with accessions and SOP classes', async () => {
+    const { events, sink, trail, store } = harness();
+    store(CT, patient('P1', 'Doe^Jane', STUDY_A, 'ACC1'));
+    store(CT, patient('P2', 'Roe^Rick', STUDY_C));
+    store(MR, patient('P1', 'Doe^Jane', STUDY_A, 'ACC1'));
+    store(CT, patient('P1', 'Doe^Jane', STUDY_B, 'ACC2'));
+    store(CT, { ...patient('P1', 'Doe^Jane', STUDY_A), studyInstanceUid: null }); // study not read
+    events.emit('association-closed', summary('a1', 5));
+    await trail.close();
+    const messages = sink.records.filter((r) => r.eventId === '110104').map((r) => checkAuditMessage(r.xml));
+    assert.equal(messages.length, 2, 'one message per patient (A.5.3.7: Patient 1)');
+    const [p1, p2] = messages as [XNode, XNode];
+    assert.deepEqual(patientsOf(p1), [['P1^^^HOSP', 'Doe^Jane']], 'ID in HL7 CX form with its issuer');
+    assert.deepEqual(studiesOf(p1), [
+      {
+        uid: STUDY_A,
+        accessions: ['ACC1'],
+        sopClasses: [
+          [CT, 1, ['1.2.3.1']],
+          [MR, 1, ['1.2.3.3']],
+        ],
+      },
+      { uid: STUDY_B, accessions: ['ACC2'], sopClasses: [[CT, 1, ['1.2.3.4']]] },
+    ]);
+    assert.deepEqual(
+      sopClassObjectsOf(p1).map((o) => o.attrs['ParticipantObjectID']),
+      [CT],
+      'the instance whose study was not read is listed by SOP class',
+    );
+    // Element order: studies, then SOP classes, then the patient.
+    assert.deepEqual(
+      kids(p1, 'ParticipantObjectIdentification').map((o) => code(kid(o, 'ParticipantObjectIDTypeCode'))),
+      ['110180', '110180', '110181', '2'],
+    );
+    assert.deepEqual(patientsOf(p2), [['P2', 'Roe^Rick']]);
+    assert.deepEqual(
+      studiesOf(p2).map((s) => s.uid),
+      [STUDY_C],
+    );
+  });
+
+  test('patientNames: false leaves the names out (the ID stands in the name element the schema asks for)', async () => {
+    const { events, sink, trail, store } = harness({ patientNames: false });
+    store(CT, patient('P2', 'Roe^Rick', STUDY_C));
+    events.emit('association-closed', summary('a1', 1));
+    await trail.close();
+    const xml = sink.records.find((r) => r.eventId === '110104')?.xml ?? '';
+    assert.deepEqual(patientsOf(checkAuditMessage(xml)), [['P2', 'P2']]);
+    assert.ok(!xml.includes('Roe'), 'no name anywhere in the message');
+  });
+
+  test('failures and successes of one patient stay apart (A.5.2)', async () => {
+    const { events, sink, trail, store } = harness();
+    store(CT, patient('P1', 'Doe^Jane', STUDY_A));
+    store(CT, patient('P1', 'Doe^Jane', STUDY_A), 0xa700);
+    events.emit('association-closed', summary('a1', 2));
+    await trail.close();
+    const outcomes = sink.records.filter((r) => r.eventId === '110104').map((r) => r.outcome);
+    assert.deepEqual(outcomes.sort(), [0, 4]);
+  });
+
+  test('Query carries the C-FIND identifier as ParticipantObjectQuery, with its transfer syntax', async () => {
+    const { events, sink, trail } = harness();
+    const identifier = Buffer.from('identifier bytes as relayed \u00e9', 'latin1');
+    events.emit('dimse-completed', {
+      id: 'a1',
+      direction: 'modality-to-archive',
+      command: 'C-FIND-RQ',
+      sopClassUid: FIND_STUDY,
+      status: 0,
+      statusClass: 'success',
+      durationMs: 3,
+      query: {
+        identifier: identifier.toString('base64'),
+        transferSyntaxUid: '1.2.840.10008.1.2',
+        truncated: true,
+      },
+    });
+    await trail.close();
+    const root = checkAuditMessage(sink.records.find((r) => r.eventId === '110112')?.xml ?? '');
+    const object = kid(root, 'ParticipantObjectIdentification');
+    assert.equal(object.attrs['ParticipantObjectID'], FIND_STUDY);
+    assert.deepEqual(Buffer.from(kid(object, 'ParticipantObjectQuery').text, 'base64'), identifier);
+    const details = Object.fromEntries(
+      kids(object, 'ParticipantObjectDetail').map((d) => [d.attrs['type'], b64(d.attrs['value'])]),
+    );
+    assert.deepEqual(details, { TransferSyntax: '1.2.840.10008.1.2', QueryTruncated: 'true' });
+  });
+
+  test('Begin Transferring for a C-MOVE: archive to the move destination, with the Patient and Study it names', async () => {
+    const { events, sink, trail } = harness();
+    events.emit('retrieve-started', {
+      id: 'a1',
+      direction: 'modality-to-archive',
+      command: 'C-MOVE',
+      sopClassUid: '1.2.840.10008.5.1.4.1.2.2.2',
+      moveDestination: 'WS1',
+      dataset: patient('P1', 'Doe^Jane', STUDY_A, 'ACC1'),
+    });
+    events.emit('retrieve-started', {
+      id: 'a1',
+      direction: 'modality-to-archive',
+      command: 'C-GET',
+      sopClassUid: '1.2.840.10008.5.1.4.1.2.1.3',
+      moveDestination: null,
+      dataset: { ...UNKNOWN_SUMMARY, patientId: 'P2' }, // a patient-level retrieve: no study
+    });
+    await trail.close();
+    const [move, get] = sink.records
+      .filter((r) => r.eventId === '110102')
+      .map((r) => checkAuditMessage(r.xml)) as [XNode, XNode];
+    assert.equal(kid(move, 'EventIdentification').attrs['EventActionCode'], 'E');
+    const [source, destination] = kids(move, 'ActiveParticipant') as [XNode, XNode];
+    assert.equal(source.attrs['UserID'], 'PACS');
+    assert.equal(destination.attrs['UserID'], 'WS1');
+    assert.deepEqual(roles(move).slice(0, 2), [['110153'], ['110152']]);
+    assert.deepEqual(studiesOf(move), [{ uid: STUDY_A, accessions: ['ACC1'], sopClasses: [] }]);
+    assert.deepEqual(patientsOf(move), [['P1^^^HOSP', 'Doe^Jane']]);
+    const [, getDestination] = kids(get, 'ActiveParticipant') as [XNode, XNode];
+    assert.equal(getDestination.attrs['UserID'], 'CT_ROOM1', 'C-GET: the requestor receives');
+    assert.deepEqual(studiesOf(get), []);
+    assert.deepEqual(patientsOf(get), [['P2', 'P2']]);
   });
 });

@@ -16,6 +16,7 @@ import {
 import type { ReadinessStatus } from '../../src/observe/readiness.js';
 import { createCa, issueCertificate } from '../../src/tls/pki.js';
 import { parseConfig } from '../../src/config/load.js';
+import { UNKNOWN_SUMMARY } from '../../src/dicom/prefix.js';
 
 interface Sample {
   name: string;
@@ -335,6 +336,7 @@ test('DIMSE, instance, ledger and protocol events', async () => {
       bytes: 500,
       sha256: null,
       status,
+      dataset: UNKNOWN_SUMMARY,
     });
   };
   instance('modality-to-archive', 0);

@@ -47,6 +47,7 @@ async function harness(apply: () => void = () => undefined) {
       enterpriseSiteId: null,
       file: null,
       maxInstancesPerMessage: 500,
+      patientNames: true,
       syslog: null,
     },
     [sink],

@@ -53,7 +53,9 @@ import {
   type MessageContext,
   type NodeParticipant,
   type ProxyIdentity,
+  type PatientEntry,
   type SopClassEntry,
+  type StudyEntry,
 } from './messages.js';
 import { SyslogTlsSender } from './syslog.js';
 
@@ -146,8 +148,10 @@ const TLS_AUTH_FAILURES = {
   'protocol-error': false,
 } as const satisfies Record<UpstreamFailure, boolean>;
 
-/** Distinct SOP classes in one Transferred message (a bound, like maxInstancesPerMessage). */
+/** Distinct (study, SOP Class) entries in one Transferred message (a bound, like maxInstancesPerMessage). */
 const MAX_SOP_CLASSES_PER_MESSAGE = 64;
+/** Messages (patients × directions × outcomes) being collected for one association at a time. */
+const MAX_GROUPS_PER_ASSOCIATION = 64;
 /** Contexts of recently closed associations kept for stragglers. */
 const RECENTLY_CLOSED = 1024;
 
@@ -172,10 +176,23 @@ const CALLER_SENDS: ReadonlySet<Direction> = new Set<Direction>([
   'archive-to-destination',
 ]);
 
+/** The instances of one study in a message: Accession Numbers and instances by SOP Class. */
+interface StudyGroup {
+  accessions: Set<string>;
+  sopClasses: Map<string, { count: number; uids: string[] }>;
+}
+
+/**
+ * The instances of one message: one association, direction, outcome and patient (A.5.3.7: one patient per
+ * message), by study ('' = the data set did not name its study).
+ */
 interface TransferGroup {
   direction: Direction;
   failed: boolean;
-  sopClasses: Map<string, { count: number; uids: string[] }>;
+  patient: PatientEntry;
+  studies: Map<string, StudyGroup>;
+  /** Distinct (study, SOP Class) entries: bounded like the instances. */
+  entries: number;
   listed: number;
   lastAt: Date;
   statuses: Set<string>;
@@ -199,6 +216,7 @@ export class AuditTrail extends EventEmitter<AuditTrailEvents> {
   private readonly closeGraceMs: number;
   private readonly maxTracked: number;
   private readonly maxInstances: number;
+  private readonly patientNames: boolean;
   private readonly closeTimeoutMs: number;
   private readonly contexts = new Map<string, AssociationContext>();
   private readonly recentlyClosed = new Map<string, AssociationContext>();
@@ -213,6 +231,7 @@ export class AuditTrail extends EventEmitter<AuditTrailEvents> {
     super();
     this.source = { sourceId: config.sourceId, enterpriseSiteId: config.enterpriseSiteId };
     this.maxInstances = config.maxInstancesPerMessage;
+    this.patientNames = config.patientNames;
     this.closeTimeoutMs = config.syslog?.closeTimeoutMs ?? 5_000;
     this.proxy = {
       processId: options.processId ?? String(process.pid),
@@ -419,6 +438,7 @@ export class AuditTrail extends EventEmitter<AuditTrailEvents> {
         if (!/^C-FIND/.test(e.command)) return;
         this.onFindCompleted(e);
       },
+      'retrieve-started': (e) => this.onRetrieveStarted(e),
       instance: (e) => this.onInstance(e),
       'association-closed': (e) => this.onClosed(e),
     };
@@ -518,16 +538,51 @@ export class AuditTrail extends EventEmitter<AuditTrailEvents> {
     return this.contexts.get(id) ?? this.recentlyClosed.get(id) ?? null;
   }
 
+  /**
+   * PS3.15 A.5.3.3 Begin Transferring: a C-MOVE or C-GET identifier has been relayed to the archive, which
+   * is the source; the destination is the Move Destination (C-MOVE) or the requestor itself (C-GET). The
+   * Patient and Study are the identifier's keys (a Patient-level retrieve names no study).
+   */
+  private onRetrieveStarted(e: ProxyEventMap['retrieve-started'][0]): void {
+    const ctx = this.contextOf(e.id);
+    const parties = this.parties(ctx, e.direction);
+    const d = e.dataset;
+    const destination: NodeParticipant =
+      e.command === 'C-MOVE'
+        ? { aeTitle: e.moveDestination, address: null, requestor: false }
+        : { ...parties.sender, requestor: true };
+    const sopClass = e.sopClassUid ?? 'unknown';
+    this.record(
+      beginTransferringMessage({
+        ...this.context(),
+        sender: { ...parties.receiver, requestor: false },
+        receiver: destination,
+        proxyAeTitles: parties.proxyAeTitles,
+        sopClasses: d.studyInstanceUid === null ? [{ uid: sopClass, numberOfInstances: 0 }] : [],
+        studies:
+          d.studyInstanceUid === null
+            ? []
+            : [
+                {
+                  studyInstanceUid: d.studyInstanceUid,
+                  accessionNumbers: d.accessionNumber === null ? [] : [d.accessionNumber],
+                  sopClasses: [],
+                },
+              ],
+        patient: {
+          id: d.patientId,
+          issuer: d.issuerOfPatientId,
+          name: this.patientNames ? d.patientName : null,
+        },
+        outcomeDescription: `${e.command} requested by ${ctx?.callingAeTitle ?? 'unknown'} (${sopClass})`,
+      }),
+      0,
+    );
+  }
+
   private onFindCompleted(e: ProxyEventMap['dimse-completed'][0]): void {
     const ctx = this.contextOf(e.id);
-    // The Affected SOP Class UID, when the event carries it (forward-compatible); else "unknown".
-    const extra = e as { sopClassUid?: unknown; affectedSopClassUid?: unknown };
-    const sopClassUid =
-      typeof extra.sopClassUid === 'string'
-        ? extra.sopClassUid
-        : typeof extra.affectedSopClassUid === 'string'
-          ? extra.affectedSopClassUid
-          : 'unknown';
+    const sopClassUid = e.sopClassUid ?? 'unknown';
     const parties = this.parties(ctx, e.direction);
     const cls = statusClass(e.status);
     const outcome: EventOutcome = cls === 'failure' ? 4 : 0;
@@ -539,6 +594,13 @@ export class AuditTrail extends EventEmitter<AuditTrailEvents> {
         responder: { ...parties.receiver, requestor: false },
         proxyAeTitles: parties.proxyAeTitles,
         sopClassUid,
+        ...(e.query
+          ? {
+              queryDataset: Buffer.from(e.query.identifier, 'base64'),
+              transferSyntaxUid: e.query.transferSyntaxUid,
+              queryTruncated: e.query.truncated,
+            }
+          : {}),
         outcome,
         outcomeDescription: outcome === 0 ? null : `${e.command} completed with status ${status} (${cls})`,
       }),
@@ -607,23 +669,43 @@ export class AuditTrail extends EventEmitter<AuditTrailEvents> {
   private onInstance(e: ProxyEventMap['instance'][0]): void {
     const state = this.stateOf(e.id);
     const failed = e.status === null || statusClass(e.status) === 'failure';
-    const key = `${e.direction}:${failed ? 'failed' : 'ok'}`;
+    const d = e.dataset;
+    const key = `${e.direction}:${failed ? 'failed' : 'ok'}:${d.patientId ?? ''}^${d.issuerOfPatientId ?? ''}`;
     let group = state.groups.get(key);
     if (group === undefined) {
+      if (state.groups.size >= MAX_GROUPS_PER_ASSOCIATION) {
+        const [oldestKey, oldest] = state.groups.entries().next().value as [string, TransferGroup];
+        state.groups.delete(oldestKey);
+        this.emitGroup(state, oldest);
+      }
       group = {
         direction: e.direction,
         failed,
-        sopClasses: new Map(),
+        patient: {
+          id: d.patientId,
+          issuer: d.issuerOfPatientId,
+          name: this.patientNames ? d.patientName : null,
+        },
+        studies: new Map(),
+        entries: 0,
         listed: 0,
         lastAt: this.now(),
         statuses: new Set(),
       };
       state.groups.set(key, group);
     }
-    let entry = group.sopClasses.get(e.sopClassUid);
+    const studyUid = d.studyInstanceUid ?? '';
+    let study = group.studies.get(studyUid);
+    if (study === undefined) {
+      study = { accessions: new Set(), sopClasses: new Map() };
+      group.studies.set(studyUid, study);
+    }
+    if (d.accessionNumber !== null && study.accessions.size < 16) study.accessions.add(d.accessionNumber);
+    let entry = study.sopClasses.get(e.sopClassUid);
     if (entry === undefined) {
       entry = { count: 0, uids: [] };
-      group.sopClasses.set(e.sopClassUid, entry);
+      study.sopClasses.set(e.sopClassUid, entry);
+      group.entries++;
     }
     entry.count++;
     entry.uids.push(e.sopInstanceUid);
@@ -635,7 +717,7 @@ export class AuditTrail extends EventEmitter<AuditTrailEvents> {
       );
     }
     state.seen++;
-    if (group.listed >= this.maxInstances || group.sopClasses.size >= MAX_SOP_CLASSES_PER_MESSAGE) {
+    if (group.listed >= this.maxInstances || group.entries >= MAX_SOP_CLASSES_PER_MESSAGE) {
       state.groups.delete(key);
       this.emitGroup(state, group);
     }
@@ -706,11 +788,20 @@ export class AuditTrail extends EventEmitter<AuditTrailEvents> {
   }
 
   private emitGroup(state: AssociationState, group: TransferGroup): void {
-    const sopClasses: SopClassEntry[] = [...group.sopClasses].map(([uid, e]) => ({
-      uid,
-      numberOfInstances: e.count,
-      instanceUids: e.uids,
-    }));
+    const entries = (m: StudyGroup['sopClasses']): SopClassEntry[] =>
+      [...m].map(([uid, e]) => ({ uid, numberOfInstances: e.count, instanceUids: e.uids }));
+    const studies: StudyEntry[] = [];
+    let unknownStudy: SopClassEntry[] = [];
+    for (const [uid, study] of group.studies) {
+      if (uid === '') unknownStudy = entries(study.sopClasses);
+      else {
+        studies.push({
+          studyInstanceUid: uid,
+          accessionNumbers: [...study.accessions],
+          sopClasses: entries(study.sopClasses),
+        });
+      }
+    }
     const outcome: EventOutcome = group.failed ? 4 : 0;
     const description = group.failed
       ? `${group.listed} instance(s) not stored (status ${[...group.statuses].join(', ')})`
@@ -720,7 +811,9 @@ export class AuditTrail extends EventEmitter<AuditTrailEvents> {
         ...this.context(),
         time: group.lastAt,
         ...this.parties(state.context ?? this.contextOf(state.id), group.direction),
-        sopClasses,
+        sopClasses: unknownStudy,
+        studies,
+        patient: group.patient,
         outcome,
         outcomeDescription: description,
       }),

@@ -7,18 +7,19 @@
  * ActiveParticipant+, AuditSourceIdentification, ParticipantObjectIdentification*. Coded values use the
  * A.5.1 CodedValueType attributes csd-code, codeSystemName and originalText ("Code Meaning").
  *
- * What the proxy can and cannot say. It relays DIMSE messages and reads command sets only, never data sets
- * (no pixel data, no patient names, by design). Hence, deliberately and documented for the conformance
- * statement (PS3.15 A.5 c-e):
- *  - DICOM Instances Transferred / Begin Transferring (A.5.3.7 / A.5.3.3) carry no Patient participant
- *    object and no Study Instance UID: the participant objects are the SOP Classes (ID type
- *    (110181, DCM, "SOP Class UID")) with ParticipantObjectDescription/SOPClass giving NumberOfInstances and
- *    the SOP Instance UIDs, which the C-STORE command set carries (Affected SOP Class / Instance UID).
- *  - Query (A.5.3.10) names the SOP Class queried but does not include ParticipantObjectQuery (the query
- *    data set) nor its TransferSyntax detail unless the caller supplies them: the relay does not parse the
- *    identifier data set. The builder accepts both for callers that have them.
- *  - The schema's choice "ParticipantObjectName | ParticipantObjectQuery" is always satisfied: when no query
- *    data set is given, ParticipantObjectName is written.
+ * What the proxy can say. It relays DIMSE messages, decodes command sets, and reads a bounded prefix of each
+ * C-STORE data set and C-FIND / C-MOVE / C-GET identifier (src/dicom/prefix.ts) for the Patient and Study
+ * it names, never pixel data. Hence (the README's audit conformance section lists every message):
+ *  - DICOM Instances Transferred / Begin Transferring (A.5.3.7 / A.5.3.3): one message per patient
+ *    (A.5.3.7: "Patient 1"), with one Study participant object per study (ID type (110180, DCM, "Study
+ *    Instance UID"), Accession and SOPClass with NumberOfInstances and the SOP Instance UIDs in
+ *    ParticipantObjectDescription) and the Patient object (ID type (2, RFC-3881, "Patient Number"), the ID
+ *    in HL7 CX form, the name unless a site leaves names out). Instances whose data set did not name its
+ *    study are listed under SOP Class objects (110181) as before; a patient that was not read is "unknown".
+ *  - Query (A.5.3.10): the SOP Class queried, with ParticipantObjectQuery (the identifier as relayed,
+ *    bounded) and its TransferSyntax detail.
+ *  - The schema's choice "ParticipantObjectName | ParticipantObjectQuery" is always satisfied: when neither
+ *    a query nor a name is given, ParticipantObjectName repeats the ID.
  */
 import { isIP } from 'node:net';
 import type { Refusal } from '../../vocabulary/outcomes.js';
@@ -80,6 +81,11 @@ export const OBJECT_ID_TYPE = Object.freeze({
   studyInstanceUid: dcm('110180', 'Study Instance UID'),
   sopClassUid: dcm('110181', 'SOP Class UID'),
   nodeId: dcm('110182', 'Node ID'),
+  patientNumber: Object.freeze({
+    code: '2',
+    codeSystemName: 'RFC-3881',
+    originalText: 'Patient Number',
+  }) as CodedValue,
   uri: Object.freeze({ code: '12', codeSystemName: 'RFC-3881', originalText: 'URI' }) as CodedValue,
 });
 
@@ -130,6 +136,8 @@ export interface ParticipantObject {
   /** ParticipantObjectQuery (base64Binary); when given it replaces ParticipantObjectName (schema choice). */
   query?: Uint8Array | null;
   details?: readonly ValuePair[];
+  /** Accession Numbers (ParticipantObjectDescription/Accession, before the SOP classes in the schema). */
+  accessions?: readonly string[];
   sopClasses?: readonly SopClassEntry[];
 }
 
@@ -246,8 +254,10 @@ export function buildAuditMessage(spec: AuditMessageSpec): string {
       ])}/>`;
     }
     const sopClasses = o.sopClasses ?? [];
-    if (sopClasses.length > 0) {
+    const accessions = o.accessions ?? [];
+    if (sopClasses.length > 0 || accessions.length > 0) {
       xml += '<ParticipantObjectDescription>';
+      for (const a of accessions) xml += `<Accession${attrs([['Number', a]])}/>`;
       for (const s of sopClasses) {
         const uids = s.instanceUids ?? [];
         const open = `<SOPClass${attrs([
@@ -403,12 +413,32 @@ export function applicationActivityMessage(input: ApplicationActivityInput): str
 
 // ------------------------------------------------- A.5.3.3 Begin Transferring, A.5.3.7 Instances Transferred
 
+/** A study the instances of a message belong to (A.5.3.7 Study participant object). */
+export interface StudyEntry {
+  studyInstanceUid: string;
+  accessionNumbers?: readonly string[];
+  sopClasses: readonly SopClassEntry[];
+}
+
+/** The patient of a message (A.5.3.7 Patient participant object); null fields were not read. */
+export interface PatientEntry {
+  id: string | null;
+  issuer?: string | null;
+  /** Patient's Name; left out (null) where the site's policy says so. */
+  name?: string | null;
+}
+
 export interface TransferInput extends MessageContext {
   sender: NodeParticipant;
   receiver: NodeParticipant;
   /** AE titles the proxy used on this association (the called AE title the modality addressed). */
   proxyAeTitles?: readonly (string | null | undefined)[];
+  /** Instances whose study is not known, by SOP Class (110181 participant objects). */
   sopClasses: readonly SopClassEntry[];
+  /** The studies (110180 participant objects). */
+  studies?: readonly StudyEntry[];
+  /** The patient; absent: no Patient participant object (a message built without data set knowledge). */
+  patient?: PatientEntry | null;
   outcome?: EventOutcome;
   outcomeDescription?: string | null;
 }
@@ -438,6 +468,45 @@ export function sopClassObjects(sopClasses: readonly SopClassEntry[]): Participa
   }));
 }
 
+/** Study participant objects: 2 system, 3 report, (110180, DCM, "Study Instance UID"). */
+export function studyObjects(studies: readonly StudyEntry[]): ParticipantObject[] {
+  return studies.map((s) => ({
+    id: s.studyInstanceUid,
+    typeCode: 2,
+    typeCodeRole: 3,
+    idTypeCode: OBJECT_ID_TYPE.studyInstanceUid,
+    name: s.studyInstanceUid,
+    accessions: s.accessionNumbers ?? [],
+    sopClasses: s.sopClasses,
+  }));
+}
+
+/** The patient ID as HL7 v2 CX (ID^^^Assigning Authority), as PS3.15 A.5.2.5 asks; "unknown" if not read. */
+export function patientObjectId(p: PatientEntry): string {
+  const id = p.id ?? 'unknown';
+  return p.issuer ? `${id}^^^${p.issuer}` : id;
+}
+
+/** The Patient participant object: 1 person, 1 patient, (2, RFC-3881, "Patient Number"). */
+export function patientObject(p: PatientEntry): ParticipantObject {
+  return {
+    id: patientObjectId(p),
+    typeCode: 1,
+    typeCodeRole: 1,
+    idTypeCode: OBJECT_ID_TYPE.patientNumber,
+    name: p.name ?? null,
+  };
+}
+
+/** Participant objects of a transfer message: studies, instances of unknown study, then the patient. */
+function transferObjects(input: TransferInput): ParticipantObject[] {
+  return [
+    ...studyObjects(input.studies ?? []),
+    ...sopClassObjects(input.sopClasses),
+    ...(input.patient ? [patientObject(input.patient)] : []),
+  ];
+}
+
 /** The two transfer messages differ only in EventID and EventActionCode. */
 function transferMessage(eventId: CodedValue, actionCode: EventActionCode, input: TransferInput): string {
   return buildAuditMessage({
@@ -448,7 +517,7 @@ function transferMessage(eventId: CodedValue, actionCode: EventActionCode, input
     outcomeDescription: input.outcomeDescription ?? null,
     participants: transferParticipants(input),
     source: input.source,
-    objects: sopClassObjects(input.sopClasses),
+    objects: transferObjects(input),
   });
 }
 
@@ -474,10 +543,12 @@ export interface QueryInput extends MessageContext {
   proxyAeTitles?: readonly (string | null | undefined)[];
   /** The SOP Class queried (C-FIND Affected SOP Class UID). */
   sopClassUid: string;
-  /** The query data set, when known (the proxy does not parse data sets: normally absent). */
+  /** The query data set (the C-FIND identifier as relayed, bounded). */
   queryDataset?: Uint8Array | null;
-  /** Transfer syntax of the query data set, when known. */
+  /** Transfer syntax of the query data set. */
   transferSyntaxUid?: string | null;
+  /** The identifier was longer than what is kept: ParticipantObjectQuery holds its first bytes. */
+  queryTruncated?: boolean;
   outcome?: EventOutcome;
   outcomeDescription?: string | null;
 }
@@ -492,6 +563,7 @@ export function queryMessage(input: QueryInput): string {
   if (input.queryDataset && input.transferSyntaxUid) {
     details.push({ type: 'TransferSyntax', value: input.transferSyntaxUid });
   }
+  if (input.queryDataset && input.queryTruncated) details.push({ type: 'QueryTruncated', value: 'true' });
   return buildAuditMessage({
     eventId: EVENT_ID.query,
     actionCode: 'E',
