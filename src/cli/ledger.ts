@@ -3,7 +3,7 @@
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import { readFile, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { exportRecords, findRecords, hashPart10File } from '../integrity/find.js';
+import { exportRecords, findRecords, hashPart10File, type RecordQuery } from '../integrity/find.js';
 import { keyId, writeSigningKey } from '../integrity/keys.js';
 import { verifyLedger } from '../integrity/verify.js';
 
@@ -117,39 +117,67 @@ export function registerLedgerCommands(program: Command, io: LedgerCliIo = proce
 
   ledger
     .command('find')
-    .description('print the instance records of a DICOM file (by data set SHA-256) or a SOP Instance UID')
+    .description(
+      'print the instance records of a DICOM file (by data set SHA-256), a SOP Instance UID, a study or a calling AE title',
+    )
     .option('-f, --file <file.dcm>', 'DICOM Part 10 file: match the SHA-256 of its data set')
     .option('-u, --sop-instance-uid <uid>', 'match the SOP Instance UID')
+    .option('-s, --study <uid>', 'match the Study Instance UID')
+    .option('-a, --calling-ae <aet>', 'match the calling AE title (who sent or asked)')
     .option('-l, --ledger <dir|file>', 'ledger directory or one ledger file', DEFAULT_LEDGER)
     .action(
-      guarded('find', async (opts: { file?: string; sopInstanceUid?: string; ledger: string }) => {
-        if (opts.file === undefined && opts.sopInstanceUid === undefined) {
-          err('dimse-tls-proxy ledger find: give --file <file.dcm> or --sop-instance-uid <uid>\n');
-          io.setExitCode(2);
-          return;
-        }
-        const query: { sha256?: string; sopInstanceUid?: string } = {};
-        const wanted: string[] = [];
-        if (opts.file !== undefined) {
-          const { sha256, bytes } = await hashPart10File(resolve(opts.file));
-          err(`${opts.file}: data set SHA-256 ${sha256} (${plural(bytes, 'byte')})\n`);
-          query.sha256 = sha256;
-          wanted.push(`sha256 ${sha256} (${opts.file})`);
-        }
-        if (opts.sopInstanceUid !== undefined) {
-          query.sopInstanceUid = opts.sopInstanceUid;
-          wanted.push(`SOP Instance UID ${opts.sopInstanceUid}`);
-        }
-        const found = await findRecords(opts.ledger, query);
-        if (found.length === 0) {
-          err(`no record matches ${wanted.join(' and ')} in ${opts.ledger}\n`);
-          io.setExitCode(1);
-          return;
-        }
-        const name = await displayName(opts.ledger);
-        for (const f of found) out(`${name(f.file)}:${f.line} ${JSON.stringify(f.record)}\n`);
-        io.setExitCode(0);
-      }),
+      guarded(
+        'find',
+        async (opts: {
+          file?: string;
+          sopInstanceUid?: string;
+          study?: string;
+          callingAe?: string;
+          ledger: string;
+        }) => {
+          if (
+            opts.file === undefined &&
+            opts.sopInstanceUid === undefined &&
+            opts.study === undefined &&
+            opts.callingAe === undefined
+          ) {
+            err(
+              'dimse-tls-proxy ledger find: give --file <file.dcm>, --sop-instance-uid <uid>, --study <uid> or --calling-ae <aet>\n',
+            );
+            io.setExitCode(2);
+            return;
+          }
+          const query: RecordQuery = {};
+          const wanted: string[] = [];
+          if (opts.file !== undefined) {
+            const { sha256, bytes } = await hashPart10File(resolve(opts.file));
+            err(`${opts.file}: data set SHA-256 ${sha256} (${plural(bytes, 'byte')})\n`);
+            query.sha256 = sha256;
+            wanted.push(`sha256 ${sha256} (${opts.file})`);
+          }
+          if (opts.sopInstanceUid !== undefined) {
+            query.sopInstanceUid = opts.sopInstanceUid;
+            wanted.push(`SOP Instance UID ${opts.sopInstanceUid}`);
+          }
+          if (opts.study !== undefined) {
+            query.studyInstanceUid = opts.study;
+            wanted.push(`Study Instance UID ${opts.study}`);
+          }
+          if (opts.callingAe !== undefined) {
+            query.callingAeTitle = opts.callingAe;
+            wanted.push(`calling AE title ${opts.callingAe}`);
+          }
+          const found = await findRecords(opts.ledger, query);
+          if (found.length === 0) {
+            err(`no record matches ${wanted.join(' and ')} in ${opts.ledger}\n`);
+            io.setExitCode(1);
+            return;
+          }
+          const name = await displayName(opts.ledger);
+          for (const f of found) out(`${name(f.file)}:${f.line} ${JSON.stringify(f.record)}\n`);
+          io.setExitCode(0);
+        },
+      ),
     );
 
   ledger
@@ -158,11 +186,20 @@ export function registerLedgerCommands(program: Command, io: LedgerCliIo = proce
     .option('-l, --ledger <dir|file>', 'ledger directory or one ledger file', DEFAULT_LEDGER)
     .option('--since <time>', 'ISO 8601 time: records at or after it', parseTime)
     .option('--until <time>', 'ISO 8601 time: records before it', parseTime)
+    .option('-s, --study <uid>', 'only instances of this Study Instance UID (and what confirms them)')
+    .option('-a, --calling-ae <aet>', 'only instances this calling AE title sent or asked for')
     .addOption(new Option('--format <format>', 'output format').choices(['csv', 'json']).default('csv'))
     .action(
       guarded(
         'export',
-        async (opts: { ledger: string; since?: Date; until?: Date; format: 'csv' | 'json' }) => {
+        async (opts: {
+          ledger: string;
+          since?: Date;
+          until?: Date;
+          format: 'csv' | 'json';
+          study?: string;
+          callingAe?: string;
+        }) => {
           await stat(opts.ledger); // a clear ENOENT before any output
           await exportRecords(
             opts.ledger,
@@ -170,6 +207,8 @@ export function registerLedgerCommands(program: Command, io: LedgerCliIo = proce
               format: opts.format,
               ...(opts.since ? { since: opts.since } : {}),
               ...(opts.until ? { until: opts.until } : {}),
+              ...(opts.study !== undefined ? { studyInstanceUid: opts.study } : {}),
+              ...(opts.callingAe !== undefined ? { callingAeTitle: opts.callingAe } : {}),
             },
             io.stdout,
           );

@@ -280,4 +280,3 @@ export function inflate(data: Buffer): Buffer {
     );
   }
 }
-

@@ -35,18 +35,36 @@ export async function* readRecords(path: string): AsyncGenerator<FoundRecord<Led
   }
 }
 
+/** What instance records are looked up by; every given criterion must match. */
+export interface RecordQuery {
+  sha256?: string;
+  sopInstanceUid?: string;
+  /** Study Instance UID (format version 2 records; version 1 records carry none and never match). */
+  studyInstanceUid?: string;
+  callingAeTitle?: string;
+}
+
+/** A predicate over instance records for a query (AE titles compared without their space padding). */
+export function matcher(query: RecordQuery): (record: InstanceRecord) => boolean {
+  const sha256 = query.sha256?.toLowerCase();
+  const calling = query.callingAeTitle?.trim();
+  return (record) =>
+    (sha256 === undefined || record.sha256 === sha256) &&
+    (query.sopInstanceUid === undefined || record.sopInstanceUid === query.sopInstanceUid) &&
+    (query.studyInstanceUid === undefined || record.studyInstanceUid === query.studyInstanceUid) &&
+    (calling === undefined || record.callingAeTitle.trim() === calling);
+}
+
 /** Instance records matching every given criterion (no criterion: all of them). */
 export async function findRecords(
   path: string,
-  query: { sha256?: string; sopInstanceUid?: string },
+  query: RecordQuery,
 ): Promise<Array<FoundRecord<InstanceRecord>>> {
-  const sha256 = query.sha256?.toLowerCase();
+  const matches = matcher(query);
   const found: Array<FoundRecord<InstanceRecord>> = [];
   for await (const { file, line, record } of readRecords(path)) {
     if (record.type !== 'instance') continue;
-    if (sha256 !== undefined && record.sha256 !== sha256) continue;
-    if (query.sopInstanceUid !== undefined && record.sopInstanceUid !== query.sopInstanceUid) continue;
-    found.push({ file, line, record });
+    if (matches(record)) found.push({ file, line, record });
   }
   return found;
 }
@@ -118,15 +136,30 @@ async function write(out: NodeJS.WritableStream, text: string): Promise<void> {
 /**
  * Write the instance and committed records with since <= time < until (either bound optional) as CSV
  * (RFC 4180: header row, CRLF, fields quoted when needed, null = empty) or as one JSON array of the
- * records exactly as stored. Resolves with the number of records written.
+ * records exactly as stored. With a study or calling AE filter, instance records must match it and a
+ * committed record is written when it confirms an instance written before it. Resolves with the number
+ * of records written.
  */
 export async function exportRecords(
   path: string,
-  opts: { since?: Date; until?: Date; format: 'csv' | 'json' },
+  opts: {
+    since?: Date;
+    until?: Date;
+    format: 'csv' | 'json';
+    studyInstanceUid?: string;
+    callingAeTitle?: string;
+  },
   out: NodeJS.WritableStream,
 ): Promise<number> {
   const since = opts.since?.getTime();
   const until = opts.until?.getTime();
+  const filtered = opts.studyInstanceUid !== undefined || opts.callingAeTitle !== undefined;
+  const matches = matcher({
+    ...(opts.studyInstanceUid !== undefined ? { studyInstanceUid: opts.studyInstanceUid } : {}),
+    ...(opts.callingAeTitle !== undefined ? { callingAeTitle: opts.callingAeTitle } : {}),
+  });
+  /** SOP Instance UIDs of the instance records written (bounded: for the committed records). */
+  const written = new Set<string>();
   let count = 0;
   if (opts.format === 'csv') await write(out, `${EXPORT_COLUMNS.join(',')}\r\n`);
   else await write(out, '[');
@@ -136,6 +169,12 @@ export async function exportRecords(
       const t = Date.parse(record.time);
       if (Number.isNaN(t) || (since !== undefined && t < since) || (until !== undefined && t >= until))
         continue;
+    }
+    if (filtered) {
+      if (record.type === 'instance') {
+        if (!matches(record)) continue;
+        if (written.size < 1_000_000) written.add(record.sopInstanceUid);
+      } else if (!written.has(record.sopInstanceUid)) continue;
     }
     const r: InstanceRecord | CommittedRecord = record;
     if (opts.format === 'csv') {

@@ -1,5 +1,5 @@
 /*
- * THE LEDGER FORMAT (version 1). This comment is a public contract: an auditor must be able to check a
+ * THE LEDGER FORMAT (version 2; version 1 is read as well). This comment is a public contract: an auditor must be able to check a
  * ledger with nothing but this text, a JSON parser and SHA-256 / Ed25519.
  *
  * Files
@@ -24,7 +24,9 @@
  *     prev = the hash of the record before it in the chain (across files); 64 "0" characters for the
  *            very first record of the ledger.
  *     seq  = 1 for the first record of the ledger, then +1 for every record, across files.
- *     v    = 1 (this format version).
+ *     v    = 2 (this format version) for every record written now; 1 for records written before it. A
+ *            ledger may hold both: a chain started by an earlier release continues with version 2
+ *            records. Version 1 differs only in the instance record, which had no studyInstanceUid.
  *     time = ISO 8601 (UTC, as Date.prototype.toISOString) when the ledger wrote the record; for
  *            `instance` records, the time the relay saw the response (InstanceEvidence.time).
  *
@@ -35,15 +37,18 @@
  *               previous file, so a missing, renamed or truncated file shows at the next file's line 1.
  *   instance    v, type, seq, time, association, direction, callingAeTitle, calledAeTitle,
  *               upstreamAeTitle, peerAddress, archiveAddress, archiveCertSha256, clientCertSha256,
- *               sopClassUid, sopInstanceUid, transferSyntaxUid, bytes, sha256, status, outcome,
- *               moveOriginatorAeTitle, moveOriginatorMessageId, prev, hash
+ *               sopClassUid, sopInstanceUid, studyInstanceUid, transferSyntaxUid, bytes, sha256,
+ *               status, outcome, moveOriginatorAeTitle, moveOriginatorMessageId, prev, hash
+ *               (version 1: the same without studyInstanceUid)
  *               One transferred instance (see InstanceEvidence in types.ts). `direction` is one of
  *               modality-to-archive, archive-to-modality (C-GET sub-operations), archive-to-destination
  *               (C-MOVE sub-operations relayed by the return listener; peerAddress is then the
  *               destination's receiver and archiveAddress the archive that called in),
  *               destination-to-archive. `sha256` is over the data
  *               set bytes exactly as transferred (for a Part 10 file: every byte after the File Meta
- *               Information); `status` is the C-STORE-RSP status or null when none came.
+ *               Information); `status` is the C-STORE-RSP status or null when none came;
+ *               `studyInstanceUid` the Study Instance UID (0020,000D) read from the data set's first
+ *               bytes, or null when they did not hold it.
  *   committed   v, type, seq, time, sopClassUid, sopInstanceUid, transactionUid, confirms, prev, hash
  *               A Storage Commitment confirmation; `confirms` is the seq of the instance record it
  *               confirms, or null when none was found.
@@ -85,7 +90,9 @@ export const TRANSFER_DIRECTIONS: ReadonlySet<string> = new Set<TransferDirectio
   'destination-to-archive',
 ]);
 
-export const FORMAT_VERSION = 1;
+export const FORMAT_VERSION = 2;
+/** Format versions a ledger may hold (verify and find read every one). */
+export const READABLE_VERSIONS: ReadonlySet<number> = new Set([1, 2]);
 export const GENESIS_PREV = '0'.repeat(64);
 export const MAX_LINE_BYTES = 1024 * 1024;
 export const CHECKPOINT_DOMAIN = 'dimse-tls-proxy ledger checkpoint v1';
@@ -122,6 +129,7 @@ export const KEY_ORDER = {
     'clientCertSha256',
     'sopClassUid',
     'sopInstanceUid',
+    'studyInstanceUid',
     'transferSyntaxUid',
     'bytes',
     'sha256',
@@ -148,8 +156,14 @@ export const KEY_ORDER = {
   recovered: ['v', 'type', 'seq', 'time', 'file', 'tornBytes', 'savedAs', 'prev', 'hash'],
 } as const satisfies Record<RecordType, readonly string[]>;
 
+/** The key order of version 1 records: the instance record had no studyInstanceUid. */
+const KEY_ORDER_V1: Record<RecordType, readonly string[]> = {
+  ...KEY_ORDER,
+  instance: KEY_ORDER.instance.filter((k) => k !== 'studyInstanceUid'),
+};
+
 interface RecordHead<T extends RecordType> {
-  v: 1;
+  v: 1 | 2;
   type: T;
   seq: number;
   time: string;
@@ -176,6 +190,8 @@ export type InstanceRecord = RecordHead<'instance'> & {
   clientCertSha256: string | null;
   sopClassUid: string;
   sopInstanceUid: string;
+  /** Absent from version 1 records. */
+  studyInstanceUid?: string | null;
   transferSyntaxUid: string;
   bytes: number;
   sha256: string;
@@ -226,7 +242,7 @@ const isHex64: Check = (x) => typeof x === 'string' && HEX64.test(x);
 
 /** What each field must hold (the same name means the same thing in every record type). */
 const FIELD_CHECKS: Record<string, [Check, string]> = {
-  v: [(x) => x === FORMAT_VERSION, `${FORMAT_VERSION}`],
+  v: [(x) => typeof x === 'number' && READABLE_VERSIONS.has(x), [...READABLE_VERSIONS].join(' or ')],
   type: [isString, 'a string'],
   seq: [(x) => isCount(x) && x !== 0, 'a positive integer'],
   time: [isString, 'a string'],
@@ -243,6 +259,7 @@ const FIELD_CHECKS: Record<string, [Check, string]> = {
   clientCertSha256: [isStringOrNull, 'a string or null'],
   sopClassUid: [isString, 'a string'],
   sopInstanceUid: [isString, 'a string'],
+  studyInstanceUid: [isStringOrNull, 'a string or null'],
   transferSyntaxUid: [isString, 'a string'],
   bytes: [isCount, 'a non-negative integer'],
   sha256: [isString, 'a string'],
@@ -286,6 +303,12 @@ const UNSEALED_KEY_ORDER: Record<RecordType, readonly string[]> = {
   recovered: KEY_ORDER.recovered.slice(0, -1),
 };
 
+/** The key order of a record of format version v (null for a version this reader does not know). */
+function keyOrderOf(v: unknown, type: RecordType, unsealed: boolean): readonly string[] | null {
+  const order = v === 1 ? KEY_ORDER_V1[type] : v === FORMAT_VERSION ? KEY_ORDER[type] : null;
+  return order === null ? null : unsealed ? order.slice(0, -1) : order;
+}
+
 /**
  * Field problems of a parsed object as a record (key order, field types), or null when it is fine.
  * With `unsealed`, the object is a record before sealing: every key but the final "hash".
@@ -293,7 +316,10 @@ const UNSEALED_KEY_ORDER: Record<RecordType, readonly string[]> = {
 export function structureProblem(obj: Record<string, unknown>, unsealed = false): string | null {
   const type = obj.type;
   if (!isRecordType(type)) return `unknown record type ${JSON.stringify(type)}`;
-  const expected: readonly string[] = (unsealed ? UNSEALED_KEY_ORDER : KEY_ORDER)[type];
+  const expected = keyOrderOf(obj.v, type, unsealed);
+  if (expected === null) {
+    return `v must be ${[...READABLE_VERSIONS].join(' or ')}, not ${JSON.stringify(obj.v)}`;
+  }
   const keys = Object.keys(obj);
   if (keys.length !== expected.length || keys.some((k, i) => k !== expected[i])) {
     return `keys of a ${type} record must be ${expected.join(',')}, not ${keys.join(',')}`;
@@ -315,7 +341,7 @@ export function structureProblem(obj: Record<string, unknown>, unsealed = false)
 export function sealRecord(body: UnsealedRecord): { record: LedgerRecord; line: Buffer } {
   const source = body as unknown as Record<string, unknown>;
   const ordered: Record<string, unknown> = {};
-  for (const key of UNSEALED_KEY_ORDER[body.type]) {
+  for (const key of keyOrderOf(body.v, body.type, true) ?? UNSEALED_KEY_ORDER[body.type]) {
     ordered[key] = source[key] === undefined ? null : source[key];
   }
   const { hash, line } = sealOrdered(ordered as unknown as UnsealedRecord);

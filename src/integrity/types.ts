@@ -24,6 +24,8 @@ export interface InstanceEvidence {
   clientCertSha256: string | null;
   sopClassUid: string;
   sopInstanceUid: string;
+  /** Study Instance UID read from the data set's first bytes (dicom/prefix.ts); null when not read. */
+  studyInstanceUid?: string | null;
   transferSyntaxUid: string;
   /** Data set bytes (data PDV values) exactly as transferred. */
   bytes: number;

@@ -12,6 +12,7 @@ import { LedgerError, describeFsError } from './errors.js';
 import {
   GENESIS_PREV,
   type LedgerRecord,
+  FORMAT_VERSION,
   MAX_LINE_BYTES,
   type RecordType,
   type UnsealedRecord,
@@ -256,7 +257,7 @@ export class LedgerWriter implements LedgerSink {
     const hex = '0'.repeat(64);
     this.checkpointBaseLength =
       lineLength({
-        v: 1,
+        v: FORMAT_VERSION,
         type: 'checkpoint',
         seq: 1,
         time: '2000-01-01T00:00:00.000Z',
@@ -385,7 +386,7 @@ export class LedgerWriter implements LedgerSink {
     // order; seq and prev are set when it is sealed. `?? null`: a missing optional field is null.
     return this.submit(
       {
-        v: 1,
+        v: FORMAT_VERSION,
         type: 'instance',
         seq: 0,
         time: e.time,
@@ -400,6 +401,7 @@ export class LedgerWriter implements LedgerSink {
         clientCertSha256: e.clientCertSha256 ?? null,
         sopClassUid: e.sopClassUid,
         sopInstanceUid: e.sopInstanceUid,
+        studyInstanceUid: e.studyInstanceUid ?? null,
         transferSyntaxUid: e.transferSyntaxUid,
         bytes: e.bytes,
         sha256: e.sha256,
@@ -421,7 +423,7 @@ export class LedgerWriter implements LedgerSink {
   appendCommitted(committed: CommittedEvidence): Promise<void> {
     const { sopClassUid, sopInstanceUid, transactionUid, confirms } = committed;
     return this.submit((seq, prev, confirmed) => ({
-      v: 1,
+      v: FORMAT_VERSION,
       type: 'committed',
       seq,
       time: this.now().toISOString(),
@@ -690,7 +692,7 @@ export class LedgerWriter implements LedgerSink {
     const recovery = this._recovery;
     if (recovery) {
       await this.appendRecord(() => ({
-        v: 1,
+        v: FORMAT_VERSION,
         type: 'recovered',
         seq: this.headSeq + 1,
         time: this.now().toISOString(),
@@ -775,7 +777,7 @@ export class LedgerWriter implements LedgerSink {
     if (!this.fileHasStart) {
       const time = this.now();
       await this.writeRecord({
-        v: 1,
+        v: FORMAT_VERSION,
         type: 'file-start',
         seq: this.headSeq + 1,
         time: time.toISOString(),
@@ -793,7 +795,7 @@ export class LedgerWriter implements LedgerSink {
     const time = this.now().toISOString();
     const count = seq - 1;
     return {
-      v: 1,
+      v: FORMAT_VERSION,
       type: 'checkpoint',
       seq,
       time,

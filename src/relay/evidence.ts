@@ -373,6 +373,7 @@ export class Evidence {
         clientCertSha256: null, // the modality / receiver leg is plaintext
         sopClassUid: t.sopClassUid,
         sopInstanceUid: t.sopInstanceUid,
+        studyInstanceUid: dataset.studyInstanceUid,
         transferSyntaxUid: t.transferSyntaxUid,
         bytes: t.bytes,
         sha256,

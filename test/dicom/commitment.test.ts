@@ -37,7 +37,6 @@ import {
 const { Dataset } = dimse;
 dimse.log.setLevel('error');
 
-
 const CT = '1.2.840.10008.5.1.4.1.1.2';
 const MR = '1.2.840.10008.5.1.4.1.1.4';
 

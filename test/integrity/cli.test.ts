@@ -106,7 +106,7 @@ describe('ledger CLI', () => {
     const { sha256, bytes } = await hashPart10File(dcm);
     const w = await LedgerWriter.open(options(ledger, { rotateMaxBytes: 3000 }));
     for (let i = 0; i < 8; i++) await w.append(evidence(i));
-    await w.append(evidence(8, { sopInstanceUid: uid, sha256, bytes }));
+    await w.append(evidence(8, { sopInstanceUid: uid, sha256, bytes, studyInstanceUid: '1.2.826.77' }));
     await w.close();
     files = await ledgerFiles(ledger);
     assert.ok(files.length >= 3, files.join());
@@ -191,6 +191,31 @@ describe('ledger CLI', () => {
 
     const neither = await run(['find', '--ledger', ledger]);
     assert.equal(neither.code, 2);
+    assert.match(neither.stderr, /--study <uid> or --calling-ae <aet>/);
+
+    const byStudy = await run(['find', '--study', '1.2.826.77', '--ledger', ledger]);
+    assert.equal(byStudy.code, 0, byStudy.stderr);
+    assert.equal(byStudy.stdout, byFile.stdout, 'the one instance of the study');
+    const byAe = await run([
+      'find',
+      '--calling-ae',
+      'MODALITY1',
+      '--study',
+      '1.2.826.78',
+      '--ledger',
+      ledger,
+    ]);
+    assert.equal(byAe.code, 1);
+    assert.match(
+      byAe.stderr,
+      /no record matches Study Instance UID 1\.2\.826\.78 and calling AE title MODALITY1/,
+    );
+    const exported = await run(['export', '--ledger', ledger, '--study', '1.2.826.77', '--format', 'json']);
+    assert.equal(exported.code, 0, exported.stderr);
+    assert.deepEqual(
+      (JSON.parse(exported.stdout) as Array<{ sopInstanceUid: string }>).map((r) => r.sopInstanceUid),
+      [uid],
+    );
   });
 
   it('export csv and json to stdout; bad --since is a usage error', async () => {

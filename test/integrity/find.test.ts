@@ -187,3 +187,68 @@ describe('find and export', () => {
     assert.deepEqual(JSON.parse(none), []);
   });
 });
+
+describe('find and export by study and calling AE title', () => {
+  let root: string;
+  let ledger: string;
+  const STUDY_A = '1.2.826.0.1.3680043.8.498.100';
+  const STUDY_B = '1.2.826.0.1.3680043.8.498.200';
+
+  before(async () => {
+    root = await tempDir();
+    ledger = join(root, 'ledger');
+    const w = await LedgerWriter.open(options(ledger));
+    await w.append(
+      evidence(0, { studyInstanceUid: STUDY_A, callingAeTitle: 'CT_ROOM1', sopInstanceUid: '9.1' }),
+    );
+    await w.append(
+      evidence(1, { studyInstanceUid: STUDY_B, callingAeTitle: 'MR_ROOM2', sopInstanceUid: '9.2' }),
+    );
+    await w.append(
+      evidence(2, { studyInstanceUid: STUDY_A, callingAeTitle: 'MR_ROOM2', sopInstanceUid: '9.3' }),
+    );
+    await w.append(
+      evidence(3, { studyInstanceUid: null, callingAeTitle: 'CT_ROOM1', sopInstanceUid: '9.4' }),
+    );
+    await w.appendCommitted({ sopClassUid: SOP_CLASS, sopInstanceUid: '9.3', transactionUid: '7.7' });
+    await w.appendCommitted({ sopClassUid: SOP_CLASS, sopInstanceUid: '9.2', transactionUid: '7.7' });
+    await w.close();
+  });
+  after(async () => {
+    await removeDir(root);
+  });
+
+  it('findRecords by study, by calling AE title (padding ignored), and by both', async () => {
+    const uids = async (q: Parameters<typeof findRecords>[1]) =>
+      (await findRecords(ledger, q)).map((f) => f.record.sopInstanceUid);
+    assert.deepEqual(await uids({ studyInstanceUid: STUDY_A }), ['9.1', '9.3']);
+    assert.deepEqual(await uids({ callingAeTitle: 'CT_ROOM1 ' }), ['9.1', '9.4']);
+    assert.deepEqual(await uids({ studyInstanceUid: STUDY_A, callingAeTitle: 'MR_ROOM2' }), ['9.3']);
+    assert.deepEqual(await uids({ studyInstanceUid: '1.2.999' }), []);
+  });
+
+  it('export --study keeps the instances of the study and the commitment records that confirm them', async () => {
+    const json = await collect((out) =>
+      exportRecords(ledger, { format: 'json', studyInstanceUid: STUDY_A }, out),
+    );
+    const records = JSON.parse(json) as Array<{ type: string; sopInstanceUid: string }>;
+    assert.deepEqual(
+      records.map((r) => [r.type, r.sopInstanceUid]),
+      [
+        ['instance', '9.1'],
+        ['instance', '9.3'],
+        ['committed', '9.3'],
+      ],
+    );
+    const csv = parseCsv(
+      await collect((out) => exportRecords(ledger, { format: 'csv', callingAeTitle: 'MR_ROOM2' }, out)),
+    );
+    const col = (csv[0] as string[]).indexOf('studyInstanceUid');
+    assert.ok(col > 0, 'studyInstanceUid is an export column');
+    assert.deepEqual(
+      csv.slice(1).map((r) => r[col]),
+      [STUDY_B, STUDY_A, '', ''],
+      'the two instances MR_ROOM2 sent and the two commitments confirming them',
+    );
+  });
+});

@@ -4,6 +4,7 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { describe, it } from 'node:test';
 import {
+  FORMAT_VERSION,
   GENESIS_PREV,
   KEY_ORDER,
   type UnsealedRecord,
@@ -15,7 +16,7 @@ import {
 
 function instanceBody(over: Record<string, unknown> = {}): UnsealedRecord {
   return {
-    v: 1,
+    v: FORMAT_VERSION,
     type: 'instance',
     seq: 7,
     time: '2025-01-01T12:00:00.000Z',
@@ -30,6 +31,7 @@ function instanceBody(over: Record<string, unknown> = {}): UnsealedRecord {
     clientCertSha256: null,
     sopClassUid: '1.2.840.10008.5.1.4.1.1.2',
     sopInstanceUid: '1.2.3.4.\ud800', // a lone surrogate: JSON.stringify escapes it
+    studyInstanceUid: '1.2.3',
     transferSyntaxUid: '1.2.840.10008.1.2.1',
     bytes: 1000,
     sha256: 'cd'.repeat(32),
@@ -85,5 +87,37 @@ describe('sealing', () => {
     assert.deepEqual(Object.keys(record), [...KEY_ORDER.instance]);
     assert.equal((record as { upstreamAeTitle: unknown }).upstreamAeTitle, null);
     assert.equal(parseLine(line.subarray(0, -1)).kind, 'record');
+  });
+});
+
+describe('format versions', () => {
+  /** A version 1 instance record (no studyInstanceUid), sealed as the earlier writer did. */
+  function v1Line(): string {
+    const { studyInstanceUid: _study, ...rest } = instanceBody({ v: 1 }) as unknown as Record<
+      string,
+      unknown
+    >;
+    return sealOrdered(rest as unknown as UnsealedRecord).line;
+  }
+
+  it('writes version 2 with studyInstanceUid after sopInstanceUid; reads version 1 records as they are', () => {
+    assert.equal(FORMAT_VERSION, 2);
+    const i = KEY_ORDER.instance.indexOf('studyInstanceUid');
+    assert.equal(KEY_ORDER.instance[i - 1], 'sopInstanceUid');
+    const parsed = parseLine(Buffer.from(v1Line().slice(0, -1), 'utf8'));
+    assert.equal(parsed.kind, 'record', JSON.stringify(parsed));
+    if (parsed.kind === 'record') assert.ok(!('studyInstanceUid' in parsed.record));
+  });
+
+  it('refuses a version 1 record with the version 2 key, a version 2 record without it, and version 3', () => {
+    const v1WithStudy = instanceBody({ v: 1 });
+    assert.throws(() => sealOrdered(v1WithStudy), /keys of a instance record must be/);
+    const { studyInstanceUid: _s, ...v2Without } = instanceBody() as unknown as Record<string, unknown>;
+    assert.throws(() => sealOrdered(v2Without as unknown as UnsealedRecord), /keys of a instance record/);
+    assert.throws(() => sealOrdered(instanceBody({ v: 3 })), /v must be 1 or 2, not 3/);
+    // A version 1 line edited to claim version 2 no longer matches its hash or its key order.
+    const edited = v1Line().slice(0, -1).replace('"v":1,', '"v":2,');
+    const parsed = parseLine(Buffer.from(edited, 'utf8'));
+    assert.equal(parsed.kind, 'invalid');
   });
 });

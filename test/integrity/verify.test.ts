@@ -7,10 +7,14 @@ import { after, before, describe, it } from 'node:test';
 import fc from 'fast-check';
 import { GENESIS_PREV, type UnsealedRecord, parseLine, sealRecord } from '../../src/integrity/format.js';
 import { type VerifyReport, verifyLedger } from '../../src/integrity/verify.js';
+import { findRecords } from '../../src/integrity/find.js';
+import { LedgerWriter } from '../../src/integrity/writer.js';
 import {
   KEYS,
   OTHER_KEYS,
   buildLedger,
+  evidence,
+  options,
   ledgerFiles,
   readLinesOf,
   removeDir,
@@ -84,7 +88,7 @@ describe('verifyLedger', () => {
     const dir = await copy();
     const file = join(dir, files[0]!);
     const lines = await readLinesOf(file);
-    lines[1] = lines[1]!.replace('"v":1,', '"v": 1,');
+    lines[1] = lines[1]!.replace('"v":2,', '"v": 2,');
     await writeLines(file, lines);
     const e = firstError(await verifyLedger(dir));
     assert.deepEqual([e.file, e.line], [files[0], 2]);
@@ -312,5 +316,50 @@ describe('verifyLedger', () => {
     );
     assert.ok(runs >= 50, `only ${runs} runs in ${(performance.now() - started).toFixed(0)} ms`);
     assert.ok(torn < runs / 2, `${torn} torn`);
+  });
+});
+
+describe('a ledger begun by an earlier release (format version 1) and continued in version 2', () => {
+  it('verifies whole, and find reads both versions', async () => {
+    const dir = await tempDir();
+    try {
+      // What the earlier writer left: a file-start and an instance record of version 1.
+      const start = sealRecord({
+        v: 1,
+        type: 'file-start',
+        seq: 1,
+        time: '2025-01-01T00:00:00.000Z',
+        file: 'ledger-000001.jsonl',
+        previousFile: null,
+        prev: GENESIS_PREV,
+      } as UnsealedRecord);
+      const { studyInstanceUid: _none, ...v1Evidence } = {
+        v: 1,
+        type: 'instance',
+        seq: 2,
+        ...evidence(0),
+        prev: start.record.hash,
+      } as Record<string, unknown>;
+      const instance = sealRecord(v1Evidence as unknown as UnsealedRecord);
+      await writeFile(join(dir, 'ledger-000001.jsonl'), Buffer.concat([start.line, instance.line]));
+      assert.ok(!instance.line.toString().includes('studyInstanceUid'));
+      // This release continues the chain.
+      const w = await LedgerWriter.open(options(dir));
+      await w.append(evidence(1, { studyInstanceUid: '1.2.3.4' }));
+      await w.close();
+      const report = await verifyLedger(dir, { publicKeyPem: KEYS.publicKeyPem });
+      assert.equal(report.ok, true, JSON.stringify(report.errors));
+      assert.equal(report.instances, 2);
+      const found = await findRecords(dir, {});
+      assert.deepEqual(
+        found.map((f) => [f.record.v, f.record.studyInstanceUid]),
+        [
+          [1, undefined],
+          [2, '1.2.3.4'],
+        ],
+      );
+    } finally {
+      await removeDir(dir);
+    }
   });
 });
