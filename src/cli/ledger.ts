@@ -4,7 +4,8 @@ import { type Command, InvalidArgumentError, Option } from 'commander';
 import { readFile, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { exportRecords, findRecords, hashPart10File, type RecordQuery } from '../integrity/find.js';
-import { keyId, writeSigningKey } from '../integrity/keys.js';
+import { keyId, keyIdOf, loadPublicKey, writeSigningKey } from '../integrity/keys.js';
+import { checkWitnessed } from '../integrity/witness.js';
 import { verifyLedger } from '../integrity/verify.js';
 
 export const DEFAULT_LEDGER = 'var/ledger';
@@ -67,11 +68,37 @@ export function registerLedgerCommands(program: Command, io: LedgerCliIo = proce
     .description('check the hash chain, file continuity and checkpoint signatures; exit 0 only if intact')
     .option('-l, --ledger <dir|file>', 'ledger directory or one ledger file', DEFAULT_LEDGER)
     .option('-k, --public-key <file>', 'Ed25519 public key (PEM): every checkpoint must be signed by it')
+    .option(
+      '--checkpoints <file>',
+      'checkpoints collected off the box (witness file or syslog store): each must be in the ledger, unchanged',
+    )
     .action(
-      guarded('verify', async (opts: { ledger: string; publicKey?: string }) => {
+      guarded('verify', async (opts: { ledger: string; publicKey?: string; checkpoints?: string }) => {
         const publicKeyPem =
           opts.publicKey === undefined ? undefined : await readFile(opts.publicKey, 'utf8');
         const report = await verifyLedger(opts.ledger, publicKeyPem === undefined ? {} : { publicKeyPem });
+        let witnessOk = true;
+        const witnessLines: string[] = [];
+        if (opts.checkpoints !== undefined) {
+          const key =
+            publicKeyPem === undefined
+              ? null
+              : (() => {
+                  const k = loadPublicKey(publicKeyPem);
+                  return { key: k, keyId: keyIdOf(k) };
+                })();
+          const w = await checkWitnessed(opts.ledger, opts.checkpoints, { key });
+          witnessOk = w.ok && w.witnessed > 0;
+          witnessLines.push(
+            `witnessed checkpoints: ${w.witnessed} in ${opts.checkpoints}` +
+              (w.latest ? ` (latest seq ${w.latest.seq} of ${w.latest.time})` : '') +
+              `, ${w.matched} identical in the ledger\n`,
+          );
+          if (w.witnessed === 0) {
+            witnessLines.push(`${opts.checkpoints}: holds no checkpoint record: nothing to compare with\n`);
+          }
+          for (const e of w.errors) witnessLines.push(`${e.where}: ${e.message}\n`);
+        }
         const name = await displayName(opts.ledger);
         out(
           `ledger ${opts.ledger}: ${plural(report.files, 'file')}, ${plural(report.records, 'record')} ` +
@@ -101,16 +128,21 @@ export function registerLedgerCommands(program: Command, io: LedgerCliIo = proce
               'the proxy saves it aside and cuts it at its next start\n',
           );
         }
-        if (report.ok) {
+        for (const l of witnessLines) out(l);
+        if (report.ok && witnessOk) {
           out('INTACT\n');
           io.setExitCode(0);
           return;
         }
-        out(
-          `BROKEN: ${plural(report.errors.length, 'problem')} (the first is where the ledger was first altered)\n`,
-        );
-        for (const e of report.errors)
-          out(`${e.line > 0 ? `${name(e.file)}:${e.line}` : e.file}: ${e.message}\n`);
+        if (!report.ok) {
+          out(
+            `BROKEN: ${plural(report.errors.length, 'problem')} (the first is where the ledger was first altered)\n`,
+          );
+          for (const e of report.errors)
+            out(`${e.line > 0 ? `${name(e.file)}:${e.line}` : e.file}: ${e.message}\n`);
+        } else {
+          out('BROKEN: the ledger does not hold the checkpoints witnessed off the box (see above)\n');
+        }
         io.setExitCode(1);
       }),
     );

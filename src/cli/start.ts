@@ -16,6 +16,7 @@ import { openAuditTrail, type AuditTrail } from '../observe/audit/index.js';
 import { observeAuditTransport } from '../observe/audit/transport.js';
 import { auditReloads } from '../runtime/reload-audit.js';
 import { LedgerWriter } from '../integrity/writer.js';
+import { WitnessFile } from '../integrity/witness.js';
 import { InlineHasher } from '../integrity/hasher.js';
 import type { CommitmentEvidence, InstanceEvidence, LedgerSink } from '../integrity/types.js';
 import { tuneRuntime } from '../util/gc.js';
@@ -82,6 +83,24 @@ export async function runStart(configPath: string, hooks: StartHooks): Promise<v
   let pool: WorkerPool | null = null;
   // The integrity ledger lives as long as the process: one chain, one writer.
   let ledger: LedgerWriter | null = null;
+  // Every checkpoint is also kept off the box (integrity/witness.ts): a file on other storage, the audit
+  // repository (the trail is opened below; a checkpoint written before it is there goes to the file only).
+  const witnessPath = config.ledger.witness.file;
+  const witnessFile =
+    config.ledger.path && witnessPath
+      ? new WitnessFile(witnessPath, (err) =>
+          log.error('ledger checkpoint could not be written to the witness file', {
+            event: 'ledger-witness-failed',
+            path: witnessPath,
+            error: err.message,
+          }),
+        )
+      : null;
+  let audit: AuditTrail | null = null;
+  const witness = (line: string): void => {
+    witnessFile?.append(line);
+    if (config.ledger.witness.syslog) audit?.witnessCheckpoint(line);
+  };
   if (config.ledger.path) {
     try {
       ledger = await LedgerWriter.openConfigured(
@@ -90,6 +109,7 @@ export async function runStart(configPath: string, hooks: StartHooks): Promise<v
         snapshot.ledgerSigningKeyPem,
         {
           // The alarm clears by itself once a probe write succeeds (disk space back, permissions fixed).
+          onCheckpoint: witness,
           onHealth: (healthy, reason) => {
             metrics.setLedgerHealthy(healthy);
             pool?.setLedgerHealthy(healthy);
@@ -160,7 +180,6 @@ export async function runStart(configPath: string, hooks: StartHooks): Promise<v
   }
 
   // The DICOM audit trail (PS3.15 A.5): file and/or syslog over TLS with a durable spool.
-  let audit: AuditTrail | null = null;
   let unsubscribeAudit: (() => void) | null = null;
   let unobserveAudit: (() => void) | null = null;
   if (config.audit) {
@@ -303,11 +322,13 @@ export async function runStart(configPath: string, hooks: StartHooks): Promise<v
       .then(async () => {
         await readiness?.stop();
         await admin?.close();
+        // The ledger first: its final checkpoint still reaches the witnesses (file, audit syslog).
+        await ledger?.close();
+        await witnessFile?.flush();
         unsubscribeAudit?.();
         audit?.applicationStop();
         await audit?.close();
         unobserveAudit?.();
-        await ledger?.close();
         await hasher?.close();
       })
       .catch((err: unknown) =>

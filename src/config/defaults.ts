@@ -85,6 +85,11 @@ export const DEFAULTS = deepFreeze({
     // null = unsigned checkpoints.
     signingKey: null,
     onLedgerFailure: 'abort',
+    witness: {
+      // null = no witness file.
+      file: null,
+      syslog: true,
+    },
   },
 } as const);
 

@@ -48,6 +48,9 @@ const RESTART_REQUIRED: ReadonlySet<string> = new Set([
   'ledger.checkpointIntervalMs',
   'ledger.signingKey',
   'ledger.onLedgerFailure',
+  'ledger.witness',
+  'ledger.witness.file',
+  'ledger.witness.syslog',
   'logging.file',
 ]);
 

@@ -480,6 +480,13 @@ function buildProxyConfig(validated: ValidatedRoot, sourcePath: string | null, b
     checkpointIntervalMs: d.checkpointEvery ?? defaultDurationMs(DEFAULTS.ledger.checkpointEvery),
     signingKey: signingKey === null ? null : file(signingKey),
     onLedgerFailure: (d.onLedgerFailure as LedgerFailureMode | undefined) ?? DEFAULTS.ledger.onLedgerFailure,
+    witness: {
+      file:
+        (d.witness?.file ?? DEFAULTS.ledger.witness.file) === null
+          ? null
+          : file(d.witness?.file as string),
+      syslog: d.witness?.syslog ?? DEFAULTS.ledger.witness.syslog,
+    },
   };
 
   return {

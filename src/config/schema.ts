@@ -207,6 +207,13 @@ export const ledgerSchema = z.strictObject({
   checkpointEvery: optionalDuration,
   signingKey: filePathSchema.nullable().optional(),
   onLedgerFailure: z.enum(LEDGER_FAILURE_MODES as [string, ...string[]]).optional(),
+  witness: z
+    .strictObject({
+      file: filePathSchema.nullable().optional(),
+      syslog: z.boolean().optional(),
+    })
+    .nullable()
+    .optional(),
 });
 
 /** The document root. `upstreams` and `peers` are mappings checked entry by entry in load.ts. */

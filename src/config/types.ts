@@ -230,6 +230,13 @@ export interface LedgerConfig {
   /** Absolute path of the Ed25519 PKCS#8 PEM private key signing checkpoints; null = unsigned checkpoints. */
   signingKey: string | null;
   onLedgerFailure: LedgerFailureMode;
+  /** Where every checkpoint is also sent, off the box (integrity/witness.ts). */
+  witness: {
+    /** Absolute path of a file every checkpoint line is appended to (other storage); null = none. */
+    file: string | null;
+    /** Also send each checkpoint over the audit syslog-TLS connection (when `audit.syslog` is set). */
+    syslog: boolean;
+  };
 }
 
 export interface ProxyConfig {

@@ -4,6 +4,7 @@ import { type KeyObject, verify as verifySignature } from 'node:crypto';
 import { readdir, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import {
+  type CheckpointRecord,
   GENESIS_PREV,
   type LedgerRecord,
   MAX_LINE_BYTES,
@@ -41,6 +42,21 @@ export const START_STATE: ChainState = {
 export interface SignatureKey {
   key: KeyObject;
   keyId: string;
+}
+
+/** Why a checkpoint is not validly signed by `key`, or null when it is. */
+export function checkpointSignatureProblem(r: CheckpointRecord, key: SignatureKey): string | null {
+  if (r.signature === null || r.keyId === null) return 'checkpoint is not signed, but a public key was given';
+  if (r.keyId !== key.keyId) {
+    return `checkpoint signed by key ${r.keyId}, not by the given public key ${key.keyId}`;
+  }
+  const valid = verifySignature(
+    null,
+    checkpointMessage(r.head, r.count, r.time),
+    key.key,
+    Buffer.from(r.signature, 'base64'),
+  );
+  return valid ? null : 'checkpoint signature does not verify with the given public key';
 }
 
 export interface FileScan {
@@ -202,26 +218,9 @@ export async function scanFile(
         issue(line, `checkpoint count ${r.count} is not seq - 1 (${r.seq - 1})`, r.seq);
       if (r.signature === null) scan.unsignedCheckpoints += 1;
       if (opts.key) {
-        if (r.signature === null || r.keyId === null) {
-          issue(line, 'checkpoint is not signed, but a public key was given', r.seq);
-        } else if (r.keyId !== opts.key.keyId) {
-          issue(
-            line,
-            `checkpoint signed by key ${r.keyId}, not by the given public key ${opts.key.keyId}`,
-            r.seq,
-          );
-        } else if (
-          !verifySignature(
-            null,
-            checkpointMessage(r.head, r.count, r.time),
-            opts.key.key,
-            Buffer.from(r.signature, 'base64'),
-          )
-        ) {
-          issue(line, 'checkpoint signature does not verify with the given public key', r.seq);
-        } else {
-          scan.signaturesVerified += 1;
-        }
+        const problem = checkpointSignatureProblem(r, opts.key);
+        if (problem !== null) issue(line, problem, r.seq);
+        else scan.signaturesVerified += 1;
       }
     }
   };

@@ -44,6 +44,11 @@ export interface LedgerOptions {
   rotateDaily: boolean;
   /** A checkpoint at most this often while records are written; also at rotation and at close(). */
   checkpointIntervalMs: number;
+  /**
+   * Called with every checkpoint line (without its LF) once it has been written, to be kept off the box
+   * (integrity/witness.ts). Must not throw; it is not awaited.
+   */
+  onCheckpoint?: (line: string) => void;
   /** Ed25519 private key (PKCS#8 PEM); null = checkpoints unsigned. */
   signingKeyPem: string | null;
   now?: () => Date;
@@ -159,6 +164,8 @@ interface Run {
   entries: Pending[];
   /** Index entries of its instance records (UID -> seq, oldest first): indexed once the run is written. */
   indexed: Map<string, number> | null;
+  /** Its checkpoint lines (with their LF), for the witness once written. */
+  checkpointLines?: string[];
 }
 
 const noop = (): void => {};
@@ -277,7 +284,7 @@ export class LedgerWriter implements LedgerSink {
     dir: string,
     config: LedgerConfig,
     signingKeyPem: string | null,
-    extra: Pick<LedgerOptions, 'onHealth' | 'recoveryIntervalMs'> = {},
+    extra: Pick<LedgerOptions, 'onHealth' | 'recoveryIntervalMs' | 'onCheckpoint'> = {},
   ): Promise<LedgerWriter> {
     return LedgerWriter.open({
       dir,
@@ -598,6 +605,7 @@ export class LedgerWriter implements LedgerSink {
       if (body.type === 'checkpoint') {
         run.checkpoint = true;
         run.uncheckpointed = false;
+        (run.checkpointLines ??= []).push(line);
       } else {
         run.uncheckpointed = true;
       }
@@ -885,6 +893,7 @@ export class LedgerWriter implements LedgerSink {
       uncheckpointed: body.type !== 'checkpoint' && body.type !== 'file-start',
       entries: [],
       indexed: null,
+      ...(body.type === 'checkpoint' ? { checkpointLines: [sealed.line] } : {}),
     });
   }
 
@@ -924,6 +933,16 @@ export class LedgerWriter implements LedgerSink {
     }
     this.fileSize += data.length;
     this.fileLines += run.count;
+    const witness = this.opts.onCheckpoint;
+    if (witness && run.checkpointLines) {
+      for (const line of run.checkpointLines) {
+        try {
+          witness(line.slice(0, -1));
+        } catch {
+          // the witness reports its own failures; the chain goes on
+        }
+      }
+    }
     // Handed to the OS: the relay may now let the archive's success through (the sync follows).
     for (const p of run.entries) {
       try {

@@ -48,6 +48,7 @@ const DEFAULT_LEDGER = {
   checkpointIntervalMs: 300_000,
   signingKey: null,
   onLedgerFailure: 'abort',
+  witness: { file: null, syslog: true },
 };
 
 describe('ledger section: defaults', () => {
@@ -90,6 +91,7 @@ describe('ledger section: values', () => {
         '  checkpointEvery: 1h',
         '  signingKey: /etc/dimse/ledger-signing.key',
         '  onLedgerFailure: continue',
+        '  witness: { file: /mnt/witness/gw1.checkpoints, syslog: false }',
       ]),
       null,
     );
@@ -102,6 +104,7 @@ describe('ledger section: values', () => {
       checkpointIntervalMs: 3_600_000,
       signingKey: '/etc/dimse/ledger-signing.key',
       onLedgerFailure: 'continue',
+      witness: { file: '/mnt/witness/gw1.checkpoints', syslog: false },
     });
   });
 
@@ -121,6 +124,13 @@ describe('ledger section: values', () => {
     );
     assert.equal(config.ledger.path, '/etc/dimse/var/ledger');
     assert.equal(config.ledger.signingKey, '/etc/dimse/certs/ledger-signing.key');
+    const w = parseConfig(
+      yaml(['ledger:', '  witness: { file: ../witness/cp.log }']),
+      '/etc/dimse/config/proxy.yaml',
+    );
+    assert.deepEqual(w.ledger.witness, { file: '/etc/dimse/witness/cp.log', syslog: true });
+    assertSingleIssue(yaml(['ledger:', '  witness: { syslog: sometimes }']), 'ledger.witness.syslog', 12);
+    assertSingleIssue(yaml(['ledger:', '  witness: { url: x }']), 'ledger.witness.url', 12);
   });
 
   it('accepts explicit nulls for path and signingKey', () => {

@@ -100,6 +100,7 @@ describe('config/example.yaml', () => {
       checkpointIntervalMs: 5 * 60_000,
       signingKey: resolve(dirname(EXAMPLE), '../certs/ledger-signing.key'),
       onLedgerFailure: 'abort',
+      witness: { file: '/mnt/witness/proxy-host.checkpoints', syslog: true },
     });
   });
 

@@ -153,6 +153,7 @@ export async function startProxy(o: ProxyTestOptions): Promise<ProxyUnderTest> {
     'upstream-failed',
     'dimse-refused',
     'dimse-completed',
+    'retrieve-started',
     'instance',
     'protocol-error',
     'association-closed',

@@ -8,8 +8,8 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
 import { writeDemoPki, type DemoPkiPaths } from '../../src/tls/pki.js';
 import { writeInstances, metaString } from '../helpers/dicom.js';
 import { checkAuditMessage, patientsOf, studiesOf, type XNode } from '../helpers/audit-xml.js';
@@ -64,6 +64,8 @@ describe('audit trail with real peers: Patient and Study participant objects', (
     const port = await freePort();
     const ledgerDir = join(work, 'ledger');
     const auditFile = join(work, 'audit.log');
+    const witnessFile = join(work, 'witness', 'checkpoints.log');
+    mkdirSync(dirname(witnessFile));
     const upstream = (name: string, p: number): string[] => [
       `  ${name}:`,
       '    host: 127.0.0.1',
@@ -84,7 +86,7 @@ describe('audit trail with real peers: Patient and Study participant objects', (
         '  - { calledAeTitle: ARCH_DF, upstream: deflated }',
         'peers:',
         '  STORESCU: { addresses: [127.0.0.1], services: [echo, store] }',
-        `ledger: { path: ${ledgerDir} }`,
+        `ledger: { path: ${ledgerDir}, witness: { file: ${witnessFile} } }`,
         `audit: { sourceId: audit-e2e, file: ${auditFile} }`,
         'logging: { level: info }',
         '',
@@ -188,5 +190,13 @@ describe('audit trail with real peers: Patient and Study participant objects', (
     const stopped = new Promise((r) => proxy.once('exit', r));
     proxy.kill('SIGTERM');
     await stopped;
+    // The daemon's last checkpoint (at shutdown) went to the witness file, and the ledger matches it.
+    const verify = spawnSync(
+      process.execPath,
+      [CLI, 'ledger', 'verify', '--ledger', ledgerDir, '--checkpoints', witnessFile],
+      { encoding: 'utf8', timeout: 60_000 },
+    );
+    assert.equal(verify.status, 0, verify.stdout + verify.stderr);
+    assert.match(verify.stdout, /witnessed checkpoints: [1-9]\d* in .*identical in the ledger\nINTACT/);
   });
 });

@@ -192,6 +192,12 @@ describe('DCMTK query/retrieve → proxy → Orthanc over mutual TLS', { timeout
     const summary = await proxy.closed();
     assert.equal(summary.outcome, 'released');
     assert.equal(summary.operations['C-FIND-RQ'], 1);
+    // The identifier findscu sent, as relayed, is kept for the Query audit message (PS3.15 A.5.3.10).
+    const find = (proxy.events['dimse-completed'] ?? []).find((e) => e.id === summary.id);
+    assert.ok(find?.query, 'the C-FIND completion carries its identifier');
+    const identifier = Buffer.from(find.query.identifier, 'base64');
+    assert.ok(identifier.includes(Buffer.from('STUDY', 'latin1')), 'QueryRetrieveLevel=STUDY is in it');
+    assert.equal(find.query.truncated, false);
     // Orthanc served the query under the modality's own calling AE (the proxy passes it through).
     assert.ok(
       await eventually(() => /Incoming Find request from AET FINDSCU\b/.test(orthancLog())),
@@ -223,6 +229,12 @@ describe('DCMTK query/retrieve → proxy → Orthanc over mutual TLS', { timeout
     assert.deepEqual(
       completed.map((e) => [e.command, e.status]),
       [['C-MOVE-RQ', 0]],
+    );
+    // Begin Transferring (PS3.15 A.5.3.3) names the study the identifier asked for.
+    const started = (proxy.events['retrieve-started'] ?? []).filter((e) => e.id === summary.id);
+    assert.deepEqual(
+      started.map((e) => [e.command, e.moveDestination, e.dataset.studyInstanceUid]),
+      [['C-MOVE', 'DEST', studyA]],
     );
     assert.ok(
       await eventually(() => /Incoming Move request from AET MOVESCU\b/.test(orthancLog())),

@@ -36,6 +36,10 @@ import {
 import { scanFrames, TLS13_SETTLE_MS } from '../../src/observe/audit/syslog.js';
 import { createCa, issueCertificate, type PemPair } from '../../src/tls/pki.js';
 import { ManualClock } from '../helpers/clock.js';
+import { LedgerWriter } from '../../src/integrity/writer.js';
+import { checkWitnessed } from '../../src/integrity/witness.js';
+import { generateSigningKey, keyId, loadPublicKey } from '../../src/integrity/keys.js';
+import { evidence as ledgerEvidence } from '../integrity/helpers.js';
 import {
   b64,
   checkAuditMessage,
@@ -634,6 +638,49 @@ describe('syslog over TLS with a durable spool', { timeout: 120_000 }, () => {
     assert.equal(await s.drained(5_000), true);
     assert.equal(s.stats().spoolBytes, 0);
     assert.equal(s.stats().delivered, 2);
+    assert.equal(await s.close(1_000), true);
+  });
+
+  test('(c2) ledger checkpoints go to the collector as LEDGER_CHECKPOINT messages; verify --checkpoints reads them back', async () => {
+    const c = await collector(pki.collector, pki.ca.cert);
+    const s = sender(c.port);
+    await s.start();
+    const trail = new AuditTrail(config(), [s], { hostname: 'gw1', processId: '4242' });
+    // A ledger whose checkpoints are witnessed through the trail, as the daemon wires it.
+    const dir = join(work, 'witnessed-ledger');
+    const keys = generateSigningKey();
+    const w = await LedgerWriter.open({
+      dir,
+      fsync: 'always',
+      fsyncIntervalMs: 50,
+      rotateMaxBytes: 64 * 1024 * 1024,
+      rotateDaily: false,
+      checkpointIntervalMs: 60_000,
+      signingKeyPem: keys.privateKeyPem,
+      onCheckpoint: (line) => assert.equal(trail.witnessCheckpoint(line), true),
+    });
+    for (let i = 0; i < 3; i++) {
+      await w.append(ledgerEvidence(i));
+      await w.checkpoint();
+    }
+    await w.close(); // the last record is a checkpoint: no second one
+    await c.waitFor(3);
+    const first = c.frames[0] as Buffer;
+    assert.match(
+      first.subarray(0, first.indexOf(0xef)).toString(),
+      /^<85>1 \S+ gw1 dimse-tls-proxy 4242 LEDGER_CHECKPOINT - $/,
+    );
+    // The collector's store, one frame per line, is what `ledger verify --checkpoints` reads.
+    const store = join(work, 'collected-checkpoints.log');
+    await writeFile(store, c.frames.map((f) => `${f.toString('utf8')}\n`).join(''));
+    const key = { key: loadPublicKey(keys.publicKeyPem), keyId: keyId(keys.publicKeyPem) };
+    const report = await checkWitnessed(dir, store, { key });
+    assert.deepEqual(
+      [report.ok, report.witnessed, report.matched],
+      [true, 3, 3],
+      JSON.stringify(report.errors),
+    );
+    assert.equal(new AuditTrail(config(), [], {}).witnessCheckpoint('{}'), false, 'no syslog: not sent');
     assert.equal(await s.close(1_000), true);
   });
 

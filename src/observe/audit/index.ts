@@ -57,7 +57,8 @@ import {
   type SopClassEntry,
   type StudyEntry,
 } from './messages.js';
-import { SyslogTlsSender } from './syslog.js';
+import { SEVERITY_NOTICE, SyslogTlsSender } from './syslog.js';
+import { CHECKPOINT_MSGID } from '../../integrity/witness.js';
 
 export * from './messages.js';
 export { FileAuditSink, type FileSinkAlarm } from './file.js';
@@ -323,6 +324,18 @@ export class AuditTrail extends EventEmitter<AuditTrailEvents> {
     certificateIdentity: CertificateIdentity;
   }): void {
     this.record(certificateAeMismatchMessage({ ...this.context(), ...e }), 8);
+  }
+
+  /**
+   * A ledger checkpoint line, sent to the audit repository as a message of its own (MSGID
+   * LEDGER_CHECKPOINT, not an audit message), so that a copy of every checkpoint is kept off the box
+   * (integrity/witness.ts). Only over syslog: the local audit file is on the same box. Returns false when
+   * there is no syslog sender or it refused the line (an alarm was raised).
+   */
+  witnessCheckpoint(line: string): boolean {
+    const sender = this.syslogSender;
+    if (sender === null) return false;
+    return sender.send(line, { msgId: CHECKPOINT_MSGID, severity: SEVERITY_NOTICE });
   }
 
   /** PS3.15 A.5.3.3 Begin Transferring DICOM Instances (e.g. when a C-MOVE or C-GET is relayed). */

@@ -430,7 +430,10 @@ export class SyslogTlsSender extends EventEmitter<SyslogTlsSenderEvents> {
    * Spools one audit message. Returns false when it is refused (spool full, sender closed), in which case an
    * 'alarm' carrying the message has been emitted. Use flush() to wait until accepted messages are on disk.
    */
-  send(xml: string, opts: { outcome?: EventOutcome; severity?: number; time?: Date } = {}): boolean {
+  send(
+    xml: string,
+    opts: { outcome?: EventOutcome; severity?: number; time?: Date; msgId?: string } = {},
+  ): boolean {
     const time = opts.time ?? new Date(this.clock.now());
     const frame = frameOctetCounting(
       formatSyslogMessage({
@@ -439,7 +442,7 @@ export class SyslogTlsSender extends EventEmitter<SyslogTlsSenderEvents> {
         hostname: this.opts.hostname,
         appName: this.opts.appName,
         procId: this.opts.procId,
-        msgId: this.opts.msgId,
+        msgId: opts.msgId ?? this.opts.msgId,
         message: xml,
       }),
     );
