@@ -471,6 +471,7 @@ function buildProxyConfig(validated: ValidatedRoot, sourcePath: string | null, b
   const rotate = d.rotate ?? {};
   const ledgerPath = d.path === undefined ? DEFAULTS.ledger.path : d.path;
   const signingKey = d.signingKey === undefined ? DEFAULTS.ledger.signingKey : d.signingKey;
+  const witnessFile = d.witness?.file === undefined ? DEFAULTS.ledger.witness.file : d.witness.file;
   const ledger: LedgerConfig = {
     path: ledgerPath === null ? null : file(ledgerPath),
     fsync: (d.fsync as LedgerFsyncMode | undefined) ?? DEFAULTS.ledger.fsync,
@@ -481,10 +482,7 @@ function buildProxyConfig(validated: ValidatedRoot, sourcePath: string | null, b
     signingKey: signingKey === null ? null : file(signingKey),
     onLedgerFailure: (d.onLedgerFailure as LedgerFailureMode | undefined) ?? DEFAULTS.ledger.onLedgerFailure,
     witness: {
-      file:
-        (d.witness?.file ?? DEFAULTS.ledger.witness.file) === null
-          ? null
-          : file(d.witness?.file as string),
+      file: witnessFile === null ? null : file(witnessFile),
       syslog: d.witness?.syslog ?? DEFAULTS.ledger.witness.syslog,
     },
   };
