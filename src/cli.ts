@@ -6,7 +6,10 @@ import { resolve } from 'node:path';
 import { ConfigError } from './config/errors.js';
 import { buildRuntimeSnapshot } from './runtime/snapshot.js';
 import { runStart } from './cli/start.js';
-import { fetchStatus } from './observe/status.js';
+import { adminRequest, fetchStatus, formatAssociations } from './observe/status.js';
+import { explainQuery, formatExplanation, type Explanation, type ExplainQuery } from './policy/explain.js';
+import { compilePolicy } from './policy/policy.js';
+import type { LiveAssociation } from './observe/events.js';
 import { diffConfigs, formatChanges } from './config/diff.js';
 import { TlsMaterialError } from './tls/upstream.js';
 import { writeSigningKey } from './integrity/keys.js';
@@ -84,10 +87,128 @@ program
     '--live',
     'liveness only (/healthz): exit 0 while the process is healthy, whatever the upstreams (container HEALTHCHECK)',
   )
-  .action(async (opts: { admin?: string; config?: string; live?: boolean }) => {
-    const report = await fetchStatus(await adminAddress(opts));
+  .option(
+    '--associations',
+    'also list the live associations (peer, address, route, state, operations, bytes)',
+  )
+  .action(async (opts: { admin?: string; config?: string; live?: boolean; associations?: boolean }) => {
+    const admin = await adminAddress(opts);
+    const report = await fetchStatus(admin);
     process.stdout.write(report.text.endsWith('\n') ? report.text : `${report.text}\n`);
+    if (opts.associations && report.reachable) {
+      try {
+        const r = await adminRequest(admin, '/associations');
+        const list = (r.body as { associations?: LiveAssociation[] }).associations ?? [];
+        process.stdout.write(`\n${formatAssociations(list)}\n`);
+      } catch (err) {
+        process.stderr.write(`${(err as Error).message}\n`);
+        process.exit(2);
+      }
+    }
     process.exit(opts.live ? report.liveExitCode : report.exitCode);
+  });
+
+program
+  .command('explain')
+  .description(
+    'what the policy answers a calling AE from an address (accept, or the exact A-ASSOCIATE-RJ / DIMSE status) and which rule decided; exit 0 accepted, 1 refused',
+  )
+  .requiredOption('--calling <ae>', 'calling AE title (the modality)')
+  .requiredOption('--from <address>', 'source address of the modality')
+  .option('--called <ae>', "called AE title (default: the only route's)")
+  .option(
+    '--service <service|uid>',
+    'a service (echo, store, find, move, get, worklist, mpps, commitment) or a SOP Class UID',
+  )
+  .option('--move-destination <ae>', 'with a C-MOVE: the destination AE title')
+  .option('-c, --config <file>', 'the policy in this file (default: the running policy, from --admin)')
+  .option('--admin <host:port>', 'ask the running proxy (default 127.0.0.1:9464)')
+  .option('--json', 'print the answer as JSON')
+  .action(
+    async (opts: {
+      calling: string;
+      from: string;
+      called?: string;
+      service?: string;
+      moveDestination?: string;
+      config?: string;
+      admin?: string;
+      json?: boolean;
+    }) => {
+      let query: ExplainQuery = {
+        callingAeTitle: opts.calling,
+        remoteAddress: opts.from,
+        calledAeTitle: opts.called ?? '',
+        service: opts.service ?? null,
+        moveDestination: opts.moveDestination ?? null,
+      };
+      let e: Explanation;
+      try {
+        if (opts.config && !opts.admin) {
+          const config = await loadConfig(resolve(opts.config));
+          if (opts.called === undefined) {
+            if (config.routes.length !== 1) {
+              process.stderr.write(`--called is needed: ${opts.config} has ${config.routes.length} routes\n`);
+              process.exit(2);
+            }
+            query = { ...query, calledAeTitle: config.routes[0]?.calledAeTitle ?? '' };
+          }
+          e = explainQuery(compilePolicy(config), query);
+        } else {
+          if (opts.called === undefined) {
+            process.stderr.write('--called is needed when asking the running proxy\n');
+            process.exit(2);
+          }
+          const params = new URLSearchParams({
+            calling: query.callingAeTitle,
+            from: query.remoteAddress,
+            called: query.calledAeTitle,
+          });
+          if (query.service) params.set('service', query.service);
+          if (query.moveDestination) params.set('moveDestination', query.moveDestination);
+          const r = await adminRequest(opts.admin ?? '127.0.0.1:9464', `/explain?${params.toString()}`);
+          if (r.code !== 200) throw new Error(`/explain answered ${r.code}: ${JSON.stringify(r.body)}`);
+          e = r.body as Explanation;
+        }
+      } catch (err) {
+        process.stderr.write(`${explain(err)}\n`);
+        process.exit(2);
+      }
+      process.stdout.write(
+        opts.json ? `${JSON.stringify({ query, ...e }, null, 2)}\n` : formatExplanation(query, e),
+      );
+      process.exit(e.association.accepted && (e.request?.allowed ?? true) ? 0 : 1);
+    },
+  );
+
+program
+  .command('log-level')
+  .description(
+    "show or set a running proxy's log level (until its next reload, which restores logging.level)",
+  )
+  .argument('[level]', 'error, warn, info or debug')
+  .option('--admin <host:port>', 'admin endpoint (default: from --config, else 127.0.0.1:9464)')
+  .option('-c, --config <file>', 'read the admin address from this policy file')
+  .action(async (level: string | undefined, opts: { admin?: string; config?: string }) => {
+    const admin = await adminAddress(opts);
+    try {
+      const r = await adminRequest(
+        admin,
+        level === undefined ? '/-/log-level' : `/-/log-level?level=${encodeURIComponent(level)}`,
+        { method: level === undefined ? 'GET' : 'POST' },
+      );
+      const body = r.body as { level?: string; configured?: string; error?: string };
+      if (r.code !== 200) {
+        process.stderr.write(`log level not changed: ${body.error ?? JSON.stringify(body)}\n`);
+        process.exit(1);
+      }
+      process.stdout.write(
+        `log level ${body.level ?? '?'} (logging.level in the configuration: ${body.configured ?? '?'})\n`,
+      );
+    } catch (err) {
+      process.stderr.write(`${(err as Error).message}\n`);
+      process.exit(2);
+    }
   });
 
 program

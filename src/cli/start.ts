@@ -4,7 +4,9 @@ import { loadConfigIsolated } from '../config/load-isolated.js';
 import { formatChanges, referencedFiles } from '../config/diff.js';
 import { Reloader, type ReloadResult } from '../runtime/reload.js';
 import { ConfigWatcher } from '../config/watch.js';
-import type { ProxyConfig } from '../config/types.js';
+import { LOG_LEVELS, type ProxyConfig } from '../config/types.js';
+import type { LiveAssociation } from '../observe/events.js';
+import { explainQuery } from '../policy/explain.js';
 import { buildRuntimeSnapshot, type RuntimeSnapshot } from '../runtime/snapshot.js';
 import { ProxyServer } from '../relay/server.js';
 import type { LedgerBinding } from '../relay/association.js';
@@ -28,7 +30,7 @@ import { availableParallelism } from 'node:os';
 type Relay = Pick<
   ProxyServer,
   'events' | 'listen' | 'listenReturn' | 'setSnapshot' | 'close' | 'listenersBound' | 'liveAssociations'
->;
+> & { listAssociations(): LiveAssociation[] | Promise<LiveAssociation[]> };
 
 export interface StartHooks {
   /** Print a load failure (file:line key: message) and exit 1. */
@@ -288,6 +290,30 @@ export async function runStart(configPath: string, hooks: StartHooks): Promise<v
       reload: async (dryRun) => {
         const r = dryRun ? await reloader.dryRun() : await reloader.reload();
         return { code: r.ok ? 200 : 422, body: describeReload(r) };
+      },
+      associations: () => server.listAssociations(),
+      explain: (query) => explainQuery(reloader.current.policy, query),
+      logLevel: {
+        get: () => ({ level: log.level, configured: reloader.current.config.logging.level }),
+        set: (level) => {
+          if (!(LOG_LEVELS as readonly string[]).includes(level)) {
+            return {
+              code: 400,
+              body: { error: `level must be one of ${LOG_LEVELS.join(', ')}, not ${JSON.stringify(level)}` },
+            };
+          }
+          const before = log.level;
+          log.level = level;
+          // The per-instance debug lines are subscribed only while debug is on (observe/log.ts).
+          unsubscribeLog();
+          unsubscribeLog = logEvents(server.events, log);
+          log.warn('log level changed until the next reload', {
+            event: 'log-level',
+            from: before,
+            to: level,
+          });
+          return { code: 200, body: { level, configured: reloader.current.config.logging.level } };
+        },
       },
     });
     try {

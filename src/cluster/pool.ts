@@ -12,7 +12,12 @@ import cluster, { type Worker } from 'node:cluster';
 import { fileURLToPath } from 'node:url';
 import { extname } from 'node:path';
 import type { AddressInfo } from 'node:net';
-import { ProxyEvents, type AssociationSummary, type ProxyEventMap } from '../observe/events.js';
+import {
+  ProxyEvents,
+  type AssociationSummary,
+  type LiveAssociation,
+  type ProxyEventMap,
+} from '../observe/events.js';
 import type { LedgerSink } from '../integrity/types.js';
 import type { RuntimeSnapshot } from '../runtime/snapshot.js';
 import type { LedgerFailureMode, ProxyConfig, WorkersConfig } from '../config/types.js';
@@ -34,6 +39,8 @@ const RESTART_DELAY_MIN_MS = 100;
 const RESTART_DELAY_MAX_MS = 30_000;
 /** How long a worker may take from fork to listening before it counts as failed. */
 const START_TIMEOUT_MS = 30_000;
+/** A worker that has not sent its association list within this time is left out of it. */
+const LIST_TIMEOUT_MS = 2_000;
 /** A reload a worker has not answered within this time has failed. */
 const RELOAD_TIMEOUT_MS = 30_000;
 
@@ -87,6 +94,9 @@ export class WorkerPool {
   private readonly admission = new ClusterAdmission();
   private stopping = false;
   private reloadSeq = 0;
+  private listSeq = 0;
+  /** Association lists asked of the workers, by `${index}:${seq}`. */
+  private readonly lists = new Map<string, (list: LiveAssociation[]) => void>();
   private readonly reloads = new Map<
     string,
     { resolve: (rebound: string[]) => void; reject: (e: Error) => void }
@@ -135,6 +145,37 @@ export class WorkerPool {
 
   get liveAssociations(): number {
     return this.admission.total;
+  }
+
+  /**
+   * The live associations of every worker (each tagged with its worker), asked for now; a worker that does
+   * not answer within LIST_TIMEOUT_MS is left out (its count is still in liveAssociations).
+   */
+  async listAssociations(): Promise<LiveAssociation[]> {
+    const lists = await Promise.all(
+      this.slots.map(
+        (slot) =>
+          new Promise<LiveAssociation[]>((resolve) => {
+            const worker = slot.worker;
+            if (!worker?.isConnected()) {
+              resolve([]);
+              return;
+            }
+            const seq = ++this.listSeq;
+            const key = `${slot.index}:${seq}`;
+            const timer = setTimeout(() => {
+              this.lists.delete(key);
+              resolve([]);
+            }, LIST_TIMEOUT_MS);
+            this.lists.set(key, (list) => {
+              clearTimeout(timer);
+              resolve(list.map((a) => ({ ...a, worker: slot.index })));
+            });
+            worker.send({ t: 'associations', seq });
+          }),
+      ),
+    );
+    return lists.flat().sort((a, b) => a.startedAt.localeCompare(b.startedAt));
   }
 
   setLedgerHealthy(healthy: boolean): void {
@@ -231,6 +272,13 @@ export class WorkerPool {
         slot.drained = true;
         slot.worker?.disconnect();
         break;
+      case 'associations': {
+        const key = `${slot.index}:${m.seq}`;
+        const waiting = this.lists.get(key);
+        this.lists.delete(key);
+        waiting?.(m.list);
+        break;
+      }
       default:
         break;
     }

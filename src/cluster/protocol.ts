@@ -8,6 +8,7 @@ import type { AdmissionRefusal } from '../relay/association.js';
 import type { LedgerFailureMode } from '../config/types.js';
 import type { PendingLimits } from '../relay/pending.js';
 import type { ConnectionRefusal, ListenerKind } from '../vocabulary/outcomes.js';
+import type { LiveAssociation } from '../observe/events.js';
 
 /** The daemon's answer to a worker's take-pending: null = counted, else the limit it is over. */
 export interface PendingAnswer {
@@ -46,7 +47,8 @@ export type PrimaryMessage =
       admission: Array<{ id: string; over: AdmissionRefusal | null }>;
       pending: PendingAnswer[];
     }
-  | { t: 'drain'; graceMs: number };
+  | { t: 'drain'; graceMs: number }
+  | { t: 'associations'; seq: number };
 
 /** One observation or request of a worker, in the order it happened. */
 export type WorkerItem =
@@ -76,7 +78,8 @@ export type WorkerMessage =
   | { t: 'failed'; stage: 'start' | 'listen'; message: string }
   | { t: 'reloaded'; seq: number; rebound: string[] }
   | { t: 'reload-failed'; seq: number; message: string }
-  | { t: 'drained' };
+  | { t: 'drained' }
+  | { t: 'associations'; seq: number; list: LiveAssociation[] };
 
 /**
  * Items queued during one turn of the event loop and sent as one message at its end: one IPC message per

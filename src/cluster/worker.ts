@@ -234,6 +234,9 @@ export async function runWorker(): Promise<number> {
         case 'drain':
           void drain(message.graceMs);
           break;
+        case 'associations':
+          send({ t: 'associations', seq: message.seq, list: server.listAssociations() });
+          break;
         case 'init':
           break;
       }

@@ -10,6 +10,7 @@ import { aeTitleError, trimAeTitle, uidError } from './syntax.js';
 import {
   LEDGER_FAILURE_MODES,
   LEDGER_FSYNC_MODES,
+  LOG_LEVELS,
   SERVICE_NAMES,
   TLS_PROFILE_NAMES,
   WORKER_BALANCE_MODES,
@@ -176,7 +177,7 @@ export const reloadSchema = z.strictObject({
 });
 
 export const loggingSchema = z.strictObject({
-  level: z.enum(['error', 'warn', 'info', 'debug']).optional(),
+  level: z.enum(LOG_LEVELS).optional(),
   file: filePathSchema.nullable().optional(),
 });
 

@@ -10,6 +10,10 @@ import type { TlsProfileName } from './tls-profile-names.js';
 /** DIMSE services a peer may be granted (see src/policy/services.ts for the SOP classes each covers). */
 export type ServiceName = 'echo' | 'store' | 'find' | 'move' | 'get' | 'worklist' | 'mpps' | 'commitment';
 
+/** Log levels, most severe first (winston's npm levels). */
+export const LOG_LEVELS = Object.freeze(['error', 'warn', 'info', 'debug'] as const);
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
 export const SERVICE_NAMES: readonly ServiceName[] = Object.freeze([
   'echo',
   'store',
@@ -198,7 +202,7 @@ export interface ReloadConfig {
 }
 
 export interface LoggingConfig {
-  level: 'error' | 'warn' | 'info' | 'debug';
+  level: LogLevel;
   file: string | null;
 }
 

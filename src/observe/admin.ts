@@ -1,12 +1,15 @@
 // The admin endpoint (node:http): GET /metrics (Prometheus text), GET /healthz (liveness: is the event
 // loop turning?), GET /readyz (readiness: listeners bound and every upstream answering a mutual-TLS
-// C-ECHO). Only GET and HEAD; anything else is 404 (unknown path) or 405 (other method). When the
-// daemon passes a reload hook, POST /-/reload (?dryRun=1) reloads the configuration like SIGHUP.
+// C-ECHO), and with the daemon's hooks GET /associations (live associations), GET /explain (what the
+// running policy answers a calling AE), GET / POST /-/log-level (the log level until the next reload)
+// and POST /-/reload (?dryRun=1; like SIGHUP). An unknown path is 404, another method 405.
 // Bind it to loopback unless a scraper elsewhere needs it: the bodies name peers, upstreams and errors.
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { monotonicClock, type Clock, type TimerHandle } from '../util/clock.js';
 import type { ReadinessStatus } from './readiness.js';
+import type { LiveAssociation } from './events.js';
+import type { Explanation, ExplainQuery } from '../policy/explain.js';
 
 const JSON_TYPE = 'application/json; charset=utf-8';
 
@@ -37,6 +40,22 @@ export interface AdminServerOptions {
    * Resolves with the HTTP status and a JSON-serialisable body. Absent: the route is 404.
    */
   reload?: (dryRun: boolean) => Promise<{ code: number; body: unknown }>;
+  /** GET /associations: the live associations. Absent: 404. */
+  associations?: () => Promise<LiveAssociation[]> | LiveAssociation[];
+  /** GET /explain?calling=&from=&called=&service=&moveDestination=: the running policy's answer. */
+  explain?: (query: ExplainQuery) => Explanation;
+  /** GET /-/log-level; POST /-/log-level?level=debug sets it until the next reload. */
+  logLevel?: {
+    get(): { level: string; configured: string };
+    set(level: string): { code: number; body: unknown };
+  };
+}
+
+type Reply = { code: number; body: unknown; type?: string; text?: string };
+
+interface Route {
+  methods: readonly string[];
+  run(url: URL): Promise<Reply> | Reply;
 }
 
 export interface HealthBody {
@@ -109,9 +128,11 @@ export class AdminServer {
   private readonly server: http.Server;
   private readonly lag: LagMonitor;
   private readonly maxLagMs: number;
+  private readonly routeTable: Map<string, Route>;
 
   constructor(private readonly opts: AdminServerOptions) {
     this.maxLagMs = opts.maxEventLoopLagMs ?? 1000;
+    this.routeTable = this.routes();
     this.lag = new LagMonitor(
       opts.lagSampleIntervalMs ?? 200,
       opts.lagWindowMs ?? 5000,
@@ -189,52 +210,107 @@ export class AdminServer {
     };
   }
 
+  /** The routes this endpoint serves with the hooks it was given (path -> methods and handler). */
+  private routes(): Map<string, Route> {
+    const o = this.opts;
+    const GET = ['GET', 'HEAD'] as const;
+    const routes = new Map<string, Route>([
+      [
+        '/metrics',
+        {
+          methods: GET,
+          run: async () => ({
+            code: 200,
+            body: null,
+            type: o.metrics.contentType,
+            text: await o.metrics.metrics(),
+          }),
+        },
+      ],
+      ['/healthz', { methods: GET, run: () => this.health() }],
+      ['/readyz', { methods: GET, run: () => this.readiness() }],
+    ]);
+    const reload = o.reload;
+    if (reload) {
+      routes.set('/-/reload', {
+        methods: ['POST'],
+        run: (url) => reload(['1', 'true'].includes(url.searchParams.get('dryRun') ?? '')),
+      });
+    }
+    const associations = o.associations;
+    if (associations) {
+      routes.set('/associations', {
+        methods: GET,
+        run: async () => {
+          const list = await associations();
+          return { code: 200, body: { count: list.length, associations: list } };
+        },
+      });
+    }
+    const explain = o.explain;
+    if (explain) {
+      routes.set('/explain', {
+        methods: GET,
+        run: (url) => {
+          const p = url.searchParams;
+          const calling = p.get('calling');
+          const from = p.get('from');
+          if (!calling || !from) {
+            return {
+              code: 400,
+              body: { error: 'calling and from are required (and called, service, moveDestination)' },
+            };
+          }
+          const query: ExplainQuery = {
+            callingAeTitle: calling,
+            remoteAddress: from,
+            calledAeTitle: p.get('called') ?? '',
+            service: p.get('service'),
+            moveDestination: p.get('moveDestination'),
+          };
+          return { code: 200, body: { query, ...explain(query) } };
+        },
+      });
+    }
+    const logLevel = o.logLevel;
+    if (logLevel) {
+      routes.set('/-/log-level', {
+        methods: ['GET', 'HEAD', 'POST'],
+        run: (url) => {
+          const level = url.searchParams.get('level');
+          if (level === null) return { code: 200, body: logLevel.get() };
+          return logLevel.set(level);
+        },
+      });
+    }
+    return routes;
+  }
+
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
-    let path: string;
-    let dryRun = false;
+    let url: URL | null;
     try {
-      const url = new URL(req.url ?? '/', 'http://admin');
-      path = url.pathname;
-      dryRun = ['1', 'true'].includes(url.searchParams.get('dryRun') ?? '');
+      url = new URL(req.url ?? '/', 'http://admin');
     } catch {
-      path = '';
+      url = null;
     }
-    const reload = this.opts.reload;
-    if (path === '/-/reload' && reload) {
-      if (req.method !== 'POST') {
-        res.setHeader('Allow', 'POST');
-        send(res, req, 405, JSON_TYPE, JSON.stringify({ error: 'method not allowed' }));
-        return;
-      }
-      try {
-        const { code, body } = await reload(dryRun);
-        send(res, req, code, JSON_TYPE, JSON.stringify(body));
-      } catch (err) {
-        send(res, req, 500, JSON_TYPE, JSON.stringify({ error: (err as Error).message }));
-      }
-      return;
-    }
-    const known = path === '/metrics' || path === '/healthz' || path === '/readyz';
-    if (!known) {
+    const route = url ? this.routeTable.get(url.pathname) : undefined;
+    if (!url || !route) {
       send(res, req, 404, JSON_TYPE, JSON.stringify({ error: 'not found' }));
       return;
     }
-    if (req.method !== 'GET' && req.method !== 'HEAD') {
-      res.setHeader('Allow', 'GET, HEAD');
+    const method = req.method ?? 'GET';
+    // A POST changes something; a GET with a level (or dryRun) must not.
+    const allowed =
+      route.methods.includes(method) &&
+      !(url.pathname === '/-/log-level' && method !== 'POST' && url.searchParams.has('level'));
+    if (!allowed) {
+      res.setHeader('Allow', route.methods.join(', '));
       send(res, req, 405, JSON_TYPE, JSON.stringify({ error: 'method not allowed' }));
       return;
     }
     try {
-      if (path === '/metrics') {
-        const text = await this.opts.metrics.metrics();
-        send(res, req, 200, this.opts.metrics.contentType, text);
-      } else if (path === '/healthz') {
-        const { code, body } = this.health();
-        send(res, req, code, JSON_TYPE, JSON.stringify(body));
-      } else {
-        const { code, body } = this.readiness();
-        send(res, req, code, JSON_TYPE, JSON.stringify(body));
-      }
+      const r = await route.run(url);
+      send(res, req, r.code, r.type ?? JSON_TYPE, r.text ?? JSON.stringify(r.body));
     } catch (err) {
       send(res, req, 500, JSON_TYPE, JSON.stringify({ error: (err as Error).message }));
     }

@@ -60,6 +60,32 @@ export interface QueryIdentifier {
   truncated: boolean;
 }
 
+/** One association as it is now (GET /associations, `status --associations`). */
+export interface LiveAssociation {
+  id: string;
+  listener: ListenerKind;
+  remoteAddress: string;
+  remotePort: number;
+  callingAeTitle: string | null;
+  calledAeTitle: string | null;
+  /** The admitted peer (null before admission). */
+  peer: string | null;
+  /** The upstream (forward) or receiver (return) it is relayed to, once chosen. */
+  upstream: string | null;
+  upstreamAeTitle: string | null;
+  /** PS3.8 states of the two legs: toward the caller, toward the far side. */
+  state: { caller: string; far: string };
+  startedAt: string;
+  durationMs: number;
+  /** DIMSE requests relayed so far, by command. */
+  operations: Record<string, number>;
+  bytesFromModality: number;
+  bytesFromArchive: number;
+  instances: number;
+  /** The relay worker carrying it (workers > 1). */
+  worker?: number;
+}
+
 export interface ProxyEventMap {
   'association-refused': [
     {

@@ -4,7 +4,9 @@ import winston from 'winston';
 import { PROTOCOL_ERROR_ABORT_REASONS, type ProtocolErrorCode } from '../vocabulary/outcomes.js';
 import type { ProxyEventMap, ProxyEvents } from './events.js';
 
-export type LogLevel = 'error' | 'warn' | 'info' | 'debug';
+import { LOG_LEVELS, type LogLevel } from '../config/types.js';
+
+export type { LogLevel };
 
 export interface LoggerOptions {
   level: LogLevel;
@@ -17,7 +19,7 @@ export interface LoggerOptions {
 export function createLogger(opts: LoggerOptions): winston.Logger {
   const transports: winston.transport[] = [
     new winston.transports.Console({
-      stderrLevels: opts.stderr ? ['error', 'warn', 'info', 'debug'] : ['error'],
+      stderrLevels: opts.stderr ? [...LOG_LEVELS] : ['error'],
     }),
   ];
   if (opts.file) transports.push(new winston.transports.File({ filename: opts.file }));

@@ -1,6 +1,8 @@
 // Client side of the admin endpoint for the CLI's `status` command: reads /healthz and /readyz and
 // renders them for a terminal. Exit code: 0 ready, 1 not ready (or event loop stalled), 2 unreachable.
+// Also the requests of `status --associations`, `explain --admin` and `log-level` (adminRequest).
 import type { HealthBody, ReadyBody } from './admin.js';
+import type { LiveAssociation } from './events.js';
 
 export type StatusExitCode = 0 | 1 | 2;
 
@@ -42,9 +44,13 @@ export function adminBaseUrl(input: string): URL {
   return url;
 }
 
-async function getJson(url: URL, timeoutMs: number): Promise<{ code: number; body: unknown }> {
+async function getJson(
+  url: URL,
+  timeoutMs: number,
+  method: 'GET' | 'POST' = 'GET',
+): Promise<{ code: number; body: unknown }> {
   const res = await fetch(url, {
-    method: 'GET',
+    method,
     headers: { accept: 'application/json' },
     signal: AbortSignal.timeout(timeoutMs),
     redirect: 'error',
@@ -90,6 +96,57 @@ function describeError(err: unknown): string {
   if (cause?.code) return `${cause.code}${cause.message ? `: ${cause.message}` : ''}`;
   if (cause?.message) return `${e.message}: ${cause.message}`;
   return e?.message ?? String(err);
+}
+
+/**
+ * One request to the admin endpoint at `admin` (host:port or URL): `path` may carry a query string.
+ * Throws with a readable reason when the endpoint cannot be reached or does not answer JSON.
+ */
+export async function adminRequest(
+  admin: string,
+  path: string,
+  opts: { method?: 'GET' | 'POST'; timeoutMs?: number } = {},
+): Promise<{ code: number; body: unknown }> {
+  const base = adminBaseUrl(admin);
+  try {
+    return await getJson(
+      new URL(path.replace(/^\//, ''), base),
+      opts.timeoutMs ?? 5000,
+      opts.method ?? 'GET',
+    );
+  } catch (err) {
+    throw new Error(`admin endpoint ${base.href}: ${describeError(err)}`, { cause: err });
+  }
+}
+
+/** The `status --associations` table. */
+export function formatAssociations(list: readonly LiveAssociation[], now = Date.now()): string {
+  if (list.length === 0) return 'no live associations';
+  const rows = [['ID', 'PEER', 'FROM', 'CALLED -> TO', 'STATE', 'AGE', 'OPERATIONS', 'IN / OUT', 'WORKER']];
+  for (const a of list) {
+    const ops = Object.entries(a.operations)
+      .map(([k, v]) => `${k.replace(/-RQ$/, '')} ${v}`)
+      .join(', ');
+    rows.push([
+      a.id,
+      a.peer ?? a.callingAeTitle ?? '-',
+      `${a.remoteAddress}:${a.remotePort}`,
+      `${a.calledAeTitle ?? '-'} -> ${a.upstream ?? '-'}`,
+      `${a.state.caller}/${a.state.far}`,
+      formatAge(now - Date.parse(a.startedAt)),
+      ops || '-',
+      `${formatBytes(a.bytesFromModality)} / ${formatBytes(a.bytesFromArchive)}`,
+      a.worker === undefined ? '-' : String(a.worker),
+    ]);
+  }
+  return `${list.length} live association(s)\n${table(rows)}`;
+}
+
+function formatBytes(n: number): string {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
+  if (n < 1024 ** 3) return `${(n / 1024 / 1024).toFixed(1)} MiB`;
+  return `${(n / 1024 ** 3).toFixed(2)} GiB`;
 }
 
 /** Query /healthz and /readyz of the admin endpoint at `url`. Never throws. */

@@ -70,6 +70,7 @@ import type { CertificateIdentities } from '../tls/identity.js';
 import type {
   AssociationOutcome,
   Direction,
+  LiveAssociation,
   ProxyEvents,
   QueryIdentifier,
   RejectSpec,
@@ -86,7 +87,7 @@ import type {
 import { pduEvent, UL_EVENTS, UlMachine, type Step, type UlEvent } from './fsm.js';
 import { answerRequestor, checkPresentationContexts, forwardRequest, maxLengths } from './negotiation.js';
 import { Evidence, type LedgerBinding, type RecordContext } from './evidence.js';
-import { RequestPolicy } from './requests.js';
+import { RequestPolicy } from '../policy/requests.js';
 
 export type { LedgerBinding } from './evidence.js';
 
@@ -324,6 +325,29 @@ export class Association {
   /** The PS3.8 state of each leg: toward the modality (acceptor) and toward the archive (requestor). */
   get states(): { modality: string; archive: string } {
     return { modality: this.legs[0].state, archive: this.legs[1].state };
+  }
+
+  /** What GET /associations shows of this association now. */
+  live(): LiveAssociation {
+    const rq = this.rq;
+    return {
+      id: this.id,
+      listener: this.listener,
+      remoteAddress: this.remoteAddress,
+      remotePort: this.remotePort,
+      callingAeTitle: rq ? aeTitleText(rq.callingAeTitle) : null,
+      calledAeTitle: rq ? aeTitleText(rq.calledAeTitle) : null,
+      peer: this.admittedPeer,
+      upstream: this.upstream?.name ?? null,
+      upstreamAeTitle: this.upstream?.aeTitle ?? null,
+      state: { caller: this.legs[0].state, far: this.legs[1].state },
+      startedAt: new Date(this.startedAt).toISOString(),
+      durationMs: this.clock.now() - this.startedAt,
+      operations: { ...this.operations },
+      bytesFromModality: this.bytesFromModality,
+      bytesFromArchive: this.bytesFromArchive,
+      instances: this.evidence.instances,
+    };
   }
 
   /** Live counters (for status, tests and metrics). */

@@ -18,7 +18,7 @@ import {
   refuseClient,
   remoteEndpoint,
 } from '../tls/identity.js';
-import { ProxyEvents } from '../observe/events.js';
+import { ProxyEvents, type LiveAssociation } from '../observe/events.js';
 import { readPreamble } from './proxy-protocol.js';
 import { declareClientEndpoint, clientEndpoint } from '../util/endpoint.js';
 import {
@@ -604,6 +604,11 @@ export class ProxyServer implements AssociationHost {
   /** The live associations (read-only use: stats, status). */
   associations(): Association[] {
     return [...this.live];
+  }
+
+  /** The live associations as GET /associations shows them, oldest first. */
+  listAssociations(): LiveAssociation[] {
+    return [...this.live].map((a) => a.live());
   }
 
   get liveAssociations(): number {

@@ -2,7 +2,7 @@
 // Pure decisions over the peer's compiled policy; the association acts on them.
 
 import { CommandField, Status, commandName, type CommandSet } from '../dimse/command.js';
-import type { PeerPolicy } from '../policy/policy.js';
+import type { PeerPolicy } from './policy.js';
 
 export type RequestDecision =
   | { kind: 'forward' }
