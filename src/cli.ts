@@ -14,6 +14,7 @@ import { diffConfigs, formatChanges } from './config/diff.js';
 import { TlsMaterialError } from './tls/upstream.js';
 import { writeSigningKey } from './integrity/keys.js';
 import { registerLedgerCommands } from './cli/ledger.js';
+import { describeAssociateReject } from './pdu/constants.js';
 
 // The YAML parser and the config schema are loaded only by the commands that read a configuration
 // here; `start` validates in a child process and keeps them out of the relay's heap (config/load-isolated.ts).
@@ -286,9 +287,28 @@ certs
     for (const [k, v] of Object.entries(all)) if (k !== 'dir') process.stdout.write(`${k.padEnd(18)} ${v}\n`);
   });
 
+/** What a rejection means, and where to look when the node is a dimse-tls-proxy. */
+function rejectionHint(r: { result: number; source: number; reason: number }, calling: string): string {
+  const words = describeAssociateReject(r.result, r.source, r.reason);
+  const hint =
+    r.source === 1 && r.reason === 3
+      ? `at a dimse-tls-proxy: calling AE title ${calling} is not configured there, or not from this address ` +
+        `(\`dimse-tls-proxy explain --calling ${calling} --from <this host's address>\` says which)`
+      : r.source === 1 && r.reason === 7
+        ? 'at a dimse-tls-proxy: no route for this called AE title (routes[].calledAeTitle)'
+        : r.source === 3 && r.reason === 1
+          ? 'at a dimse-tls-proxy: the archive behind it did not answer (see its upstream-failed log line)'
+          : r.source === 3 && r.reason === 2
+            ? "at a dimse-tls-proxy: an association limit (limits.maxAssociations or the peer's maxAssociations)"
+            : null;
+  return hint ? `${words}; ${hint}` : words;
+}
+
 program
   .command('echo')
-  .description('send a C-ECHO to any DICOM node (troubleshooting), optionally over mutual TLS')
+  .description(
+    "send a C-ECHO to any DICOM node (troubleshooting); over mutual TLS it prints the TLS version, cipher and the node's certificate",
+  )
   .argument('<host>', 'host name or address')
   .argument('<port>', 'port (1-65535)', (v) => {
     const port = Number(v);
@@ -299,10 +319,18 @@ program
   })
   .option('--aet <ae>', 'calling AE title', 'ECHOSCU')
   .option('--aec <ae>', 'called AE title', 'ANY-SCP')
-  .option('--tls', 'use mutual TLS', false)
-  .option('--ca <file>', 'CA bundle (with --tls)')
+  .option('--tls', 'use mutual TLS (the same TLS settings the proxy uses toward an archive)', false)
+  .option('--ca <file>', "CA bundle the node's certificate must chain to (with --tls)")
   .option('--cert <file>', 'client certificate (with --tls)')
   .option('--key <file>', 'client key (with --tls)')
+  .option(
+    '--server-name <name>',
+    "the name expected in the node's certificate and sent as SNI (default: <host>)",
+  )
+  .option('--no-verify-hostname', 'check the chain and validity only, not the name')
+  .addOption(
+    new Option('--profile <profile>', 'TLS profile').choices(['bcp195', 'modified-bcp195']).default('bcp195'),
+  )
   .addOption(
     new Option('--timeout <ms>', 'timeout in ms').default(10000).argParser((v) => Number.parseInt(v, 10)),
   )
@@ -317,39 +345,63 @@ program
         ca?: string;
         cert?: string;
         key?: string;
+        serverName?: string;
+        verifyHostname: boolean;
+        profile: 'bcp195' | 'modified-bcp195';
         timeout: number;
       },
     ) => {
-      let tls;
-      if (opts.tls) {
-        if (!opts.ca || !opts.cert || !opts.key) {
-          process.stderr.write('--tls needs --ca, --cert and --key\n');
-          process.exit(2);
-        }
-        tls = { ca: readFileSync(opts.ca), cert: readFileSync(opts.cert), key: readFileSync(opts.key) };
+      if (opts.tls && (!opts.ca || !opts.cert || !opts.key)) {
+        process.stderr.write('--tls needs --ca, --cert and --key\n');
+        process.exit(2);
       }
-      // Loaded on demand: dcmjs-dimse's dictionaries would enlarge the relay's heap and so every GC.
-      const { echo } = await import('./dicom/dcmjs.js');
-      const r = await echo({
+      const { echoNode } = await import('./tls/probe.js');
+      const r = await echoNode({
         host,
         port,
         callingAeTitle: opts.aet,
         calledAeTitle: opts.aec,
         timeoutMs: opts.timeout,
-        ...(tls ? { tls } : {}),
+        tls:
+          opts.tls && opts.ca && opts.cert && opts.key
+            ? {
+                ca: resolve(opts.ca),
+                cert: resolve(opts.cert),
+                key: resolve(opts.key),
+                serverName: opts.serverName ?? host,
+                verifyHostname: opts.verifyHostname,
+                profile: opts.profile,
+              }
+            : null,
       });
-      if (r.ok) {
-        process.stdout.write(
-          `C-ECHO ${opts.aet} -> ${opts.aec}@${host}:${port}: success in ${r.durationMs.toFixed(1)} ms\n`,
-        );
-      } else {
-        process.stdout.write(
-          `C-ECHO ${opts.aet} -> ${opts.aec}@${host}:${port}: FAILED: ${r.error}` +
-            (r.status !== null ? ` (status 0x${r.status.toString(16).padStart(4, '0')})` : '') +
-            '\n',
-        );
-        process.exit(1);
+      const out: string[] = [];
+      if (r.tls) {
+        out.push(`TLS: ${r.tls.protocol ?? '?'} ${r.tls.cipher}`);
+        const c = r.tls.peerCertificate;
+        if (c) {
+          out.push(
+            `node certificate: ${c.subject}`,
+            `  issuer:   ${c.issuer}`,
+            ...(c.subjectAltName ? [`  names:    ${c.subjectAltName}`] : []),
+            `  valid:    ${c.validFrom} to ${c.validTo}`,
+            `  SHA-256:  ${c.fingerprint256}`,
+          );
+        }
       }
+      const what = `C-ECHO ${opts.aet} -> ${opts.aec}@${host}:${port}${opts.tls ? ' (TLS)' : ''}`;
+      if (r.ok) {
+        out.push(`${what}: success in ${r.durationMs.toFixed(1)} ms`);
+        process.stdout.write(`${out.join('\n')}\n`);
+        return;
+      }
+      const why = r.rejection
+        ? `REJECTED A-ASSOCIATE-RJ ${r.rejection.result}/${r.rejection.source}/${r.rejection.reason}: ${rejectionHint(r.rejection, opts.aet)}`
+        : r.status !== null
+          ? `FAILED: status 0x${r.status.toString(16).toUpperCase().padStart(4, '0')}`
+          : `FAILED: ${r.error ?? 'unknown error'}`;
+      out.push(`${what}: ${why}`);
+      process.stdout.write(`${out.join('\n')}\n`);
+      process.exit(1);
     },
   );
 

@@ -83,3 +83,30 @@ export const PresentationContextResult = {
 
 /** The DICOM application context name. PS3.7 annex A.2.1 */
 export const DICOM_APPLICATION_CONTEXT = '1.2.840.10008.3.1.1.1';
+
+/**
+ * A-ASSOCIATE-RJ result / source / reason in words (PS3.8 9.3.4, Table 9-21), e.g. for 1/1/3
+ * "rejected-permanent, DICOM UL service-user: calling-AE-title-not-recognized".
+ */
+export function describeAssociateReject(result: number, source: number, reason: number): string {
+  const results: Record<number, string> = { 1: 'rejected-permanent', 2: 'rejected-transient' };
+  const sources: Record<number, string> = {
+    1: 'DICOM UL service-user',
+    2: 'DICOM UL service-provider (ACSE related function)',
+    3: 'DICOM UL service-provider (presentation related function)',
+  };
+  const reasons: Record<number, Record<number, string>> = {
+    1: {
+      1: 'no-reason-given',
+      2: 'application-context-name-not-supported',
+      3: 'calling-AE-title-not-recognized',
+      7: 'called-AE-title-not-recognized',
+    },
+    2: { 1: 'no-reason-given', 2: 'protocol-version-not-supported' },
+    3: { 1: 'temporary-congestion', 2: 'local-limit-exceeded' },
+  };
+  return (
+    `${results[result] ?? `result ${result}`}, ${sources[source] ?? `source ${source}`}: ` +
+    `${reasons[source]?.[reason] ?? `reason ${reason} (reserved)`}`
+  );
+}

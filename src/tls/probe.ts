@@ -1,6 +1,7 @@
 // The readiness probe: a real C-ECHO (PS3.7 9.1.5) to an upstream archive over exactly the TLS path the
 // relay uses (connectUpstream: profile, client certificate, CA, server name and hostname check), with the
 // proxy's own PDU codec. Certificate files are read afresh for every probe, so a rotation shows at once.
+import * as net from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import type { UpstreamConfig } from '../config/types.js';
 import { DICOM_APPLICATION_CONTEXT, PduType, PresentationContextResult } from '../pdu/constants.js';
@@ -8,7 +9,12 @@ import { aeTitleField, decodePdu, encodePdu, presentationContextsAc } from '../p
 import { PduFramer } from '../pdu/framer.js';
 import type { AssociatePdu, PDataPdu } from '../pdu/types.js';
 import { CommandField, decodeCommand, encodeCommand, Status } from '../dimse/command.js';
-import { buildUpstreamTlsContext, connectUpstream, UpstreamConnectError } from './upstream.js';
+import {
+  buildUpstreamTlsContext,
+  connectUpstream,
+  UpstreamConnectError,
+  type UpstreamTlsSettings,
+} from './upstream.js';
 
 const VERIFICATION = '1.2.840.10008.1.1';
 const IMPLICIT_LE = '1.2.840.10008.1.2';
@@ -23,27 +29,85 @@ export interface ProbeResult {
   durationMs: number;
 }
 
-/** C-ECHO the upstream; never throws. */
-export async function echoUpstream(
-  upstream: UpstreamConfig,
-  timeoutMs: number,
-  callingAeTitle = 'DIMSE_PROXY',
-): Promise<ProbeResult> {
+/** What a C-ECHO to any node learnt (the `echo` command). */
+export interface EchoResult extends ProbeResult {
+  /** The A-ASSOCIATE-RJ, when the node rejected the association. */
+  rejection: { result: number; source: number; reason: number } | null;
+  /** The TLS session, when over TLS and the handshake completed. */
+  tls: {
+    protocol: string | null;
+    cipher: string;
+    peerCertificate: {
+      subject: string;
+      issuer: string;
+      subjectAltName: string | null;
+      validFrom: string;
+      validTo: string;
+      fingerprint256: string;
+    } | null;
+  } | null;
+}
+
+export interface EchoOptions {
+  host: string;
+  port: number;
+  callingAeTitle: string;
+  calledAeTitle: string;
+  timeoutMs: number;
+  /** Mutual TLS with the relay's own TLS path (profile, server name and hostname check). */
+  tls?: UpstreamTlsSettings | null;
+}
+
+/** The association was rejected (PS3.8 9.3.4): result, source and reason as received. */
+export class AssociationRejectedError extends Error {
+  constructor(readonly rejection: { result: number; source: number; reason: number }) {
+    super(`association rejected ${rejection.result}/${rejection.source}/${rejection.reason}`);
+    this.name = 'AssociationRejectedError';
+  }
+}
+
+function sessionOf(socket: TLSSocket): NonNullable<EchoResult['tls']> {
+  const cert = socket.getPeerX509Certificate();
+  return {
+    protocol: socket.getProtocol(),
+    cipher: socket.getCipher().standardName,
+    peerCertificate: cert
+      ? {
+          subject: cert.subject.replace(/\n/g, ', '),
+          issuer: cert.issuer.replace(/\n/g, ', '),
+          subjectAltName: cert.subjectAltName ?? null,
+          validFrom: cert.validFromDate.toISOString(),
+          validTo: cert.validToDate.toISOString(),
+          fingerprint256: cert.fingerprint256,
+        }
+      : null,
+  };
+}
+
+/** C-ECHO any DICOM node, in plaintext or over the relay's TLS path, with the proxy's codec; never throws. */
+export async function echoNode(opts: EchoOptions): Promise<EchoResult> {
   const started = performance.now();
-  const done = (ok: boolean, status: number | null, error: string | null): ProbeResult => ({
-    ok,
-    status,
-    error,
-    durationMs: performance.now() - started,
-  });
-  let socket: TLSSocket;
+  let session: EchoResult['tls'] = null;
+  const done = (
+    ok: boolean,
+    status: number | null,
+    error: string | null,
+    rejection: EchoResult['rejection'] = null,
+  ): EchoResult => ({ ok, status, error, rejection, tls: session, durationMs: performance.now() - started });
+  let socket: net.Socket;
   try {
-    socket = await connectUpstream({
-      host: upstream.host,
-      port: upstream.port,
-      timeoutMs,
-      tls: buildUpstreamTlsContext(upstream.tls),
-    });
+    if (opts.tls) {
+      const tlsSocket = await connectUpstream({
+        host: opts.host,
+        port: opts.port,
+        timeoutMs: opts.timeoutMs,
+        tls: buildUpstreamTlsContext(opts.tls),
+      });
+      session = sessionOf(tlsSocket);
+      socket = tlsSocket;
+    } else {
+      socket = await connectPlain(opts.host, opts.port, opts.timeoutMs);
+    }
   } catch (err) {
     const reason = err instanceof UpstreamConnectError ? `${err.reason}: ` : '';
     return done(false, null, `${reason}${(err as Error).message}`);
@@ -51,21 +115,61 @@ export async function echoUpstream(
   try {
     const status = await converse(
       socket,
-      upstream,
-      callingAeTitle,
-      timeoutMs - (performance.now() - started),
+      opts.calledAeTitle,
+      opts.callingAeTitle,
+      opts.timeoutMs - (performance.now() - started),
     );
     return done(status === Status.Success, status, status === Status.Success ? null : 'failure status');
   } catch (err) {
-    return done(false, null, (err as Error).message);
+    return done(
+      false,
+      null,
+      (err as Error).message,
+      err instanceof AssociationRejectedError ? err.rejection : null,
+    );
   } finally {
     socket.destroy();
   }
 }
 
-function converse(
-  socket: TLSSocket,
+function connectPlain(host: string, port: number, timeoutMs: number): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ host, port, noDelay: true });
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(new Error(`no TCP connection within ${timeoutMs} ms`));
+    }, timeoutMs);
+    socket.once('connect', () => {
+      clearTimeout(timer);
+      resolve(socket);
+    });
+    socket.once('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+  });
+}
+
+/** C-ECHO the upstream; never throws. */
+export async function echoUpstream(
   upstream: UpstreamConfig,
+  timeoutMs: number,
+  callingAeTitle = 'DIMSE_PROXY',
+): Promise<ProbeResult> {
+  const r = await echoNode({
+    host: upstream.host,
+    port: upstream.port,
+    callingAeTitle: upstream.callingAeTitle ?? callingAeTitle,
+    calledAeTitle: upstream.aeTitle,
+    timeoutMs,
+    tls: upstream.tls,
+  });
+  return { ok: r.ok, status: r.status, error: r.error, durationMs: r.durationMs };
+}
+
+function converse(
+  socket: net.Socket,
+  calledAeTitle: string,
   callingAeTitle: string,
   budgetMs: number,
 ): Promise<number> {
@@ -118,7 +222,7 @@ function converse(
           } else if (type === PduType.AssociateRj) {
             const rj = decodePdu(raw);
             if (rj.type !== PduType.AssociateRj) throw new Error('malformed A-ASSOCIATE-RJ');
-            throw new Error(`association rejected ${rj.result}/${rj.source}/${rj.reason}`);
+            throw new AssociationRejectedError({ result: rj.result, source: rj.source, reason: rj.reason });
           } else if (type === PduType.PDataTf) {
             const pdu = decodePdu(raw) as PDataPdu;
             const pdv = pdu.pdvs.find((p) => p.command && p.last);
@@ -129,7 +233,7 @@ function converse(
             socket.write(encodePdu({ type: PduType.ReleaseRq }));
             if (status !== null) succeed(status);
           } else if (type === PduType.Abort) {
-            throw new Error('association aborted by the archive');
+            throw new Error('association aborted by the called node (A-ABORT)');
           } else if (type === PduType.ReleaseRp) {
             socket.end();
           }
@@ -141,8 +245,8 @@ function converse(
     const rq: AssociatePdu = {
       type: PduType.AssociateRq,
       protocolVersion: 1,
-      calledAeTitle: aeTitleField(upstream.aeTitle),
-      callingAeTitle: aeTitleField(upstream.callingAeTitle ?? callingAeTitle),
+      calledAeTitle: aeTitleField(calledAeTitle),
+      callingAeTitle: aeTitleField(callingAeTitle),
       reserved: Buffer.alloc(32),
       items: [
         { kind: 'application-context', name: DICOM_APPLICATION_CONTEXT },

@@ -418,7 +418,16 @@ describe('dimse-tls-proxy command line', { timeout: 80_000 }, () => {
         '5000',
       ]);
       assert.equal(refused.code, 1, describeRun(refused));
-      assert.match(refused.stdout, /FAILED: association rejected 1\/1\/3/, describeRun(refused));
+      assert.match(
+        refused.stdout,
+        /: REJECTED A-ASSOCIATE-RJ 1\/1\/3: rejected-permanent, DICOM UL service-user: calling-AE-title-not-recognized; at a dimse-tls-proxy: calling AE title INTRUDER is not configured there, or not from this address \(`dimse-tls-proxy explain --calling INTRUDER/,
+        describeRun(refused),
+      );
+      assert.equal(
+        (refused.stdout + refused.stderr).split('1/1/3').length - 1,
+        1,
+        `the error is printed once:\n${describeRun(refused)}`,
+      );
 
       assert.ok(
         await eventually(() =>
@@ -474,7 +483,36 @@ describe('dimse-tls-proxy command line', { timeout: 80_000 }, () => {
         pki.proxyClientKey,
       ]);
       assert.equal(tls.code, 0, describeRun(tls));
-      assert.match(tls.stdout, /success/);
+      assert.match(tls.stdout, /^TLS: TLSv1\.[23] \S+\n/);
+      assert.match(
+        tls.stdout,
+        /\nnode certificate: .*CN=archive\.local[\s\S]*\n {2}names: {4}DNS:archive\.local, DNS:localhost, IP Address:127\.0\.0\.1/,
+      );
+      assert.match(tls.stdout, /\n {2}SHA-256: {2}([0-9A-F]{2}:){31}[0-9A-F]{2}\n/);
+      assert.match(tls.stdout, /C-ECHO SCU -> ARCHIVE@127\.0\.0\.1:\d+ \(TLS\): success/);
+      // The expected server name is checked: the name the certificate carries passes, another one fails.
+      const tlsArgs = [
+        '--tls',
+        '--ca',
+        pki.caCert,
+        '--cert',
+        pki.proxyClientCert,
+        '--key',
+        pki.proxyClientKey,
+      ];
+      const named = await cli([...base, ...tlsArgs, '--server-name', 'archive.local']);
+      assert.equal(named.code, 0, describeRun(named));
+      const wrong = await cli([...base, ...tlsArgs, '--server-name', 'pacs.example.org']);
+      assert.equal(wrong.code, 1, describeRun(wrong));
+      assert.match(wrong.stdout, /FAILED: hostname-mismatch: /, describeRun(wrong));
+      const unchecked = await cli([
+        ...base,
+        ...tlsArgs,
+        '--server-name',
+        'pacs.example.org',
+        '--no-verify-hostname',
+      ]);
+      assert.equal(unchecked.code, 0, describeRun(unchecked));
       const plain = await cli(base);
       assert.equal(plain.code, 1, describeRun(plain));
       assert.match(plain.stdout, /FAILED/);

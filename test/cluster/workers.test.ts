@@ -253,6 +253,15 @@ describe('workers: 2 (relay worker processes behind one daemon)', { timeout: 600
       });
       const held = await openAssociation(daemon.port, 'SCU');
       defer(() => held.destroy());
+      // GET /associations asks every worker: the held association, with the worker that carries it.
+      const listed = JSON.parse((await httpRequest(daemon.adminPort, 'GET', '/associations')).text) as {
+        count: number;
+        associations: Array<{ peer: string; worker?: number; state: { caller: string } }>;
+      };
+      assert.equal(listed.count, 1, JSON.stringify(listed));
+      assert.equal(listed.associations[0]?.peer, 'SCU');
+      assert.equal(listed.associations[0]?.state.caller, 'Sta6');
+      assert.ok([1, 2].includes(listed.associations[0]?.worker ?? 0), JSON.stringify(listed));
       // Each new connection goes to a worker in turn: among three, at least one lands on the worker that
       // does not carry the open association and so counts none of its own; the daemon's count refuses it.
       const from = daemon.mark();
