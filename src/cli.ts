@@ -304,6 +304,95 @@ function rejectionHint(r: { result: number; source: number; reason: number }, ca
   return hint ? `${words}; ${hint}` : words;
 }
 
+certs
+  .command('inspect')
+  .description(
+    'print a certificate, chain or CSR: subject, names, issuer, validity, key, fingerprint, key usage; exit 1 if the proxy would object to it',
+  )
+  .argument('<file>', 'PEM (one or more certificates, or a CSR) or DER certificate')
+  .option('--json', 'print as JSON')
+  .action(async (file: string, opts: { json?: boolean }) => {
+    const { inspectCertificates, formatInspected } = await import('./tls/inspect.js');
+    let list;
+    try {
+      list = await inspectCertificates(readFileSync(file));
+    } catch (err) {
+      process.stderr.write(`${file}: ${(err as Error).message}\n`);
+      process.exit(2);
+    }
+    process.stdout.write(opts.json ? `${JSON.stringify(list, null, 2)}\n` : formatInspected(list));
+    if (list.some((c) => c.problems.length > 0)) process.exit(1);
+  });
+
+certs
+  .command('csr')
+  .description(
+    "create a key and a certificate signing request for the proxy's client (toward archives) or server (return listener) certificate",
+  )
+  .requiredOption('--cn <name>', 'subject common name')
+  .addOption(
+    new Option('--usage <usage>', 'extended key usage to request')
+      .choices(['client', 'server', 'both'])
+      .makeOptionMandatory(),
+  )
+  .option('--dns <names>', 'DNS subject alternative names, comma-separated')
+  .option('--ip <addresses>', 'IP subject alternative names, comma-separated')
+  .addOption(new Option('--key-type <type>', 'key').choices(['ec-p256', 'rsa-2048']).default('ec-p256'))
+  .option('-d, --dir <dir>', 'output folder', 'certs')
+  .option('--name <name>', 'file name stem (default proxy-<usage>)')
+  .option('--force', 'overwrite existing files', false)
+  .action(
+    async (opts: {
+      cn: string;
+      usage: 'client' | 'server' | 'both';
+      dns?: string;
+      ip?: string;
+      keyType: 'ec-p256' | 'rsa-2048';
+      dir: string;
+      name?: string;
+      force: boolean;
+    }) => {
+      const { createCsr } = await import('./tls/pki.js');
+      const { inspectCertificates, formatInspected } = await import('./tls/inspect.js');
+      const { mkdir, writeFile } = await import('node:fs/promises');
+      const { existsSync } = await import('node:fs');
+      const list = (v?: string): string[] =>
+        (v ?? '')
+          .split(',')
+          .map((x) => x.trim())
+          .filter(Boolean);
+      const stem = resolve(opts.dir, opts.name ?? `proxy-${opts.usage}`);
+      const csrPath = `${stem}.csr`;
+      const keyPath = `${stem}.key`;
+      for (const p of [csrPath, keyPath]) {
+        if (existsSync(p) && !opts.force) {
+          process.stderr.write(`${p} exists: keep it, or pass --force to replace it\n`);
+          process.exit(2);
+        }
+      }
+      let made;
+      try {
+        made = await createCsr({
+          commonName: opts.cn,
+          usage: opts.usage,
+          dnsNames: list(opts.dns),
+          ipAddresses: list(opts.ip),
+          keyType: opts.keyType,
+        });
+      } catch (err) {
+        process.stderr.write(`${(err as Error).message}\n`);
+        process.exit(2);
+      }
+      await mkdir(resolve(opts.dir), { recursive: true });
+      await writeFile(keyPath, made.key, { mode: 0o600 });
+      await writeFile(csrPath, made.csr, { mode: 0o644 });
+      process.stdout.write(
+        `private key  ${keyPath} (keep it on this host)\ncsr          ${csrPath} (send it to your CA)\n`,
+      );
+      process.stdout.write(formatInspected(await inspectCertificates(Buffer.from(made.csr))));
+    },
+  );
+
 program
   .command('echo')
   .description(

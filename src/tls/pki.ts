@@ -30,6 +30,7 @@ import {
   type JsonGeneralName,
   Name,
   SubjectAlternativeNameExtension,
+  Pkcs10CertificateRequestGenerator,
   SubjectKeyIdentifierExtension,
   X509Certificate,
   X509CertificateGenerator,
@@ -178,7 +179,7 @@ export async function createCa(
   return { cert: cert.toString('pem') + '\n', key: await exportPrivateKey(keys.privateKey) };
 }
 
-function altNames(opts: LeafOptions): JsonGeneralName[] {
+function altNames(opts: Pick<LeafOptions, 'dnsNames' | 'ipAddresses' | 'uris'>): JsonGeneralName[] {
   const names: JsonGeneralName[] = [];
   for (const dns of opts.dnsNames ?? []) {
     if (
@@ -240,6 +241,48 @@ export async function issueCertificate(ca: PemPair, opts: LeafOptions): Promise<
     throw new Error(`issued certificate for ${opts.commonName} does not chain to the CA`);
   }
   return { cert: pem, key: await exportPrivateKey(keys.privateKey) };
+}
+
+export interface CsrOptions {
+  commonName: string;
+  dnsNames?: string[];
+  ipAddresses?: string[];
+  uris?: string[];
+  /** The extended key usage asked for: server (return listener), client (toward archives), both. */
+  usage: CertificateUsage;
+  keyType?: LeafKeyType;
+}
+
+/**
+ * A PKCS#10 certificate signing request (RFC 2986) for one of the proxy's certificates, with a new key:
+ * the subject CN, the SANs and the extended key usage requested as extensions (the CA decides what it
+ * issues). Returns the CSR and the private key, both PEM.
+ */
+export async function createCsr(opts: CsrOptions): Promise<{ csr: string; key: string }> {
+  if (opts.keyType === 'rsa-1024') throw new RangeError('RSA 1024 is too weak for BCP 195');
+  const keys = await generateKeyPair(opts.keyType);
+  const usages: ExtendedKeyUsage[] = [];
+  if (opts.usage !== 'client') usages.push(ExtendedKeyUsage.serverAuth);
+  if (opts.usage !== 'server') usages.push(ExtendedKeyUsage.clientAuth);
+  const extensions: Extension[] = [
+    new KeyUsagesExtension(KeyUsageFlags.digitalSignature, true),
+    new ExtendedKeyUsageExtension(usages, false),
+  ];
+  const names = altNames(opts);
+  if (names.length > 0) extensions.push(new SubjectAlternativeNameExtension(names, false));
+  const csr = await Pkcs10CertificateRequestGenerator.create(
+    {
+      name: subjectName(opts.commonName),
+      keys,
+      signingAlgorithm:
+        opts.keyType === 'rsa-2048'
+          ? { name: 'RSASSA-PKCS1-v1_5', hash: 'SHA-256' }
+          : ({ name: 'ECDSA', hash: 'SHA-256' } as webcrypto.EcdsaParams),
+      extensions,
+    },
+    cryptoImpl,
+  );
+  return { csr: csr.toString('pem') + '\n', key: await exportPrivateKey(keys.privateKey) };
 }
 
 async function exists(path: string): Promise<boolean> {
