@@ -50,12 +50,7 @@ function certificateInfo(cert: X509Certificate, now: Date): InspectedCertificate
   }
   const weak = keyStrengthProblem(cert.publicKey);
   if (weak) problems.push(weak);
-  let eku: string[] | null = null;
-  try {
-    eku = ekuNames(cert.keyUsage);
-  } catch {
-    eku = null;
-  }
+  const eku = ekuNames(cert.keyUsage);
   if (
     !cert.ca &&
     eku !== null &&
