@@ -21,6 +21,17 @@ import { describeAssociateReject } from './pdu/constants.js';
 const loadConfig = async (path: string): Promise<import('./config/types.js').ProxyConfig> =>
   (await import('./config/load.js')).loadConfig(path);
 
+// `dimse-tls-proxy ledger export | head`: when the reader goes away, stop quietly with the exit code so
+// far, never a stack trace. The daemon (`start`) keeps serving: a log reader that went away must not take
+// the proxy with it (its log lines to that pipe are lost; the log file, when configured, has them).
+const isDaemon = process.argv[2] === 'start';
+for (const stream of [process.stdout, process.stderr]) {
+  stream.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code !== 'EPIPE') throw err;
+    if (!isDaemon) process.exit(typeof process.exitCode === 'number' ? process.exitCode : 0);
+  });
+}
+
 const program = new Command();
 program
   .name('dimse-tls-proxy')

@@ -2,9 +2,9 @@
 // Exit codes: 0 = intact / found / done, 1 = ledger broken / nothing matched, 2 = could not run.
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import { readFile, stat } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { exportRecords, findRecords, hashPart10File, type RecordQuery } from '../integrity/find.js';
-import { keyId, keyIdOf, loadPublicKey, writeSigningKey } from '../integrity/keys.js';
+import { PUBLIC_KEY_FILE, keyId, keyIdOf, loadPublicKey, writeSigningKey } from '../integrity/keys.js';
 import { checkWitnessed } from '../integrity/witness.js';
 import { verifyLedger } from '../integrity/verify.js';
 
@@ -29,6 +29,40 @@ function parseTime(value: string): Date {
   const ms = Date.parse(value);
   if (Number.isNaN(ms)) throw new InvalidArgumentError(`not an ISO 8601 time: ${JSON.stringify(value)}`);
   return new Date(ms);
+}
+
+/**
+ * The ledger path and public key a command works on: given on the command line, else from the policy
+ * file (`ledger.path`; the public key beside `ledger.signingKey`, or derived from that key), else the
+ * default path.
+ */
+async function ledgerOptions(opts: {
+  ledger?: string;
+  config?: string;
+  publicKey?: string;
+}): Promise<{ ledger: string; publicKey?: string }> {
+  if (opts.config === undefined) {
+    return {
+      ledger: opts.ledger ?? DEFAULT_LEDGER,
+      ...(opts.publicKey ? { publicKey: opts.publicKey } : {}),
+    };
+  }
+  const { loadConfig } = await import('../config/load.js');
+  const config = await loadConfig(resolve(opts.config));
+  const path = opts.ledger ?? config.ledger.path;
+  if (path === null) throw new Error(`${opts.config}: ledger.path is not set (no ledger is kept)`);
+  let publicKey = opts.publicKey;
+  const signingKey = config.ledger.signingKey;
+  if (publicKey === undefined && signingKey !== null) {
+    const beside = join(dirname(signingKey), PUBLIC_KEY_FILE);
+    publicKey = (await stat(beside).then(
+      () => true,
+      () => false,
+    ))
+      ? beside
+      : signingKey; // a private key PEM gives its public key (integrity/keys.ts loadPublicKey)
+  }
+  return { ledger: path, ...(publicKey !== undefined ? { publicKey } : {}) };
 }
 
 function plural(n: number, one: string, many = `${one}s`): string {
@@ -66,85 +100,96 @@ export function registerLedgerCommands(program: Command, io: LedgerCliIo = proce
   ledger
     .command('verify')
     .description('check the hash chain, file continuity and checkpoint signatures; exit 0 only if intact')
-    .option('-l, --ledger <dir|file>', 'ledger directory or one ledger file', DEFAULT_LEDGER)
+    .option(
+      '-l, --ledger <dir|file>',
+      `ledger directory or one ledger file (default: from --config, else ${DEFAULT_LEDGER})`,
+    )
+    .option(
+      '-c, --config <file>',
+      'take the ledger path (and for verify the public key) from this policy file',
+    )
     .option('-k, --public-key <file>', 'Ed25519 public key (PEM): every checkpoint must be signed by it')
     .option(
       '--checkpoints <file>',
       'checkpoints collected off the box (witness file or syslog store): each must be in the ledger, unchanged',
     )
     .action(
-      guarded('verify', async (opts: { ledger: string; publicKey?: string; checkpoints?: string }) => {
-        const publicKeyPem =
-          opts.publicKey === undefined ? undefined : await readFile(opts.publicKey, 'utf8');
-        const report = await verifyLedger(opts.ledger, publicKeyPem === undefined ? {} : { publicKeyPem });
-        let witnessOk = true;
-        const witnessLines: string[] = [];
-        if (opts.checkpoints !== undefined) {
-          const key =
-            publicKeyPem === undefined
-              ? null
-              : (() => {
-                  const k = loadPublicKey(publicKeyPem);
-                  return { key: k, keyId: keyIdOf(k) };
-                })();
-          const w = await checkWitnessed(opts.ledger, opts.checkpoints, { key });
-          witnessOk = w.ok && w.witnessed > 0;
-          witnessLines.push(
-            `witnessed checkpoints: ${w.witnessed} in ${opts.checkpoints}` +
-              (w.latest ? ` (latest seq ${w.latest.seq} of ${w.latest.time})` : '') +
-              `, ${w.matched} identical in the ledger\n`,
-          );
-          if (w.witnessed === 0) {
-            witnessLines.push(`${opts.checkpoints}: holds no checkpoint record: nothing to compare with\n`);
+      guarded(
+        'verify',
+        async (given: { ledger?: string; config?: string; publicKey?: string; checkpoints?: string }) => {
+          const opts = { ...given, ...(await ledgerOptions(given)) };
+          const publicKeyPem =
+            opts.publicKey === undefined ? undefined : await readFile(opts.publicKey, 'utf8');
+          const report = await verifyLedger(opts.ledger, publicKeyPem === undefined ? {} : { publicKeyPem });
+          let witnessOk = true;
+          const witnessLines: string[] = [];
+          if (opts.checkpoints !== undefined) {
+            const key =
+              publicKeyPem === undefined
+                ? null
+                : (() => {
+                    const k = loadPublicKey(publicKeyPem);
+                    return { key: k, keyId: keyIdOf(k) };
+                  })();
+            const w = await checkWitnessed(opts.ledger, opts.checkpoints, { key });
+            witnessOk = w.ok && w.witnessed > 0;
+            witnessLines.push(
+              `witnessed checkpoints: ${w.witnessed} in ${opts.checkpoints}` +
+                (w.latest ? ` (latest seq ${w.latest.seq} of ${w.latest.time})` : '') +
+                `, ${w.matched} identical in the ledger\n`,
+            );
+            if (w.witnessed === 0) {
+              witnessLines.push(`${opts.checkpoints}: holds no checkpoint record: nothing to compare with\n`);
+            }
+            for (const e of w.errors) witnessLines.push(`${e.where}: ${e.message}\n`);
           }
-          for (const e of w.errors) witnessLines.push(`${e.where}: ${e.message}\n`);
-        }
-        const name = await displayName(opts.ledger);
-        out(
-          `ledger ${opts.ledger}: ${plural(report.files, 'file')}, ${plural(report.records, 'record')} ` +
-            `(${plural(report.instances, 'instance')}, ${plural(report.checkpoints, 'checkpoint')})\n`,
-        );
-        if (publicKeyPem !== undefined) {
-          out(`signatures: ${report.signaturesVerified} verified with key ${keyId(publicKeyPem)}\n`);
-        } else {
+          const name = await displayName(opts.ledger);
           out(
-            `signatures: not checked (no --public-key)` +
-              (report.unsignedCheckpoints > 0
-                ? `; ${plural(report.unsignedCheckpoints, 'unsigned checkpoint')}`
-                : '') +
-              '\n',
+            `ledger ${opts.ledger}: ${plural(report.files, 'file')}, ${plural(report.records, 'record')} ` +
+              `(${plural(report.instances, 'instance')}, ${plural(report.checkpoints, 'checkpoint')})\n`,
           );
-        }
-        if (report.head) {
-          out(`head: seq ${report.head.seq} in ${report.head.file}, hash ${report.head.hash}\n`);
-          if (report.recordsAfterLastCheckpoint > 0) {
-            out(`after the last checkpoint: ${plural(report.recordsAfterLastCheckpoint, 'record')}\n`);
+          if (publicKeyPem !== undefined) {
+            out(`signatures: ${report.signaturesVerified} verified with key ${keyId(publicKeyPem)}\n`);
+          } else {
+            out(
+              `signatures: not checked (no --public-key)` +
+                (report.unsignedCheckpoints > 0
+                  ? `; ${plural(report.unsignedCheckpoints, 'unsigned checkpoint')}`
+                  : '') +
+                '\n',
+            );
           }
-        }
-        if (report.tornTail) {
-          const t = report.tornTail;
-          out(
-            `torn tail: ${name(t.file)}:${t.line} (${plural(t.bytes, 'byte')}): a write cut short by a crash; ` +
-              'the proxy saves it aside and cuts it at its next start\n',
-          );
-        }
-        for (const l of witnessLines) out(l);
-        if (report.ok && witnessOk) {
-          out('INTACT\n');
-          io.setExitCode(0);
-          return;
-        }
-        if (!report.ok) {
-          out(
-            `BROKEN: ${plural(report.errors.length, 'problem')} (the first is where the ledger was first altered)\n`,
-          );
-          for (const e of report.errors)
-            out(`${e.line > 0 ? `${name(e.file)}:${e.line}` : e.file}: ${e.message}\n`);
-        } else {
-          out('BROKEN: the ledger does not hold the checkpoints witnessed off the box (see above)\n');
-        }
-        io.setExitCode(1);
-      }),
+          if (report.head) {
+            out(`head: seq ${report.head.seq} in ${report.head.file}, hash ${report.head.hash}\n`);
+            if (report.recordsAfterLastCheckpoint > 0) {
+              out(`after the last checkpoint: ${plural(report.recordsAfterLastCheckpoint, 'record')}\n`);
+            }
+          }
+          if (report.tornTail) {
+            const t = report.tornTail;
+            out(
+              `torn tail: ${name(t.file)}:${t.line} (${plural(t.bytes, 'byte')}): a write cut short by a crash; ` +
+                'the proxy saves it aside and cuts it at its next start\n',
+            );
+          }
+          for (const l of witnessLines) out(l);
+          if (report.ok && witnessOk) {
+            out('INTACT\n');
+            io.setExitCode(0);
+            return;
+          }
+          if (!report.ok) {
+            out(
+              `BROKEN: ${plural(report.errors.length, 'problem')} (the first is where the ledger was first altered)\n`,
+            );
+            for (const e of report.errors)
+              out(`${e.line > 0 ? `${name(e.file)}:${e.line}` : e.file}: ${e.message}\n`);
+          } else {
+            out('BROKEN: the ledger does not hold the checkpoints witnessed off the box (see above)\n');
+          }
+          io.setExitCode(1);
+        },
+      ),
     );
 
   ledger
@@ -156,7 +201,14 @@ export function registerLedgerCommands(program: Command, io: LedgerCliIo = proce
     .option('-u, --sop-instance-uid <uid>', 'match the SOP Instance UID')
     .option('-s, --study <uid>', 'match the Study Instance UID')
     .option('-a, --calling-ae <aet>', 'match the calling AE title (who sent or asked)')
-    .option('-l, --ledger <dir|file>', 'ledger directory or one ledger file', DEFAULT_LEDGER)
+    .option(
+      '-l, --ledger <dir|file>',
+      `ledger directory or one ledger file (default: from --config, else ${DEFAULT_LEDGER})`,
+    )
+    .option(
+      '-c, --config <file>',
+      'take the ledger path (and for verify the public key) from this policy file',
+    )
     .action(
       guarded(
         'find',
@@ -165,8 +217,10 @@ export function registerLedgerCommands(program: Command, io: LedgerCliIo = proce
           sopInstanceUid?: string;
           study?: string;
           callingAe?: string;
-          ledger: string;
+          ledger?: string;
+          config?: string;
         }) => {
+          const { ledger: ledgerPath } = await ledgerOptions(opts);
           if (
             opts.file === undefined &&
             opts.sopInstanceUid === undefined &&
@@ -199,13 +253,13 @@ export function registerLedgerCommands(program: Command, io: LedgerCliIo = proce
             query.callingAeTitle = opts.callingAe;
             wanted.push(`calling AE title ${opts.callingAe}`);
           }
-          const found = await findRecords(opts.ledger, query);
+          const found = await findRecords(ledgerPath, query);
           if (found.length === 0) {
-            err(`no record matches ${wanted.join(' and ')} in ${opts.ledger}\n`);
+            err(`no record matches ${wanted.join(' and ')} in ${ledgerPath}\n`);
             io.setExitCode(1);
             return;
           }
-          const name = await displayName(opts.ledger);
+          const name = await displayName(ledgerPath);
           for (const f of found) out(`${name(f.file)}:${f.line} ${JSON.stringify(f.record)}\n`);
           io.setExitCode(0);
         },
@@ -215,7 +269,14 @@ export function registerLedgerCommands(program: Command, io: LedgerCliIo = proce
   ledger
     .command('export')
     .description('write instance and committed records (since <= time < until) to stdout as CSV or JSON')
-    .option('-l, --ledger <dir|file>', 'ledger directory or one ledger file', DEFAULT_LEDGER)
+    .option(
+      '-l, --ledger <dir|file>',
+      `ledger directory or one ledger file (default: from --config, else ${DEFAULT_LEDGER})`,
+    )
+    .option(
+      '-c, --config <file>',
+      'take the ledger path (and for verify the public key) from this policy file',
+    )
     .option('--since <time>', 'ISO 8601 time: records at or after it', parseTime)
     .option('--until <time>', 'ISO 8601 time: records before it', parseTime)
     .option('-s, --study <uid>', 'only instances of this Study Instance UID (and what confirms them)')
@@ -225,16 +286,18 @@ export function registerLedgerCommands(program: Command, io: LedgerCliIo = proce
       guarded(
         'export',
         async (opts: {
-          ledger: string;
+          ledger?: string;
+          config?: string;
           since?: Date;
           until?: Date;
           format: 'csv' | 'json';
           study?: string;
           callingAe?: string;
         }) => {
-          await stat(opts.ledger); // a clear ENOENT before any output
+          const { ledger: ledgerPath } = await ledgerOptions(opts);
+          await stat(ledgerPath); // a clear ENOENT before any output
           await exportRecords(
-            opts.ledger,
+            ledgerPath,
             {
               format: opts.format,
               ...(opts.since ? { since: opts.since } : {}),

@@ -2,7 +2,7 @@
 // processes for the exit codes.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { cp, readFile, stat, writeFile } from 'node:fs/promises';
+import { cp, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
@@ -159,6 +159,50 @@ describe('ledger CLI', () => {
     const t = await run(['verify', '--ledger', torn]);
     assert.equal(t.code, 0, t.stdout);
     assert.match(t.stdout, new RegExp(`torn tail: .*${files.at(-1)!}:\\d+ \\(7 bytes\\)`));
+  });
+
+  it('-c policy.yaml: the ledger path and (beside the signing key) the public key come from the policy', async () => {
+    const keyDir = join(root, 'keys');
+    await mkdir(keyDir, { recursive: true });
+    await writeFile(join(keyDir, 'ledger-signing.key'), KEYS.privateKeyPem);
+    const policy = (ledgerSection: string): string =>
+      [
+        'upstreams:',
+        '  archive: { host: pacs.example.org, port: 2762, aeTitle: PACS, tls: { ca: ca.pem, cert: c.pem, key: c.key } }',
+        'routes:',
+        '  - { calledAeTitle: DICOM_PROXY, upstream: archive }',
+        'peers:',
+        '  CT1: { addresses: [10.0.0.1], services: [echo] }',
+        ledgerSection,
+        '',
+      ].join('\n');
+    const cfg = join(root, 'proxy.yaml');
+    await writeFile(
+      cfg,
+      policy(`ledger: { path: ${ledger}, signingKey: ${join(keyDir, 'ledger-signing.key')} }`),
+    );
+    // No public key file beside the signing key: the public key is derived from it.
+    const derived = await run(['verify', '-c', cfg]);
+    assert.equal(derived.code, 0, derived.stderr + derived.stdout);
+    assert.match(
+      derived.stdout,
+      new RegExp(`signatures: \\d+ verified with key ${keyId(KEYS.publicKeyPem)}`),
+    );
+    // With the public key beside it, that one (an auditor needs no private key); a wrong one fails.
+    await writeFile(join(keyDir, 'ledger-signing.pub.pem'), OTHER_KEYS.publicKeyPem);
+    const wrong = await run(['verify', '-c', cfg]);
+    assert.equal(wrong.code, 1, 'checked with the public key file beside the signing key');
+    assert.equal((await run(['verify', '-c', cfg, '--public-key', pubFile])).code, 0, '--public-key wins');
+    const found = await run(['find', '-c', cfg, '--sop-instance-uid', uid]);
+    assert.equal(found.code, 0, found.stderr);
+    const exported = await run(['export', '-c', cfg, '--format', 'json', '--study', '1.2.826.77']);
+    assert.equal(exported.code, 0, exported.stderr);
+    assert.equal((JSON.parse(exported.stdout) as unknown[]).length, 1);
+    const off = join(root, 'off.yaml');
+    await writeFile(off, policy('ledger: { path: null }'));
+    const none = await run(['verify', '-c', off]);
+    assert.equal(none.code, 2);
+    assert.match(none.stderr, /ledger\.path is not set/);
   });
 
   it('verify: a missing ledger is an error (exit 2)', async () => {
