@@ -275,6 +275,26 @@ program
       }
       for (const w of snapshot.certificateWarnings)
         process.stdout.write(`  warning: ${w.path} ${w.message}\n`);
+      if (c.audit?.syslog) {
+        const { largestTransferMessageBytes, COMMON_SYSLOG_MESSAGE_LIMIT } =
+          await import('./observe/audit/index.js');
+        const bytes = largestTransferMessageBytes(c.audit);
+        if (bytes > COMMON_SYSLOG_MESSAGE_LIMIT) {
+          let fits = c.audit.maxInstancesPerMessage;
+          while (
+            fits > 1 &&
+            largestTransferMessageBytes({ ...c.audit, maxInstancesPerMessage: fits }) >
+              COMMON_SYSLOG_MESSAGE_LIMIT
+          ) {
+            fits = Math.floor(fits * 0.8);
+          }
+          process.stdout.write(
+            `  warning: audit.maxInstancesPerMessage ${c.audit.maxInstancesPerMessage} lets a DICOM Instances Transferred message reach ~${Math.ceil(bytes / 1024)} KiB; ` +
+              `rsyslog accepts ${COMMON_SYSLOG_MESSAGE_LIMIT / 1024} KiB by default (global(maxMessageSize=…)) and cuts longer ones: ` +
+              `raise the receiver's limit, or set audit.maxInstancesPerMessage to ${fits} or less\n`,
+          );
+        }
+      }
     } catch (err) {
       process.stderr.write(`${explain(err)}\n`);
       process.exit(1);

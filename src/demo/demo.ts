@@ -15,6 +15,10 @@ import { InlineHasher } from '../integrity/hasher.js';
 import { findRecords } from '../integrity/find.js';
 import { Dataset, echo, startArchive, store, type DimseDataset } from '../dicom/dcmjs.js';
 import { datasetOffset } from '../dicom/part10.js';
+import { ProxyMetrics, metricBoundsFromConfig } from '../observe/metrics.js';
+import { UpstreamReadiness } from '../observe/readiness.js';
+import { AdminServer } from '../observe/admin.js';
+import { explainQuery } from '../policy/explain.js';
 
 export interface DemoOptions {
   configPath: string;
@@ -61,7 +65,7 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
   const out = (s = ''): void => void process.stdout.write(`${s}\n`);
   const root = resolve(dirname(opts.configPath), '..');
   const pki = await writeDemoPki(join(root, 'certs'));
-  const ledgerKey = await writeSigningKey(join(root, 'certs'), { overwrite: false });
+  await writeSigningKey(join(root, 'certs'), { overwrite: false });
   const config = await loadConfig(opts.configPath);
   const snapshot = buildRuntimeSnapshot(config);
   const upstream = Object.values(config.upstreams)[0];
@@ -91,6 +95,25 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
   });
   logEvents(proxy.events, log);
   const addr = await proxy.listen();
+  // The admin endpoint, as the daemon runs it: metrics, health, readiness (a real C-ECHO to the demo
+  // archive), live associations and explain.
+  const metrics = new ProxyMetrics({ ...metricBoundsFromConfig(config), loadedAt: snapshot.loadedAt });
+  metrics.subscribe(proxy.events);
+  const readiness = config.admin?.readiness ? new UpstreamReadiness(snapshot, config.admin.readiness) : null;
+  if (readiness) metrics.observeReadiness(() => readiness.status());
+  const admin = config.admin
+    ? new AdminServer({
+        host: config.admin.host,
+        port: config.admin.port,
+        metrics,
+        readiness,
+        listenersBound: () => proxy.listenersBound(),
+        associations: () => proxy.listAssociations(),
+        explain: (query) => explainQuery(snapshot.policy, query),
+      })
+    : null;
+  const adminAddr = admin ? await admin.listen() : null;
+  readiness?.start();
 
   out('dimse-tls-proxy demo');
   out(
@@ -98,6 +121,10 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
   );
   out(`  proxy         ${route.calledAeTitle} on ${addr.address}:${addr.port}, plaintext in, mutual TLS out`);
   out(`  certificates  ${relative(process.cwd(), pki.dir) || '.'}/ (demo CA, proxy client, archive)`);
+  if (adminAddr) {
+    const base = `http://${adminAddr.address}:${adminAddr.port}`;
+    out(`  admin         ${base}/metrics  ${base}/healthz  ${base}/readyz  ${base}/associations`);
+  }
   out();
 
   const calling = 'DEMO_MODALITY';
@@ -151,16 +178,26 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
   out(
     `Received files land in ${relative(process.cwd(), storageDir)}/. Policy: ${relative(process.cwd(), opts.configPath)}`,
   );
+  if (adminAddr) {
+    const a = `${adminAddr.address}:${adminAddr.port}`;
+    out('Ask the running proxy:');
+    out(`  dimse-tls-proxy status --admin ${a} --associations`);
+    out(
+      `  dimse-tls-proxy explain --admin ${a} --calling ${calling} --from 127.0.0.1 --called ${route.calledAeTitle} --service store`,
+    );
+    out(`  curl -s http://${a}/metrics | grep dimse_proxy_instances_relayed_total`);
+  }
   if (config.ledger.path) {
     const l = relative(process.cwd(), config.ledger.path);
-    out(`Integrity ledger in ${l}/; check it with:`);
-    out(
-      `  dimse-tls-proxy ledger verify --ledger ${l} --public-key ${relative(process.cwd(), ledgerKey.publicKey)}`,
-    );
-    out(`  dimse-tls-proxy ledger find --ledger ${l} --file <a received file>`);
+    const c = relative(process.cwd(), opts.configPath);
+    out(`Integrity ledger in ${l}/; check it with (the path and the public key come from the policy):`);
+    out(`  dimse-tls-proxy ledger verify -c ${c}`);
+    out(`  dimse-tls-proxy ledger find -c ${c} --file <a received file>`);
   }
 
   if (opts.once) {
+    await readiness?.stop();
+    await admin?.close();
     await proxy.close(0);
     await ledger?.close();
     await hasher.close();
@@ -172,6 +209,8 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
     process.once('SIGINT', () => resolveStop());
     process.once('SIGTERM', () => resolveStop());
   });
+  await readiness?.stop();
+  await admin?.close();
   await proxy.close(5000);
   await ledger?.close();
   await hasher.close();

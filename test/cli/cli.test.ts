@@ -170,6 +170,21 @@ describe('dimse-tls-proxy command line', { timeout: 80_000 }, () => {
         /^OK config\/example\.yaml: listen 0\.0\.0\.0:11112, 1 upstream\(s\), 1 route\(s\), 2 peer\(s\)/,
       );
       assert.match(r.stdout, /upstream archive: client certificate CN=dimse-tls-proxy valid until \d{4}-/);
+      // 500 instance UIDs in one message are more than rsyslog takes by default: a warning, with what fits.
+      assert.match(
+        r.stdout,
+        /warning: audit\.maxInstancesPerMessage 500 lets a DICOM Instances Transferred message reach ~\d+ KiB; rsyslog accepts 8 KiB by default .* set audit\.maxInstancesPerMessage to (\d+) or less/,
+      );
+      const fits = Number(/to (\d+) or less/.exec(r.stdout)?.[1]);
+      const small = join(root, 'config', 'small.yaml');
+      const example = await readFile(join(root, 'config', 'example.yaml'), 'utf8');
+      await writeFile(
+        small,
+        example.replace('maxInstancesPerMessage: 500', `maxInstancesPerMessage: ${fits}`),
+      );
+      const ok = await cli(['check-config', '-c', join('config', 'small.yaml')], { cwd: root });
+      assert.equal(ok.code, 0, describeRun(ok));
+      assert.doesNotMatch(ok.stdout, /maxInstancesPerMessage/, 'the value it suggests is quiet');
     });
 
     it('an unknown key: exit 1, stderr names the file, the line and the key path', async () => {
@@ -522,7 +537,7 @@ describe('dimse-tls-proxy command line', { timeout: 80_000 }, () => {
   describe('demo', () => {
     it('demo --once in a copy of the repo layout: exit 0, "Demo transfer OK", certs/ and var/ in the copy', async (t) => {
       const busy = [];
-      for (const port of [11112, 11113]) if (!(await portIsFree(port))) busy.push(port);
+      for (const port of [11112, 11113, 9464]) if (!(await portIsFree(port))) busy.push(port);
       if (busy.length > 0) {
         t.skip(`port(s) ${busy.join(', ')} on 127.0.0.1 are busy`);
         return;
@@ -536,11 +551,50 @@ describe('dimse-tls-proxy command line', { timeout: 80_000 }, () => {
       });
       assert.equal(r.code, 0, describeRun(r));
       assert.match(r.stdout, /Demo transfer OK/, describeRun(r));
+      assert.match(
+        r.stdout,
+        /\n {2}admin {9}http:\/\/127\.0\.0\.1:9464\/metrics .*\/associations\n/,
+        describeRun(r),
+      );
+      assert.match(r.stdout, /dimse-tls-proxy explain --admin 127\.0\.0\.1:9464 --calling DEMO_MODALITY/);
+      // The ledger commands the demo prints work as printed (path and key from the policy).
+      const verify = await cli(['ledger', 'verify', '-c', join('config', 'demo.yaml')], {
+        cwd: root,
+        timeoutMs: 60_000,
+      });
+      assert.equal(verify.code, 0, describeRun(verify));
+      assert.match(verify.stdout, /signatures: \d+ verified with key [0-9a-f]{64}\n[\s\S]*INTACT/);
       assert.ok((await stat(join(root, 'certs', 'ca.pem'))).isFile());
       assert.ok(
         (await readdir(join(root, 'var', 'demo-archive'))).length > 0,
         'the demo archive stored nothing',
       );
+    });
+
+    it('demo (running): its admin endpoint answers /readyz and /associations until Ctrl-C', async (t) => {
+      const busy = [];
+      for (const port of [11112, 11113, 9464]) if (!(await portIsFree(port))) busy.push(port);
+      if (busy.length > 0) {
+        t.skip(`port(s) ${busy.join(', ')} on 127.0.0.1 are busy`);
+        return;
+      }
+      const root = join(dir, 'demo-running');
+      await mkdir(join(root, 'config'), { recursive: true });
+      await cp(join(REPO, 'config', 'demo.yaml'), join(root, 'config', 'demo.yaml'));
+      const demo = procs.spawn(process.execPath, [CLI, 'demo', '-c', join('config', 'demo.yaml')], {
+        name: 'dimse-tls-proxy demo',
+        cwd: root,
+      });
+      assert.ok(
+        await eventually(() => procs.output(demo).stdout.includes('Running until Ctrl-C.'), 60_000),
+        procs.describe(demo),
+      );
+      const ready = await fetch('http://127.0.0.1:9464/readyz');
+      assert.equal(ready.status, 200, await ready.text());
+      const live = (await (await fetch('http://127.0.0.1:9464/associations')).json()) as { count: number };
+      assert.equal(live.count, 0);
+      demo.kill('SIGINT');
+      assert.deepEqual(await procs.exited(demo), { code: 0, signal: null }, procs.describe(demo));
     });
   });
 });

@@ -861,3 +861,50 @@ export async function openAuditTrail(
   }
   return trail;
 }
+
+/** rsyslog's default $MaxMessageSize (8 KiB); syslog-ng's log-msg-size default is 64 KiB. */
+export const COMMON_SYSLOG_MESSAGE_LIMIT = 8 * 1024;
+
+/**
+ * The largest DICOM Instances Transferred message this configuration can produce, in bytes of the RFC
+ * 5424 message (header and BOM included): maxInstancesPerMessage instances with 64-character UIDs, under
+ * long AE titles, addresses and certificate names — what `check-config` compares with the limits of
+ * common syslog receivers.
+ */
+export function largestTransferMessageBytes(
+  config: Pick<AuditConfig, 'maxInstancesPerMessage' | 'sourceId'>,
+): number {
+  const uid = (n: number): string =>
+    `1.2.826.0.1.3680043.2.1125.${String(n).padStart(64 - 27, '9')}`.slice(0, 64);
+  const ae = 'A'.repeat(16);
+  const node = { aeTitle: ae, address: 'ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255', requestor: true };
+  const xml = instancesTransferredMessage({
+    time: new Date(0),
+    source: { sourceId: config.sourceId, enterpriseSiteId: 'S'.repeat(64) },
+    proxy: { processId: '4194304', name: 'dimse-tls-proxy', host: 'h'.repeat(64), aeTitles: [ae] },
+    sender: node,
+    receiver: {
+      ...node,
+      requestor: false,
+      certificate: { subject: `CN=${'c'.repeat(64)}`, fingerprint256: 'AA:'.repeat(31) + 'AA' },
+    },
+    proxyAeTitles: [ae],
+    sopClasses: [],
+    studies: [
+      {
+        studyInstanceUid: uid(0),
+        accessionNumbers: ['X'.repeat(16)],
+        sopClasses: [
+          {
+            uid: uid(1),
+            numberOfInstances: config.maxInstancesPerMessage,
+            instanceUids: Array.from({ length: config.maxInstancesPerMessage }, (_, i) => uid(i + 2)),
+          },
+        ],
+      },
+    ],
+    patient: { id: 'P'.repeat(64), issuer: 'I'.repeat(64), name: 'N'.repeat(64) },
+  });
+  // <PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID - BOM (RFC 5424 6): at most ~ 1 + 4 + 32 + 255 + 48 + 128 + 32 + 8.
+  return Buffer.byteLength(xml, 'utf8') + 512;
+}
