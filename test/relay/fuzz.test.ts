@@ -76,7 +76,11 @@ class Rng {
 
 const STORE_UID = '1.2.826.0.1.3680043.10.1461.77.1';
 
-/** A small implicit-LE data set: SOP Class/Instance UID, Patient ID, a few pixel bytes. */
+/**
+ * A small implicit-LE data set: SOP Class/Instance UID, an undefined-length sequence, Patient's Name and
+ * ID, Study Instance UID, a few pixel bytes — what the data set prefix reader (dicom/prefix.ts) walks, so
+ * the mutations reach it too.
+ */
 function smallDataSet(): Buffer {
   const el = (group: number, element: number, value: Buffer): Buffer => {
     const padded = value.length % 2 === 1 ? Buffer.concat([value, Buffer.from([0])]) : value;
@@ -89,7 +93,15 @@ function smallDataSet(): Buffer {
   return Buffer.concat([
     el(0x0008, 0x0016, Buffer.from(CT_IMAGE, 'latin1')),
     el(0x0008, 0x0018, Buffer.from(STORE_UID, 'latin1')),
+    // (0008,1140) Referenced Image Sequence, undefined length: one undefined-length item.
+    Buffer.from([
+      0x08, 0x00, 0x40, 0x11, 0xff, 0xff, 0xff, 0xff, 0xfe, 0xff, 0x00, 0xe0, 0xff, 0xff, 0xff, 0xff,
+    ]),
+    el(0x0008, 0x1155, Buffer.from(STORE_UID, 'latin1')),
+    Buffer.from([0xfe, 0xff, 0x0d, 0xe0, 0, 0, 0, 0, 0xfe, 0xff, 0xdd, 0xe0, 0, 0, 0, 0]),
+    el(0x0010, 0x0010, Buffer.from('FUZZ^PATIENT', 'latin1')),
     el(0x0010, 0x0020, Buffer.from('FUZZ', 'latin1')),
+    el(0x0020, 0x000d, Buffer.from(`${STORE_UID}.9`, 'latin1')),
     el(0x7fe0, 0x0010, Buffer.alloc(64, 0x5a)),
   ]);
 }
