@@ -17,6 +17,8 @@ import {
 } from './upstream.js';
 
 const VERIFICATION = '1.2.840.10008.1.1';
+/** How long the A-RELEASE-RP is waited for once the C-ECHO-RSP's status is known. */
+const RELEASE_WAIT_MS = 2000;
 const IMPLICIT_LE = '1.2.840.10008.1.2';
 /** The proxy's implementation class UID (registered under the project's root, as in Part 10 files). */
 const IMPLEMENTATION_CLASS_UID = '1.2.826.0.1.3680043.10.1461.1';
@@ -175,7 +177,7 @@ function converse(
 ): Promise<number> {
   return new Promise((resolve, reject) => {
     const framer = new PduFramer({ maxPDataLength: 65536, maxOtherLength: 65536 });
-    const timer = setTimeout(
+    let timer = setTimeout(
       () => fail(new Error(`no C-ECHO response within the probe timeout`)),
       Math.max(budgetMs, 1),
     );
@@ -229,13 +231,19 @@ function converse(
             if (!pdv) continue;
             const cmd = decodeCommand(pdv.value);
             status = cmd.status ?? null;
-            // PS3.8 7.2: release the association; the status is known already.
+            if (status === null) continue;
+            // PS3.8 7.2: release the association, and wait (briefly: the status is known) for the
+            // A-RELEASE-RP, so that the called node sees a released association, not a dropped one.
             socket.write(encodePdu({ type: PduType.ReleaseRq }));
-            if (status !== null) succeed(status);
+            const known = status;
+            clearTimeout(timer);
+            timer = setTimeout(() => succeed(known), RELEASE_WAIT_MS);
           } else if (type === PduType.Abort) {
-            throw new Error('association aborted by the called node (A-ABORT)');
+            if (status !== null) succeed(status);
+            else throw new Error('association aborted by the called node (A-ABORT)');
           } else if (type === PduType.ReleaseRp) {
             socket.end();
+            if (status !== null) succeed(status);
           }
         }
       } catch (err) {
