@@ -481,7 +481,7 @@ export function studyObjects(studies: readonly StudyEntry[]): ParticipantObject[
   }));
 }
 
-/** The patient ID as HL7 v2 CX (ID^^^Assigning Authority), as PS3.15 A.5.2.5 asks; "unknown" if not read. */
+/** The patient ID in HL7 v2 CX form (ID^^^assigning authority: the Issuer of Patient ID); "unknown" if not read. */
 export function patientObjectId(p: PatientEntry): string {
   const id = p.id ?? 'unknown';
   return p.issuer ? `${id}^^^${p.issuer}` : id;
