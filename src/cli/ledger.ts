@@ -97,17 +97,20 @@ export function registerLedgerCommands(program: Command, io: LedgerCliIo = proce
     .command('ledger')
     .description('the integrity ledger: verify it, find records, export, create the signing key');
 
-  ledger
-    .command('verify')
+  /** The two options every reading command takes: where the ledger is, directly or through the policy. */
+  const withLedger = (cmd: Command): Command =>
+    cmd
+      .option(
+        '-l, --ledger <dir|file>',
+        `ledger directory or one ledger file (default: from --config, else ${DEFAULT_LEDGER})`,
+      )
+      .option(
+        '-c, --config <file>',
+        'take the ledger path (and for verify the public key) from this policy file',
+      );
+
+  withLedger(ledger.command('verify'))
     .description('check the hash chain, file continuity and checkpoint signatures; exit 0 only if intact')
-    .option(
-      '-l, --ledger <dir|file>',
-      `ledger directory or one ledger file (default: from --config, else ${DEFAULT_LEDGER})`,
-    )
-    .option(
-      '-c, --config <file>',
-      'take the ledger path (and for verify the public key) from this policy file',
-    )
     .option('-k, --public-key <file>', 'Ed25519 public key (PEM): every checkpoint must be signed by it')
     .option(
       '--checkpoints <file>',
@@ -192,8 +195,7 @@ export function registerLedgerCommands(program: Command, io: LedgerCliIo = proce
       ),
     );
 
-  ledger
-    .command('find')
+  withLedger(ledger.command('find'))
     .description(
       'print the instance records of a DICOM file (by data set SHA-256), a SOP Instance UID, a study or a calling AE title',
     )
@@ -201,14 +203,6 @@ export function registerLedgerCommands(program: Command, io: LedgerCliIo = proce
     .option('-u, --sop-instance-uid <uid>', 'match the SOP Instance UID')
     .option('-s, --study <uid>', 'match the Study Instance UID')
     .option('-a, --calling-ae <aet>', 'match the calling AE title (who sent or asked)')
-    .option(
-      '-l, --ledger <dir|file>',
-      `ledger directory or one ledger file (default: from --config, else ${DEFAULT_LEDGER})`,
-    )
-    .option(
-      '-c, --config <file>',
-      'take the ledger path (and for verify the public key) from this policy file',
-    )
     .action(
       guarded(
         'find',
@@ -266,17 +260,8 @@ export function registerLedgerCommands(program: Command, io: LedgerCliIo = proce
       ),
     );
 
-  ledger
-    .command('export')
+  withLedger(ledger.command('export'))
     .description('write instance and committed records (since <= time < until) to stdout as CSV or JSON')
-    .option(
-      '-l, --ledger <dir|file>',
-      `ledger directory or one ledger file (default: from --config, else ${DEFAULT_LEDGER})`,
-    )
-    .option(
-      '-c, --config <file>',
-      'take the ledger path (and for verify the public key) from this policy file',
-    )
     .option('--since <time>', 'ISO 8601 time: records at or after it', parseTime)
     .option('--until <time>', 'ISO 8601 time: records before it', parseTime)
     .option('-s, --study <uid>', 'only instances of this Study Instance UID (and what confirms them)')

@@ -327,8 +327,19 @@ export class Association {
     return { modality: this.legs[0].state, archive: this.legs[1].state };
   }
 
-  /** What GET /associations shows of this association now. */
-  live(): LiveAssociation {
+  /** Who and where: the fields the live view and the closing summary share. */
+  private parties(): Pick<
+    LiveAssociation,
+    | 'id'
+    | 'listener'
+    | 'remoteAddress'
+    | 'remotePort'
+    | 'callingAeTitle'
+    | 'calledAeTitle'
+    | 'peer'
+    | 'upstream'
+    | 'upstreamAeTitle'
+  > {
     const rq = this.rq;
     return {
       id: this.id,
@@ -340,6 +351,13 @@ export class Association {
       peer: this.admittedPeer,
       upstream: this.upstream?.name ?? null,
       upstreamAeTitle: this.upstream?.aeTitle ?? null,
+    };
+  }
+
+  /** What GET /associations shows of this association now. */
+  live(): LiveAssociation {
+    return {
+      ...this.parties(),
       state: { caller: this.legs[0].state, far: this.legs[1].state },
       startedAt: new Date(this.startedAt).toISOString(),
       durationMs: this.clock.now() - this.startedAt,
@@ -1646,17 +1664,8 @@ export class Association {
     if (this.outcome === null) this.outcome = 'closed';
     // Instances without a relayed response (or whose data set never completed) are reported too.
     this.evidence.end();
-    const rq = this.rq;
     this.host.events.emit('association-closed', {
-      id: this.id,
-      remoteAddress: this.remoteAddress,
-      remotePort: this.remotePort,
-      callingAeTitle: rq ? aeTitleText(rq.callingAeTitle) : null,
-      calledAeTitle: rq ? aeTitleText(rq.calledAeTitle) : null,
-      peer: this.admittedPeer,
-      upstream: this.upstream?.name ?? null,
-      upstreamAeTitle: this.upstream?.aeTitle ?? null,
-      listener: this.listener,
+      ...this.parties(),
       outcome: this.outcome,
       reason: this.reason,
       reject: this.reject,
