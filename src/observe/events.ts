@@ -29,16 +29,22 @@ export interface TlsSessionInfo {
   peerFingerprint256: string | null;
 }
 
-export interface AssociationSummary {
+/** Who and where an association is: what its live view and its closing summary both say. */
+export interface AssociationParties {
   id: string;
+  listener: ListenerKind;
   remoteAddress: string;
   remotePort: number;
   callingAeTitle: string | null;
   calledAeTitle: string | null;
+  /** The admitted peer (null before admission). */
   peer: string | null;
+  /** The upstream (forward) or receiver (return) it is relayed to, once chosen. */
   upstream: string | null;
   upstreamAeTitle: string | null;
-  listener: ListenerKind;
+}
+
+export interface AssociationSummary extends AssociationParties {
   outcome: AssociationOutcome;
   reason: string | null;
   reject: RejectSpec | null;
@@ -61,18 +67,7 @@ export interface QueryIdentifier {
 }
 
 /** One association as it is now (GET /associations, `status --associations`). */
-export interface LiveAssociation {
-  id: string;
-  listener: ListenerKind;
-  remoteAddress: string;
-  remotePort: number;
-  callingAeTitle: string | null;
-  calledAeTitle: string | null;
-  /** The admitted peer (null before admission). */
-  peer: string | null;
-  /** The upstream (forward) or receiver (return) it is relayed to, once chosen. */
-  upstream: string | null;
-  upstreamAeTitle: string | null;
+export interface LiveAssociation extends AssociationParties {
   /** PS3.8 states of the two legs: toward the caller, toward the far side. */
   state: { caller: string; far: string };
   startedAt: string;

@@ -70,6 +70,7 @@ import type { CertificateIdentities } from '../tls/identity.js';
 import type {
   AssociationOutcome,
   Direction,
+  AssociationParties,
   LiveAssociation,
   ProxyEvents,
   QueryIdentifier,
@@ -328,18 +329,7 @@ export class Association {
   }
 
   /** Who and where: the fields the live view and the closing summary share. */
-  private parties(): Pick<
-    LiveAssociation,
-    | 'id'
-    | 'listener'
-    | 'remoteAddress'
-    | 'remotePort'
-    | 'callingAeTitle'
-    | 'calledAeTitle'
-    | 'peer'
-    | 'upstream'
-    | 'upstreamAeTitle'
-  > {
+  private parties(): AssociationParties {
     const rq = this.rq;
     return {
       id: this.id,

@@ -535,16 +535,23 @@ describe('dimse-tls-proxy command line', { timeout: 80_000 }, () => {
   });
 
   describe('demo', () => {
-    it('demo --once in a copy of the repo layout: exit 0, "Demo transfer OK", certs/ and var/ in the copy', async (t) => {
+    /** A copy of the repo layout with the demo policy; null (the test skipped) when its ports are busy. */
+    async function demoCopy(t: { skip(message: string): void }, name: string): Promise<string | null> {
       const busy = [];
       for (const port of [11112, 11113, 9464]) if (!(await portIsFree(port))) busy.push(port);
       if (busy.length > 0) {
         t.skip(`port(s) ${busy.join(', ')} on 127.0.0.1 are busy`);
-        return;
+        return null;
       }
-      const root = join(dir, 'demo');
+      const root = join(dir, name);
       await mkdir(join(root, 'config'), { recursive: true });
       await cp(join(REPO, 'config', 'demo.yaml'), join(root, 'config', 'demo.yaml'));
+      return root;
+    }
+
+    it('demo --once in a copy of the repo layout: exit 0, "Demo transfer OK", certs/ and var/ in the copy', async (t) => {
+      const root = await demoCopy(t, 'demo');
+      if (root === null) return;
       const r = await cli(['demo', '--once', '-c', join('config', 'demo.yaml')], {
         cwd: root,
         timeoutMs: 60_000,
@@ -572,15 +579,8 @@ describe('dimse-tls-proxy command line', { timeout: 80_000 }, () => {
     });
 
     it('demo (running): its admin endpoint answers /readyz and /associations until Ctrl-C', async (t) => {
-      const busy = [];
-      for (const port of [11112, 11113, 9464]) if (!(await portIsFree(port))) busy.push(port);
-      if (busy.length > 0) {
-        t.skip(`port(s) ${busy.join(', ')} on 127.0.0.1 are busy`);
-        return;
-      }
-      const root = join(dir, 'demo-running');
-      await mkdir(join(root, 'config'), { recursive: true });
-      await cp(join(REPO, 'config', 'demo.yaml'), join(root, 'config', 'demo.yaml'));
+      const root = await demoCopy(t, 'demo-running');
+      if (root === null) return;
       const demo = procs.spawn(process.execPath, [CLI, 'demo', '-c', join('config', 'demo.yaml')], {
         name: 'dimse-tls-proxy demo',
         cwd: root,
