@@ -140,72 +140,54 @@ export function explainQuery(policy: Policy, q: ExplainQuery): Explanation {
   const { sopClassUid, commandField } = requestOf(q.service);
   const command = commandName(commandField);
   const services = `peers.${peer.aeTitle}.services [${[...peer.services].join(', ')}]`;
+  const request = (allowed: boolean, answer: string, reason: string, rule: string): Explanation => ({
+    association,
+    request: { command, sopClassUid, allowed, answer, reason, rule },
+  });
   const context = peer.filterPresentationContexts(
     [{ id: 1, abstractSyntax: sopClassUid, transferSyntaxes: [] }],
     [],
   );
   if (context.allowed.length === 0) {
-    return {
-      association,
-      request: {
-        command,
-        sopClassUid,
-        allowed: false,
-        answer:
-          'presentation context refused in the A-ASSOCIATE-AC (result 3, abstract syntax not supported, PS3.8 9.3.3.2); ' +
-          'if it is the only one proposed: A-ASSOCIATE-RJ 1/1/1',
-        reason: `${sopClassUid} is not covered by the services of ${peer.aeTitle}`,
-        rule: `${services}, peers.${peer.aeTitle}.sopClasses`,
-      },
-    };
+    return request(
+      false,
+      'presentation context refused in the A-ASSOCIATE-AC (result 3, abstract syntax not supported, PS3.8 9.3.3.2); ' +
+        'if it is the only one proposed: A-ASSOCIATE-RJ 1/1/1',
+      `${sopClassUid} is not covered by the services of ${peer.aeTitle}`,
+      `${services}, peers.${peer.aeTitle}.sopClasses`,
+    );
   }
-  const requests = new RequestPolicy(peer, () => true);
-  const d = requests.decide(
+  const move = commandField === CommandField.CMoveRq;
+  const d = new RequestPolicy(peer, () => true).decide(
     {
       commandField,
       commandDataSetType: 0x0101,
       messageId: 1,
       affectedSopClassUid: sopClassUid,
-      ...(commandField === CommandField.CMoveRq ? { moveDestination: q.moveDestination ?? '' } : {}),
+      ...(move ? { moveDestination: q.moveDestination ?? '' } : {}),
     },
     1,
     sopClassUid,
   );
+  const moveRule = `peers.${peer.aeTitle}.moveDestinations`;
   if (d.kind === 'forward') {
-    return {
-      association,
-      request: {
-        command,
-        sopClassUid,
-        allowed: true,
-        answer: 'relayed to the archive; the modality gets the archive’s answer',
-        reason:
-          commandField === CommandField.CMoveRq
-            ? `${command} allowed and ${q.moveDestination ?? ''} is an allowed move destination`
-            : `${command} on ${sopClassUid} is allowed`,
-        rule:
-          commandField === CommandField.CMoveRq
-            ? `${services}, peers.${peer.aeTitle}.moveDestinations`
-            : services,
-      },
-    };
+    return request(
+      true,
+      'relayed to the archive; the modality gets the archive’s answer',
+      move
+        ? `${command} allowed and ${q.moveDestination ?? ''} is an allowed move destination`
+        : `${command} on ${sopClassUid} is allowed`,
+      move ? `${services}, ${moveRule}` : services,
+    );
   }
   const status = d.kind === 'refuse' ? d.status : Status.RefusedNotAuthorized;
-  const statusText =
-    status === Status.MoveDestinationUnknown
-      ? 'Refused: Move Destination unknown'
-      : 'Refused: Not Authorized';
-  return {
-    association,
-    request: {
-      command,
-      sopClassUid,
-      allowed: false,
-      answer: `${command.replace(/-RQ$/, '-RSP')} status 0x${hex4(status)} (${statusText}) from the proxy; nothing reaches the archive`,
-      reason: d.reason,
-      rule: status === Status.MoveDestinationUnknown ? `peers.${peer.aeTitle}.moveDestinations` : services,
-    },
-  };
+  const destinationUnknown = status === Status.MoveDestinationUnknown;
+  return request(
+    false,
+    `${command.replace(/-RQ$/, '-RSP')} status 0x${hex4(status)} (${destinationUnknown ? 'Refused: Move Destination unknown' : 'Refused: Not Authorized'}) from the proxy; nothing reaches the archive`,
+    d.reason,
+    destinationUnknown ? moveRule : services,
+  );
 }
 
 /** The explanation as an admin reads it. */

@@ -4,18 +4,17 @@
 // level changed at runtime (`log-level`, POST /-/log-level), refused for a bad level or a GET, and reset by
 // the next reload. Waits are on log lines and HTTP answers, never on the wall clock.
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { store } from '../../src/dicom/dcmjs.js';
 import {
-  CLI,
   assertBuilt,
   daemonYaml,
   deferAfterEach,
   echoAs,
   httpRequest,
+  runCli as cli,
   startDaemon,
   startGatedArchive,
 } from '../helpers/daemon.js';
@@ -27,11 +26,6 @@ const procs = new Procs();
 const defer = deferAfterEach();
 before(() => assertBuilt());
 after(() => procs.stopAll());
-
-function cli(args: string[]): { code: number | null; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 60_000 });
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
-}
 
 describe('admin tools on a running daemon', { timeout: 300_000 }, () => {
   it('lists live associations, explains the running policy, changes the log level until the next reload', async () => {

@@ -487,25 +487,6 @@ describe('dimse-tls-proxy command line', { timeout: 80_000 }, () => {
         '--timeout',
         '5000',
       ];
-      const tls = await cli([
-        ...base,
-        '--tls',
-        '--ca',
-        pki.caCert,
-        '--cert',
-        pki.proxyClientCert,
-        '--key',
-        pki.proxyClientKey,
-      ]);
-      assert.equal(tls.code, 0, describeRun(tls));
-      assert.match(tls.stdout, /^TLS: TLSv1\.[23] \S+\n/);
-      assert.match(
-        tls.stdout,
-        /\nnode certificate: .*CN=archive\.local[\s\S]*\n {2}names: {4}DNS:archive\.local, DNS:localhost, IP Address:127\.0\.0\.1/,
-      );
-      assert.match(tls.stdout, /\n {2}SHA-256: {2}([0-9A-F]{2}:){31}[0-9A-F]{2}\n/);
-      assert.match(tls.stdout, /C-ECHO SCU -> ARCHIVE@127\.0\.0\.1:\d+ \(TLS\): success/);
-      // The expected server name is checked: the name the certificate carries passes, another one fails.
       const tlsArgs = [
         '--tls',
         '--ca',
@@ -515,6 +496,16 @@ describe('dimse-tls-proxy command line', { timeout: 80_000 }, () => {
         '--key',
         pki.proxyClientKey,
       ];
+      const tls = await cli([...base, ...tlsArgs]);
+      assert.equal(tls.code, 0, describeRun(tls));
+      assert.match(tls.stdout, /^TLS: TLSv1\.[23] \S+\n/);
+      assert.match(
+        tls.stdout,
+        /\nnode certificate: .*CN=archive\.local[\s\S]*\n {2}names: {4}DNS:archive\.local, DNS:localhost, IP Address:127\.0\.0\.1/,
+      );
+      assert.match(tls.stdout, /\n {2}SHA-256: {2}([0-9A-F]{2}:){31}[0-9A-F]{2}\n/);
+      assert.match(tls.stdout, /C-ECHO SCU -> ARCHIVE@127\.0\.0\.1:\d+ \(TLS\): success/);
+      // The expected server name is checked: the name the certificate carries passes, another one fails.
       const named = await cli([...base, ...tlsArgs, '--server-name', 'archive.local']);
       assert.equal(named.code, 0, describeRun(named));
       const wrong = await cli([...base, ...tlsArgs, '--server-name', 'pacs.example.org']);

@@ -2,7 +2,7 @@
 // its JSON log lines followed as they are written (waits are on lines, not sleeps), its admin endpoint,
 // and a mutual-TLS test archive that can record client certificates and hold a transfer in flight.
 import assert from 'node:assert/strict';
-import type { ChildProcess } from 'node:child_process';
+import { spawnSync, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { open } from 'node:fs/promises';
@@ -18,6 +18,19 @@ import { proxyYaml, type ProxyTestOptions } from './proxy.js';
 
 export const REPO = resolve(import.meta.dirname, '..', '..');
 export const CLI = join(REPO, 'dist', 'cli.js');
+
+/** Runs the built CLI to its end (bounded), from `cwd` (default this process's). */
+export function runCli(
+  args: readonly string[],
+  opts: { cwd?: string; timeoutMs?: number } = {},
+): { code: number | null; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, [CLI, ...args], {
+    encoding: 'utf8',
+    timeout: opts.timeoutMs ?? 60_000,
+    ...(opts.cwd ? { cwd: opts.cwd } : {}),
+  });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
 
 /** The built CLI must exist: `npm test` builds it (pretest), a single file needs `npm run build` first. */
 export function assertBuilt(): void {

@@ -4,11 +4,8 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { cp, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { PassThrough } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { Command, CommanderError } from 'commander';
-import { registerLedgerCommands } from '../../src/cli/ledger.js';
 import { encodeFileMeta } from '../../src/dicom/part10.js';
 import { hashPart10File } from '../../src/integrity/find.js';
 import { keyId } from '../../src/integrity/keys.js';
@@ -21,39 +18,14 @@ import {
   options,
   readLinesOf,
   removeDir,
+  runLedgerCli as run,
   tempDir,
+  type Run,
   writeLines,
 } from './helpers.js';
 
 const REPO = fileURLToPath(new URL('../..', import.meta.url));
 const ENTRY = fileURLToPath(new URL('./ledger-cli-entry.ts', import.meta.url));
-
-interface Run {
-  code: number | undefined;
-  stdout: string;
-  stderr: string;
-}
-
-async function run(args: string[]): Promise<Run> {
-  const stdout = new PassThrough();
-  const stderr = new PassThrough();
-  let out = '';
-  let err = '';
-  stdout.on('data', (c: Buffer) => (out += c.toString()));
-  stderr.on('data', (c: Buffer) => (err += c.toString()));
-  let code: number | undefined;
-  const program = new Command().name('dimse-tls-proxy').exitOverride();
-  program.configureOutput({ writeOut: (s) => (out += s), writeErr: (s) => (err += s) });
-  registerLedgerCommands(program, { stdout, stderr, setExitCode: (c) => (code = c) });
-  try {
-    await program.parseAsync(['ledger', ...args], { from: 'user' });
-  } catch (e) {
-    if (!(e instanceof CommanderError)) throw e;
-    code = e.exitCode;
-  }
-  await new Promise((r) => setImmediate(r));
-  return { code, stdout: out, stderr: err };
-}
 
 function spawnCli(args: string[]): Promise<Run> {
   return new Promise((resolve, reject) => {

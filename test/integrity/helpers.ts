@@ -5,6 +5,9 @@ import { join } from 'node:path';
 import { generateSigningKey } from '../../src/integrity/keys.js';
 import type { InstanceEvidence } from '../../src/integrity/types.js';
 import { type LedgerOptions, LedgerWriter } from '../../src/integrity/writer.js';
+import { PassThrough } from 'node:stream';
+import { Command, CommanderError } from 'commander';
+import { registerLedgerCommands } from '../../src/cli/ledger.js';
 
 export async function tempDir(prefix = 'ledger-test-'): Promise<string> {
   return mkdtemp(join(tmpdir(), prefix));
@@ -97,4 +100,32 @@ export async function readLinesOf(path: string): Promise<string[]> {
 
 export async function writeLines(path: string, lines: string[]): Promise<void> {
   await writeFile(path, lines.map((l) => `${l}\n`).join(''));
+}
+
+export interface Run {
+  code: number | undefined;
+  stdout: string;
+  stderr: string;
+}
+
+/** `dimse-tls-proxy ledger …` driven in-process: registerLedgerCommands with its output captured. */
+export async function runLedgerCli(args: string[]): Promise<Run> {
+  const stdout = new PassThrough();
+  const stderr = new PassThrough();
+  let out = '';
+  let err = '';
+  stdout.on('data', (c: Buffer) => (out += c.toString()));
+  stderr.on('data', (c: Buffer) => (err += c.toString()));
+  let code: number | undefined;
+  const program = new Command().name('dimse-tls-proxy').exitOverride();
+  program.configureOutput({ writeOut: (s) => (out += s), writeErr: (s) => (err += s) });
+  registerLedgerCommands(program, { stdout, stderr, setExitCode: (c) => (code = c) });
+  try {
+    await program.parseAsync(['ledger', ...args], { from: 'user' });
+  } catch (e) {
+    if (!(e instanceof CommanderError)) throw e;
+    code = e.exitCode;
+  }
+  await new Promise((r) => setImmediate(r));
+  return { code, stdout: out, stderr: err };
 }

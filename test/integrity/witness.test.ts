@@ -3,9 +3,8 @@
 // rewritten with re-signed checkpoints (the signing key is on the box), a tail cut off, a last file
 // deleted — next to the intact ledger it accepts.
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import { readFile, rm, truncate, writeFile } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { keyId, loadPublicKey } from '../../src/integrity/keys.js';
 import { verifyLedger } from '../../src/integrity/verify.js';
@@ -19,10 +18,9 @@ import {
   options,
   readLinesOf,
   removeDir,
+  runLedgerCli,
   tempDir,
 } from './helpers.js';
-
-const ROOT = resolve(import.meta.dirname, '..', '..');
 
 /** Writes `records` instance records with a checkpoint after every third, witnessed into `witnessPath`. */
 async function witnessedLedger(
@@ -154,32 +152,23 @@ describe('checkpoints witnessed off the box', () => {
     await witnessedLedger(dir, witness, { records: 4 });
     const pub = join(root, 'pub.pem');
     await writeFile(pub, KEYS.publicKeyPem);
-    const run = (args: string[]) =>
-      spawnSync(
-        process.execPath,
-        ['--import', 'tsx', join(ROOT, 'src', 'cli.ts'), 'ledger', 'verify', ...args],
-        {
-          encoding: 'utf8',
-          timeout: 60_000,
-          cwd: ROOT,
-        },
-      );
-    const ok = run(['--ledger', dir, '--public-key', pub, '--checkpoints', witness]);
-    assert.equal(ok.status, 0, ok.stdout + ok.stderr);
+    const run = (args: string[]) => runLedgerCli(['verify', ...args]);
+    const ok = await run(['--ledger', dir, '--public-key', pub, '--checkpoints', witness]);
+    assert.equal(ok.code, 0, ok.stdout + ok.stderr);
     assert.match(
       ok.stdout,
       /witnessed checkpoints: 2 in .*\(latest seq \d+ of .*\), 2 identical in the ledger\nINTACT\n$/,
     );
     await rm(dir, { recursive: true });
     await witnessedLedger(dir, join(root, 'cli-attacker.witness'), { records: 4, edit: 0 });
-    const bad = run(['--ledger', dir, '--public-key', pub, '--checkpoints', witness]);
-    assert.equal(bad.status, 1, bad.stdout + bad.stderr);
+    const bad = await run(['--ledger', dir, '--public-key', pub, '--checkpoints', witness]);
+    assert.equal(bad.code, 1, bad.stdout + bad.stderr);
     assert.match(bad.stdout, /the ledger was rewritten/);
     assert.match(bad.stdout, /BROKEN: the ledger does not hold the checkpoints witnessed off the box/);
     const empty = join(root, 'empty.witness');
     await writeFile(empty, 'nothing here\n');
-    const none = run(['--ledger', dir, '--checkpoints', empty]);
-    assert.equal(none.status, 1, 'a witness file without checkpoints proves nothing');
+    const none = await run(['--ledger', dir, '--checkpoints', empty]);
+    assert.equal(none.code, 1, 'a witness file without checkpoints proves nothing');
     assert.match(none.stdout, /holds no checkpoint record/);
     assert.ok((await readFile(witness, 'utf8')).length > 0);
   });

@@ -8,12 +8,13 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { writeDemoPki, type DemoPkiPaths } from '../../src/tls/pki.js';
 import { writeInstances, metaString } from '../helpers/dicom.js';
 import { checkAuditMessage, patientsOf, studiesOf, type XNode } from '../helpers/audit-xml.js';
 import { eventually } from '../helpers/interop.js';
+import { CLI, assertBuilt, runCli } from '../helpers/daemon.js';
 import {
   Procs,
   freePort,
@@ -26,8 +27,6 @@ import {
   waitForListen,
 } from '../helpers/peers.js';
 
-const ROOT = resolve(import.meta.dirname, '..', '..');
-const CLI = join(ROOT, 'dist', 'cli.js');
 const BIG_ENDIAN = '1.2.840.10008.1.2.2';
 const DEFLATED = '1.2.840.10008.1.2.1.99';
 const IMPLICIT = '1.2.840.10008.1.2';
@@ -37,12 +36,7 @@ describe('audit trail with real peers: Patient and Study participant objects', (
   let pki: DemoPkiPaths;
   const procs = new Procs();
 
-  before(() => {
-    if (!existsSync(CLI) || statSync(CLI).mtimeMs < statSync(join(ROOT, 'src', 'cli.ts')).mtimeMs) {
-      const b = spawnSync('npx', ['tsc', '-p', 'tsconfig.build.json'], { cwd: ROOT, encoding: 'utf8' });
-      assert.equal(b.status, 0, b.stdout + b.stderr);
-    }
-  });
+  before(() => assertBuilt());
   after(async () => {
     await procs.stopAll();
     await removeTempDir(work);
@@ -160,11 +154,8 @@ describe('audit trail with real peers: Patient and Study participant objects', (
 
     // Every received file is in the ledger: the digest of what the modality sent is what the archive has.
     for (const f of received) {
-      const found = spawnSync(process.execPath, [CLI, 'ledger', 'find', '--ledger', ledgerDir, '--file', f], {
-        encoding: 'utf8',
-        timeout: 60_000,
-      });
-      assert.equal(found.status, 0, `${f}: ${found.stdout}${found.stderr}`);
+      const found = runCli(['ledger', 'find', '--ledger', ledgerDir, '--file', f]);
+      assert.equal(found.code, 0, `${f}: ${found.stdout}${found.stderr}`);
     }
 
     // Three associations, three Instances Transferred messages (after the trail's close grace period).
@@ -191,12 +182,8 @@ describe('audit trail with real peers: Patient and Study participant objects', (
     proxy.kill('SIGTERM');
     await stopped;
     // The daemon's last checkpoint (at shutdown) went to the witness file, and the ledger matches it.
-    const verify = spawnSync(
-      process.execPath,
-      [CLI, 'ledger', 'verify', '--ledger', ledgerDir, '--checkpoints', witnessFile],
-      { encoding: 'utf8', timeout: 60_000 },
-    );
-    assert.equal(verify.status, 0, verify.stdout + verify.stderr);
+    const verify = runCli(['ledger', 'verify', '--ledger', ledgerDir, '--checkpoints', witnessFile]);
+    assert.equal(verify.code, 0, verify.stdout + verify.stderr);
     assert.match(verify.stdout, /witnessed checkpoints: [1-9]\d* in .*identical in the ledger\nINTACT/);
   });
 });

@@ -9,6 +9,7 @@ import { join, resolve } from 'node:path';
 import { writeDemoPki, type DemoPkiPaths } from '../../src/tls/pki.js';
 import { writeSigningKey } from '../../src/integrity/keys.js';
 import { writeInstances } from '../helpers/dicom.js';
+import { runCli as cli } from '../helpers/daemon.js';
 import {
   Procs,
   freePort,
@@ -23,11 +24,6 @@ import {
 
 const ROOT = resolve(import.meta.dirname, '..', '..');
 const CLI = join(ROOT, 'dist', 'cli.js');
-
-function cli(args: string[]): { code: number | null; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 60_000 });
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
-}
 
 describe('integrity ledger with real peers', () => {
   let work: string;

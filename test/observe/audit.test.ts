@@ -39,7 +39,7 @@ import { ManualClock } from '../helpers/clock.js';
 import { LedgerWriter } from '../../src/integrity/writer.js';
 import { checkWitnessed } from '../../src/integrity/witness.js';
 import { generateSigningKey, keyId, loadPublicKey } from '../../src/integrity/keys.js';
-import { evidence as ledgerEvidence } from '../integrity/helpers.js';
+import { evidence as ledgerEvidence, options as ledgerOptions } from '../integrity/helpers.js';
 import {
   b64,
   checkAuditMessage,
@@ -649,16 +649,12 @@ describe('syslog over TLS with a durable spool', { timeout: 120_000 }, () => {
     // A ledger whose checkpoints are witnessed through the trail, as the daemon wires it.
     const dir = join(work, 'witnessed-ledger');
     const keys = generateSigningKey();
-    const w = await LedgerWriter.open({
-      dir,
-      fsync: 'always',
-      fsyncIntervalMs: 50,
-      rotateMaxBytes: 64 * 1024 * 1024,
-      rotateDaily: false,
-      checkpointIntervalMs: 60_000,
-      signingKeyPem: keys.privateKeyPem,
-      onCheckpoint: (line) => assert.equal(trail.witnessCheckpoint(line), true),
-    });
+    const w = await LedgerWriter.open(
+      ledgerOptions(dir, {
+        signingKeyPem: keys.privateKeyPem,
+        onCheckpoint: (line) => assert.equal(trail.witnessCheckpoint(line), true),
+      }),
+    );
     for (let i = 0; i < 3; i++) {
       await w.append(ledgerEvidence(i));
       await w.checkpoint();

@@ -2,19 +2,13 @@
 // the problems the proxy would refuse it for (expired, not yet valid, weak key, no TLS key usage) next to
 // a certificate it takes, chains and CSRs, and a CSR for each of the proxy's roles.
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { inspectCertificates } from '../../src/tls/inspect.js';
 import { createCa, createCsr, issueCertificate, type PemPair } from '../../src/tls/pki.js';
-import { CLI, assertBuilt } from '../helpers/daemon.js';
-
-function cli(args: string[]): { code: number | null; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 60_000 });
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
-}
+import { assertBuilt, runCli as cli } from '../helpers/daemon.js';
 
 describe('certs inspect and certs csr', () => {
   let dir: string;
