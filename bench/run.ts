@@ -29,6 +29,7 @@
 // before/after of a ledger change).
 import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { availableParallelism } from 'node:os';
 import { spawn } from 'node:child_process';
 import { writeDemoPki } from '../src/tls/pki.js';
 import { writeSigningKey } from '../src/integrity/keys.js';
@@ -143,6 +144,22 @@ function cpuMs(pid: number): number {
     sum += ((Number(fields[11]) + Number(fields[12])) * 1000) / 100; // USER_HZ = 100 on Linux
   }
   return sum;
+}
+
+/**
+ * The machine's CPU time so far, all cores, in ms (/proc/stat; USER_HZ = 100): busy (user, nice, system,
+ * irq, softirq), stolen (the hypervisor ran someone else on our cores: this host's noise) and in all.
+ */
+function machineCpu(): { busy: number; steal: number; total: number } {
+  const line = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0] as string;
+  // user nice system idle iowait irq softirq steal
+  const [user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0, steal = 0] = line
+    .trim()
+    .split(/\s+/)
+    .slice(1, 9)
+    .map(Number);
+  const busy = user + nice + system + irq + softirq;
+  return { busy: busy * 10, steal: steal * 10, total: (busy + idle + iowait + steal) * 10 };
 }
 
 /** Peak RSS of a process, plus its children's (workers: each one's peak, summed: an upper bound). */
@@ -261,6 +278,12 @@ interface StorescuSummary {
   warmup: number;
   mbps: Record<Mode, number>;
   cpuPerGb: Partial<Record<Mode, number>>;
+  /** Share of all the machine's cores busy during a run (every process: peers, relay, the rest). */
+  busy: Partial<Record<Mode, number>>;
+  /** Share of the machine's CPU time stolen by the hypervisor during a run (noise from other guests). */
+  steal: Partial<Record<Mode, number>>;
+  /** The machine's busy CPU time per GB relayed (every process), ms. */
+  machineCpuPerGb: Partial<Record<Mode, number>>;
   rss: Partial<Record<Mode, number>>;
 }
 
@@ -313,6 +336,9 @@ async function storescuSet(
   });
   const mbps = series();
   const cpu = series();
+  const busy = series();
+  const steal = series();
+  const machine = series();
   try {
     // Warm-up rounds (run < 0), then measured ones; round r starts with mode r mod 5.
     for (let run = -set.warmup; run < set.runs; run++) {
@@ -320,6 +346,7 @@ async function storescuSet(
       for (const mode of [...modes.slice(shift), ...modes.slice(0, shift)]) {
         const t = target[mode] as NonNullable<(typeof target)[Mode]>;
         const cpu0 = t.pid === null ? 0 : cpuMs(t.pid);
+        const m0 = machineCpu();
         const started = performance.now();
         const r = await runStorescu({
           host: '127.0.0.1',
@@ -334,9 +361,13 @@ async function storescuSet(
         if (r.code !== 0 || /Failed|error/i.test(r.stderr)) {
           throw new Error(`${mode} run ${run} failed (exit ${r.code}):\n${r.stderr.slice(-2000)}`);
         }
+        const m1 = machineCpu();
         if (run < 0) continue;
         mbps[mode].push(totalBytes / 1e6 / seconds);
         if (t.pid !== null) cpu[mode].push(((cpuMs(t.pid) - cpu0) * 1e9) / totalBytes);
+        busy[mode].push((100 * (m1.busy - m0.busy)) / (m1.total - m0.total));
+        steal[mode].push((100 * (m1.steal - m0.steal)) / (m1.total - m0.total));
+        machine[mode].push(((m1.busy - m0.busy) * 1e9) / totalBytes);
         process.stderr.write(
           `  ${set.label} run ${run + 1} ${LABEL[mode].padEnd(16)} ${(totalBytes / 1e6 / seconds).toFixed(1)} MB/s\n`,
         );
@@ -362,6 +393,9 @@ async function storescuSet(
         ledger: median(cpu.ledger),
         baseline: median(cpu.baseline),
       },
+      busy: Object.fromEntries(modes.map((m) => [m, median(busy[m])])),
+      steal: Object.fromEntries(modes.map((m) => [m, median(steal[m])])),
+      machineCpuPerGb: Object.fromEntries(modes.map((m) => [m, median(machine[m])])),
       rss: {
         bare: procStatus(relays.bare.pid, 'VmHWM'),
         proxy: procStatus(relays.proxy.pid, 'VmHWM'),
@@ -384,6 +418,9 @@ interface ManySummary {
     mode: Mode;
     mbps: number;
     cpuPerGb: number;
+    busy: number;
+    steal: number;
+    machineCpuPerGb: number;
     setupP50: number;
     setupP99: number;
     errors: number;
@@ -423,8 +460,20 @@ async function manySet(env: Env): Promise<ManySummary> {
     ...(workers ? { workers: { port: workers.port, pid: workers.pid, called: 'DICOM_PROXY' } } : {}),
     ...(baseline ? { baseline: { port: baseline.port, pid: baseline.pid, called: 'DICOM_PROXY' } } : {}),
   };
-  const acc: Record<string, { mbps: number[]; cpu: number[]; setup: number[]; errors: number }> = {};
-  for (const m of modes) acc[m] = { mbps: [], cpu: [], setup: [], errors: 0 };
+  const acc: Record<
+    string,
+    {
+      mbps: number[];
+      cpu: number[];
+      busy: number[];
+      steal: number[];
+      machine: number[];
+      setup: number[];
+      errors: number;
+    }
+  > = {};
+  for (const m of modes)
+    acc[m] = { mbps: [], cpu: [], busy: [], steal: [], machine: [], setup: [], errors: 0 };
   try {
     // What an association that is not backed up costs: RSS with ASSOCIATIONS idle associations open, on
     // a proxy process of its own (so it does not add to the loaded proxy's peak).
@@ -451,6 +500,7 @@ async function manySet(env: Env): Promise<ManySummary> {
       for (const mode of [...modes.slice(shift), ...modes.slice(0, shift)]) {
         const t = target[mode] as { port: number; pid: number; called: string };
         const cpu0 = cpuMs(t.pid);
+        const m0 = machineCpu();
         const r = await runLoad(
           {
             host: '127.0.0.1',
@@ -464,12 +514,16 @@ async function manySet(env: Env): Promise<ManySummary> {
           data,
         );
         const cpu = cpuMs(t.pid) - cpu0;
+        const m1 = machineCpu();
         const a = acc[mode] as (typeof acc)[string];
         a.errors += r.failures.length;
         for (const f of r.failures.slice(0, 3)) process.stderr.write(`  ${mode}: ${f}\n`);
         if (run < 0) continue;
         a.mbps.push(r.bytes / 1e6 / r.seconds);
         a.cpu.push((cpu * 1e9) / r.bytes);
+        a.busy.push((100 * (m1.busy - m0.busy)) / (m1.total - m0.total));
+        a.steal.push((100 * (m1.steal - m0.steal)) / (m1.total - m0.total));
+        a.machine.push(((m1.busy - m0.busy) * 1e9) / r.bytes);
         a.setup.push(...r.setupMs);
         process.stderr.write(
           `  ${ASSOCIATIONS} associations run ${run + 1} ${LABEL[mode].padEnd(16)} ${(r.bytes / 1e6 / r.seconds).toFixed(1)} MB/s, ` +
@@ -498,6 +552,9 @@ async function manySet(env: Env): Promise<ManySummary> {
           mode,
           mbps: median(a.mbps),
           cpuPerGb: median(a.cpu),
+          busy: median(a.busy),
+          steal: median(a.steal),
+          machineCpuPerGb: median(a.machine),
           setupP50: percentile(a.setup, 50),
           setupP99: percentile(a.setup, 99),
           errors: a.errors,
@@ -567,6 +624,36 @@ async function main(): Promise<void> {
             `${f0(s.rss.bare)} / ${f0(s.rss.proxy)} / ${f0(s.rss.ledger)} MB |`,
         );
       }
+      out.push(
+        '',
+        `Machine CPU during the runs (all ${availableParallelism()} cores, every process: storescu, relay, storescp, the rest): ` +
+          'busy share, busy CPU time per GB relayed, and the share stolen by the hypervisor (other guests: noise)',
+        '',
+        `| set | ${
+          summaries[0]
+            ? Object.keys(summaries[0].busy)
+                .map((m) => LABEL[m as Mode])
+                .join(' | ')
+            : ''
+        } |`,
+        `|---|${
+          summaries[0]
+            ? Object.keys(summaries[0].busy)
+                .map(() => '---:')
+                .join('|')
+            : ''
+        }|`,
+      );
+      for (const s of summaries) {
+        out.push(
+          `| ${s.set} | ${Object.keys(s.busy)
+            .map(
+              (m) =>
+                `${f0(s.busy[m as Mode])} % · ${f0(s.machineCpuPerGb[m as Mode])} ms/GB · steal ${f1(s.steal[m as Mode])} %`,
+            )
+            .join(' | ')} |`,
+        );
+      }
       out.push('');
       if (BASELINE) {
         const after = BASELINE_LEDGER ? 'proxy+ledger' : 'proxy';
@@ -595,13 +682,14 @@ async function main(): Promise<void> {
           `(${many.perAssociationMb.toFixed(1)} MB), into storescp --fork over mutual TLS; ` +
           `${many.runs} interleaved runs after ${many.warmup} warm-up`,
         '',
-        '| relay | MB/s | × stunnel | CPU ms/GB | CPU × stunnel | setup p50 ms | setup p99 ms | errors | peak RSS |',
-        '|---|---:|---:|---:|---:|---:|---:|---:|---:|',
+        '| relay | MB/s | × stunnel | CPU ms/GB | CPU × stunnel | setup p50 ms | setup p99 ms | errors | peak RSS | machine busy | machine CPU ms/GB | stolen |',
+        '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
       );
       for (const r of many.rows) {
         out.push(
           `| ${LABEL[r.mode]} | ${f1(r.mbps)} | ${stunnelRow ? f2(r.mbps / stunnelRow.mbps) : '–'} | ${f0(r.cpuPerGb)} | ` +
-            `${stunnelRow ? f2(r.cpuPerGb / stunnelRow.cpuPerGb) : '–'} | ${f1(r.setupP50)} | ${f1(r.setupP99)} | ${r.errors} | ${f0(r.rss)} MB |`,
+            `${stunnelRow ? f2(r.cpuPerGb / stunnelRow.cpuPerGb) : '–'} | ${f1(r.setupP50)} | ${f1(r.setupP99)} | ${r.errors} | ${f0(r.rss)} MB | ` +
+            `${f0(r.busy)} % | ${f0(r.machineCpuPerGb)} | ${f1(r.steal)} % |`,
         );
       }
       const i = many.idle;

@@ -85,6 +85,8 @@ export interface WorkerPoolOptions {
   /** The one ledger writer (null: no ledger configured). */
   ledger: LedgerSink | null;
   onLedgerFailure: LedgerFailureMode;
+  /** The worker entry module (default: dist/worker.js, or src/worker.ts under tsx). */
+  entry?: string;
 }
 
 export class WorkerPool {
@@ -111,7 +113,7 @@ export class WorkerPool {
     this.config = snapshot.config;
     this.slots = Array.from({ length: options.count }, (_, i) => new Slot(i + 1));
     cluster.setupPrimary({
-      exec: workerEntry(),
+      exec: options.entry ?? workerEntry(),
       args: [],
       execArgv: process.execArgv,
       serialization: 'advanced',
