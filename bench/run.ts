@@ -162,6 +162,20 @@ function machineCpu(): { busy: number; steal: number; total: number } {
   return { busy: busy * 10, steal: steal * 10, total: (busy + idle + iowait + steal) * 10 };
 }
 
+/** What the machine did between two machineCpu() readings: busy and steal shares (%), busy ms per GB. */
+function machineShare(
+  m0: ReturnType<typeof machineCpu>,
+  m1: ReturnType<typeof machineCpu>,
+  bytes: number,
+): { busy: number; steal: number; perGb: number } {
+  const total = m1.total - m0.total;
+  return {
+    busy: (100 * (m1.busy - m0.busy)) / total,
+    steal: (100 * (m1.steal - m0.steal)) / total,
+    perGb: ((m1.busy - m0.busy) * 1e9) / bytes,
+  };
+}
+
 /** Peak RSS of a process, plus its children's (workers: each one's peak, summed: an upper bound). */
 function treePeakRss(pid: number): number {
   return processTree(pid).reduce((sum, p) => sum + procStatus(p, 'VmHWM'), 0);
@@ -365,9 +379,10 @@ async function storescuSet(
         if (run < 0) continue;
         mbps[mode].push(totalBytes / 1e6 / seconds);
         if (t.pid !== null) cpu[mode].push(((cpuMs(t.pid) - cpu0) * 1e9) / totalBytes);
-        busy[mode].push((100 * (m1.busy - m0.busy)) / (m1.total - m0.total));
-        steal[mode].push((100 * (m1.steal - m0.steal)) / (m1.total - m0.total));
-        machine[mode].push(((m1.busy - m0.busy) * 1e9) / totalBytes);
+        const share = machineShare(m0, m1, totalBytes);
+        busy[mode].push(share.busy);
+        steal[mode].push(share.steal);
+        machine[mode].push(share.perGb);
         process.stderr.write(
           `  ${set.label} run ${run + 1} ${LABEL[mode].padEnd(16)} ${(totalBytes / 1e6 / seconds).toFixed(1)} MB/s\n`,
         );
@@ -521,9 +536,10 @@ async function manySet(env: Env): Promise<ManySummary> {
         if (run < 0) continue;
         a.mbps.push(r.bytes / 1e6 / r.seconds);
         a.cpu.push((cpu * 1e9) / r.bytes);
-        a.busy.push((100 * (m1.busy - m0.busy)) / (m1.total - m0.total));
-        a.steal.push((100 * (m1.steal - m0.steal)) / (m1.total - m0.total));
-        a.machine.push(((m1.busy - m0.busy) * 1e9) / r.bytes);
+        const share = machineShare(m0, m1, r.bytes);
+        a.busy.push(share.busy);
+        a.steal.push(share.steal);
+        a.machine.push(share.perGb);
         a.setup.push(...r.setupMs);
         process.stderr.write(
           `  ${ASSOCIATIONS} associations run ${run + 1} ${LABEL[mode].padEnd(16)} ${(r.bytes / 1e6 / r.seconds).toFixed(1)} MB/s, ` +
