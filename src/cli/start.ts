@@ -336,15 +336,14 @@ export async function runStart(configPath: string, hooks: StartHooks): Promise<v
     if (stopping) return;
     stopping = true;
     const drainMs = reloader.current.config.limits.drainTimeoutMs;
-    log.info('stopping', {
-      event: 'stopping',
-      signal,
-      liveAssociations: server.liveAssociations,
-      drainTimeoutMs: drainMs,
-    });
+    const liveAssociations = server.liveAssociations;
     watcher?.stop();
-    void server
-      .close(drainMs)
+    // close() stops accepting before it returns (a single process closes its listening sockets at once;
+    // the pool's primary refuses every pending connection from then on), so 'stopping' is only said when
+    // it is true: a connection made after this line is refused.
+    const closed = server.close(drainMs);
+    log.info('stopping', { event: 'stopping', signal, liveAssociations, drainTimeoutMs: drainMs });
+    void closed
       .then(async () => {
         await readiness?.stop();
         await admin?.close();

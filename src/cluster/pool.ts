@@ -321,7 +321,10 @@ export class WorkerPool {
         this.admission.release(item.id);
         break;
       case 'take-pending': {
-        const refused = this.admission.takePending(slot.index, item.token, item);
+        // A worker learns of a drain over IPC; until it does, the primary refuses its new connections.
+        const refused = this.stopping
+          ? { reason: 'shutting-down' as const, message: 'the proxy is shutting down; connection closed' }
+          : this.admission.takePending(slot.index, item.token, item);
         slot.acks?.push({ k: 'pending', answer: { token: item.token, refused } });
         break;
       }

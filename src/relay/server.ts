@@ -358,7 +358,10 @@ export class ProxyServer implements AssociationHost {
     void broker.takePending({ listener, remoteAddress, listed, limits }).then((r) => {
       if (r.kind === 'refused') {
         slot.release();
-        refuse(r.reason, `${r.message} (counted over all workers)`);
+        refuse(
+          r.reason,
+          r.reason === 'shutting-down' ? r.message : `${r.message} (counted over all workers)`,
+        );
         return;
       }
       const both: PendingSlot = {

@@ -1,6 +1,7 @@
 // The relay workers seen from the daemon's side (cluster/pool.ts), run in this test's process as the
 // primary: a reload that one worker cannot apply leaves every worker on the running policy (the ones that
-// took it go back), and a worker that dies makes the daemon not ready until its replacement listens.
+// took it go back), a worker that dies makes the daemon not ready until its replacement listens, and
+// once the daemon is stopping no new connection gets in, even before a worker has heard of the drain.
 // The second worker process runs test/cluster/fixtures/refusing-worker.ts: the real worker, refusing any
 // configuration that names the peer REFUSED_BY_W2.
 import assert from 'node:assert/strict';
@@ -15,6 +16,8 @@ import { proxyYaml, removePki, standardPki } from '../helpers/proxy.js';
 
 const T = { timeout: 120_000 };
 const FIXTURE = join(import.meta.dirname, 'fixtures', 'refusing-worker.ts');
+/** How long each worker takes to hear the drain (the fixture): the window the last test connects in. */
+const DRAIN_DELAY_MS = 3000;
 type Pki = Awaited<ReturnType<typeof standardPki>>;
 
 describe('relay workers: reload and restart, as the daemon sees them', () => {
@@ -23,6 +26,8 @@ describe('relay workers: reload and restart, as the daemon sees them', () => {
   let pool: WorkerPool;
   let port = 0;
   const accepted: Array<{ peer: string; worker: number }> = [];
+  const refused: Array<{ reason: string; message: string }> = [];
+  let closed: Promise<void> | null = null;
   /** Each worker's process id, from its 'worker-started' event. */
   const pids = new Map<number, number>();
 
@@ -60,6 +65,7 @@ describe('relay workers: reload and restart, as the daemon sees them', () => {
   }
 
   before(async () => {
+    process.env.DIMSE_TEST_DRAIN_DELAY_MS = String(DRAIN_DELAY_MS); // inherited by the forked workers
     pki = await standardPki();
     archive = await startTestArchive(pki);
     pool = new WorkerPool(snapshotWith(SCU), {
@@ -70,13 +76,15 @@ describe('relay workers: reload and restart, as the daemon sees them', () => {
       entry: FIXTURE,
     });
     pool.events.on('worker-started', (s) => pids.set(s.worker, s.pid));
+    pool.events.on('connection-refused', (r) => refused.push({ reason: r.reason, message: r.message }));
     pool.events.on('association-accepted', (a) =>
       accepted.push({ peer: a.callingAeTitle, worker: Number(a.worker) }),
     );
     port = (await pool.listen()).port;
   });
   after(async () => {
-    await pool?.close(0);
+    delete process.env.DIMSE_TEST_DRAIN_DELAY_MS;
+    await (closed ?? pool?.close(0));
     await archive?.close();
     await removePki(pki);
   });
@@ -135,4 +143,45 @@ describe('relay workers: reload and restart, as the daemon sees them', () => {
     assert.equal(pool.listenersBound(), true, 'ready again once the replacement listens');
     assert.deepEqual(await echoes(2), [true, true], 'and it serves, on the running policy');
   });
+
+  it(
+    'stopping: a connection made before the workers hear the drain is refused (shutting-down)',
+    T,
+    async () => {
+      assert.deepEqual(await echoes(1), [true], 'serving before the drain');
+      accepted.length = 0;
+      const started = Date.now();
+      closed = pool.close(30_000); // the workers get the drain DRAIN_DELAY_MS from now
+      // A worker's events reach the primary over IPC, maybe after the SCU saw its connection closed.
+      const twoRefused = new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(
+          () => reject(new Error(`refusals seen: ${JSON.stringify(refused)}`)),
+          10_000,
+        );
+        const check = (): void => {
+          if (refused.length < 2) return;
+          clearTimeout(timer);
+          pool.events.off('connection-refused', check);
+          resolve();
+        };
+        pool.events.on('connection-refused', check);
+      });
+      const late = await echoes(2);
+      assert.ok(
+        Date.now() - started < DRAIN_DELAY_MS,
+        'the echoes ran inside the window (else: inconclusive)',
+      );
+      assert.deepEqual(late, [false, false], 'no new association once stopping');
+      assert.deepEqual(accepted, [], 'none admitted');
+      await twoRefused;
+      assert.deepEqual(
+        refused.map((r) => `${r.reason}: ${r.message}`),
+        [
+          'shutting-down: the proxy is shutting down; connection closed',
+          'shutting-down: the proxy is shutting down; connection closed',
+        ],
+      );
+      await closed;
+    },
+  );
 });
