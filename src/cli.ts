@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 // The command line. The one place allowed to exit the process.
+import './cli/reexec.js'; // first: `start` re-executes itself with the daemon's heap flags (util/gc.ts)
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';

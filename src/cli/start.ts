@@ -21,7 +21,7 @@ import { LedgerWriter } from '../integrity/writer.js';
 import { WitnessFile } from '../integrity/witness.js';
 import { InlineHasher } from '../integrity/hasher.js';
 import type { CommitmentEvidence, InstanceEvidence, LedgerSink } from '../integrity/types.js';
-import { tuneRuntime } from '../util/gc.js';
+import { heapFlagsApplied, tuneRuntime } from '../util/gc.js';
 import { formatWindow } from '../tls/keys.js';
 import { WorkerPool, resolveWorkerCount } from '../cluster/pool.js';
 import { availableParallelism } from 'node:os';
@@ -77,6 +77,7 @@ export async function runStart(configPath: string, hooks: StartHooks): Promise<v
     event: 'runtime',
     node: process.version,
     gcFlags: tuning.applied,
+    heapFlags: heapFlagsApplied(),
     ...(tuning.skipped ? { gcSettings: tuning.skipped } : {}),
   });
 

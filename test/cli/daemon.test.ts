@@ -4,7 +4,7 @@
 // aborted at limits.drainTimeout). Every wait is on a log line, a socket event or a result, never a sleep.
 import assert from 'node:assert/strict';
 import { X509Certificate } from 'node:crypto';
-import { writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import dimse from 'dcmjs-dimse';
@@ -148,6 +148,10 @@ describe('dimse-tls-proxy start: the daemon under live operations', { timeout: 9
         '--incremental-marking-soft-trigger=50',
         '--incremental-marking-hard-trigger=80',
       ]);
+      // ... and its heap size by re-executing itself, in the process that was started (same PID).
+      assert.deepEqual(runtime.heapFlags, ['--max-semi-space-size=8']);
+      const cmdline = (await readFile(`/proc/${daemon.pid}/cmdline`, 'utf8')).split('\0');
+      assert.equal(cmdline[1], '--max-semi-space-size=8', JSON.stringify(cmdline));
       const metrics = async (): Promise<string> => {
         const r = await httpRequest(daemon.adminPort, 'GET', '/metrics');
         assert.equal(r.status, 200);
