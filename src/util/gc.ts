@@ -84,6 +84,9 @@ export function heapFlagsToAdd(
  */
 export function reexecWithHeapFlags(argv: readonly string[] = process.argv): void {
   if (argv[2] !== 'start') return;
+  // Started with an IPC channel (a process manager's fork): an exec'd image would inherit the channel's
+  // descriptor mid-conversation. Run as is.
+  if (process.channel) return;
   const flags = heapFlagsToAdd(process.versions.node, process.execArgv, process.env);
   if (flags.length === 0 || typeof process.execve !== 'function') return;
   try {

@@ -5,8 +5,10 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { fork, spawnSync } from 'node:child_process';
 import { GC_FLAGS, HEAP_FLAGS, HEAP_FLAGS_ENV, heapFlagsToAdd, tuneRuntime } from '../../src/util/gc.js';
+
+const T = { timeout: 60_000 };
 
 describe('tuneRuntime', () => {
   it('applies the GC settings on Node 24 and 26', () => {
@@ -111,5 +113,20 @@ describe('the heap flags start re-executes itself with', () => {
       ['--max-semi-space-size=16'],
     );
     assert.deepEqual(run('start', [], { NODE_OPTIONS: '--max-semi-space-size=16' }).applied, []);
+  });
+
+  it('not when started with an IPC channel (a process manager forked it)', T, async () => {
+    const child = fork(join(dir, 'program.mjs'), ['start'], {
+      execArgv: ['--import', 'tsx'],
+      stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
+      env: { ...process.env, NODE_OPTIONS: '' },
+    });
+    let out = '';
+    child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
+    const timer = setTimeout(() => child.kill('SIGKILL'), 30_000);
+    const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+    clearTimeout(timer);
+    assert.equal(code, 0);
+    assert.deepEqual((JSON.parse(out) as { applied: string[] }).applied, []);
   });
 });
