@@ -15,7 +15,6 @@
 // takes effect immediately; the heap limits themselves are unchanged and the collector still runs on
 // allocation failure and external-memory pressure. A/B, 200 × 512 KB, Node 26.10: relay CPU per
 // 105 MB 290 → 140 ms, 0.59 → 0.96 × stunnel in the same run.
-
 //
 // The young generation's size is the other setting: V8 fixes it when the heap is created, so it cannot
 // be changed from JavaScript (`setFlagsFromString('--max-semi-space-size=…')` after start leaves it as it
@@ -29,7 +28,7 @@ import { setFlagsFromString } from 'node:v8';
 
 /** The heap-size flags `start` runs with (set by re-executing, see above). */
 export const HEAP_FLAGS: readonly string[] = ['--max-semi-space-size=8'];
-/** Set in the re-executed daemon's environment: the flags it was given that way (and a loop guard). */
+/** Set in the re-executed daemon's environment: the flags it was given that way (for its log). */
 export const HEAP_FLAGS_ENV = 'DIMSE_TLS_PROXY_HEAP_FLAGS';
 
 /** The collector settings the daemon applies at run time, as V8 flags (also printed in the start log). */
@@ -65,7 +64,7 @@ function givenOnCommandLine(
 
 /**
  * The heap flags a `start` process still lacks: none on a Node line the settings were not measured on,
- * none once re-executed (HEAP_FLAGS_ENV), none the admin set (command line or NODE_OPTIONS).
+ * none already on the command line — the admin's, or ours once re-executed — or in NODE_OPTIONS.
  */
 export function heapFlagsToAdd(
   version: string,
@@ -73,7 +72,6 @@ export function heapFlagsToAdd(
   env: Readonly<Record<string, string | undefined>>,
 ): string[] {
   if (!TUNED_MAJORS.has(Number(version.split('.')[0]))) return [];
-  if (env[HEAP_FLAGS_ENV] !== undefined) return [];
   return HEAP_FLAGS.filter((f) => !givenOnCommandLine(f, execArgv, env.NODE_OPTIONS ?? ''));
 }
 
@@ -100,8 +98,12 @@ export function reexecWithHeapFlags(argv: readonly string[] = process.argv): voi
 }
 
 /** The heap flags this process was re-executed with (for the start log; empty when it was not). */
-export function heapFlagsApplied(env: Readonly<Record<string, string | undefined>> = process.env): string[] {
-  return (env[HEAP_FLAGS_ENV] ?? '').split(' ').filter((f) => f !== '');
+export function heapFlagsApplied(
+  env: Readonly<Record<string, string | undefined>> = process.env,
+  execArgv: readonly string[] = process.execArgv,
+): string[] {
+  // Both: an environment inherited from another daemon does not make this one's flags.
+  return (env[HEAP_FLAGS_ENV] ?? '').split(' ').filter((f) => f !== '' && execArgv.includes(f));
 }
 
 /**

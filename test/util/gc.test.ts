@@ -6,7 +6,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import assert from 'node:assert/strict';
 import { fork, spawnSync } from 'node:child_process';
-import { GC_FLAGS, HEAP_FLAGS, HEAP_FLAGS_ENV, heapFlagsToAdd, tuneRuntime } from '../../src/util/gc.js';
+import {
+  GC_FLAGS,
+  HEAP_FLAGS,
+  HEAP_FLAGS_ENV,
+  heapFlagsApplied,
+  heapFlagsToAdd,
+  tuneRuntime,
+} from '../../src/util/gc.js';
 
 const T = { timeout: 60_000 };
 
@@ -57,7 +64,12 @@ describe('the heap flags start re-executes itself with', () => {
     assert.deepEqual(HEAP_FLAGS, ['--max-semi-space-size=8']);
     for (const v of ['24.21.0', '26.12.1']) assert.deepEqual(heapFlagsToAdd(v, [], {}), HEAP_FLAGS);
     for (const v of ['20.20.2', '28.0.0']) assert.deepEqual(heapFlagsToAdd(v, [], {}), []);
-    assert.deepEqual(heapFlagsToAdd('26.12.1', [], { [HEAP_FLAGS_ENV]: HEAP_FLAGS.join(' ') }), []);
+    assert.deepEqual(heapFlagsToAdd('26.12.1', [...HEAP_FLAGS], {}), [], 'once re-executed');
+    assert.deepEqual(
+      heapFlagsApplied({ [HEAP_FLAGS_ENV]: HEAP_FLAGS.join(' ') }, [...HEAP_FLAGS]),
+      HEAP_FLAGS,
+    );
+    assert.deepEqual(heapFlagsApplied({ [HEAP_FLAGS_ENV]: HEAP_FLAGS.join(' ') }, []), [], 'inherited only');
     assert.deepEqual(heapFlagsToAdd('26.12.1', ['--max-semi-space-size=16'], {}), []);
     assert.deepEqual(heapFlagsToAdd('26.12.1', ['--max_semi_space_size=16'], {}), []);
     assert.deepEqual(heapFlagsToAdd('26.12.1', [], { NODE_OPTIONS: '--max-semi-space-size=2' }), []);
