@@ -767,11 +767,26 @@ export class Association {
   // Each pause/resume cycle costs CPU: in four A/B runs on the 200 MB bench set, a 1 MiB relayBuffer
   // (the default) used 2–11 % less relay CPU than 256 KB.
 
+  /**
+   * The held PDU being decided now (the scanner's held()), while it may still be relayed in place: the
+   * first write toward its destination during the decision either is that PDU unchanged (then the
+   * scanner forwards its bytes itself, `passed`) or ends the chance (anything written before it).
+   */
+  private passing: { to: Leg; pdu: Buffer; passed: boolean } | null = null;
+
   /** Relay P-DATA bytes toward `to` (DT-1 / AR-7): only while that leg may send data. */
   private relay(to: Leg, bytes: Buffer): void {
     const out = this.outs[to];
     if (!out || !this.legs[to].sendsData) return; // closing: nothing more is relayed
     const held = this.heldToward[to];
+    const passing = this.passing;
+    if (passing !== null && passing.to === to) {
+      this.passing = null;
+      if (bytes === passing.pdu && !held) {
+        passing.passed = true; // the scanner writes it, in order, with what follows it
+        return;
+      }
+    }
     if (held) {
       // A success is held toward this leg: what follows it waits behind it, in order (a copy: rare).
       held.queue.push(Buffer.from(bytes));
@@ -799,6 +814,7 @@ export class Association {
     const out = this.outs[leg];
     const socket = leg === 0 ? this.down : this.upstreamSocket;
     if (!out || !socket || socket.destroyed) return;
+    if (this.passing?.to === leg) this.passing = null; // written before the PDU being decided
     out.write(pdu);
   }
 
@@ -1198,7 +1214,19 @@ export class Association {
     const to: Leg = dir === 0 ? 1 : 0;
     return {
       forward: (bytes) => this.relay(to, bytes),
-      held: (pdu, type) => this.event(dir, pduEvent(type), { raw: pdu }),
+      held: (pdu, type) => {
+        // If the decision relays this very PDU on at once, the scanner writes it in place instead,
+        // together with the bytes after it in the same read (see relay()).
+        const outer = this.passing;
+        this.passing = { to, pdu, passed: false };
+        const p = this.passing;
+        try {
+          this.event(dir, pduEvent(type), { raw: pdu });
+        } finally {
+          this.passing = outer;
+        }
+        return p.passed;
+      },
       dataStart: (contextId, _len, last) => this.dataStart(dir, contextId, last),
       dataBytes: (buf, start, end) => this.evidence.data(dir, buf, start, end),
       dataEnd: () => {

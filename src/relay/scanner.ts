@@ -8,7 +8,9 @@
 //     hashing, unless the sink says the message it belongs to is being dropped;
 //   - every other PDU (a P-DATA-TF carrying a command fragment or several PDVs, A-RELEASE-RQ/RP,
 //     A-ABORT) is held whole — bounded by the negotiated maximum — and handed to the sink, which decides
-//     synchronously what to forward.
+//     synchronously what to forward. When it lets the PDU pass unchanged, the scanner forwards the PDU's
+//     own bytes in the chunk's forward range, so a command and the data that follows it in the same
+//     read leave in one write (one TLS record sequence, one system call) instead of two.
 // The sink may also inject PDUs of its own toward the same destination; they are written only at a PDU
 // boundary so they never split a PDU that is being streamed.
 
@@ -18,8 +20,12 @@ import { PduError } from '../pdu/errors.js';
 export interface ScannerSink {
   /** Write bytes toward the other side, unchanged. */
   forward(bytes: Buffer): void;
-  /** A whole PDU (header included) that needs a decision; the sink forwards, rewrites or drops it now. */
-  held(pdu: Buffer, type: number): void;
+  /**
+   * A whole PDU (header included) that needs a decision; the sink forwards, rewrites or drops it now.
+   * Returning true asks the scanner to forward the PDU's bytes itself, unchanged, at this point of the
+   * stream (the sink wrote nothing of it): in place in the read buffer when it lies whole in it.
+   */
+  held(pdu: Buffer, type: number): boolean;
   /** Start of a streamed single-data-PDV PDU. Return true to drop its bytes (message refused). */
   dataStart(contextId: number, valueLength: number, last: boolean): boolean;
   /** Bytes [start, end) of buf are data PDV value bytes of the current streamed PDV. */
@@ -139,7 +145,7 @@ export class PDataScanner {
           this.hold = null;
           this.holdLen = 0;
           this.phase = Phase.Header;
-          this.sink.held(hold, this.holdType);
+          if (this.sink.held(hold, this.holdType)) this.sink.forward(hold);
         }
         continue;
       }
@@ -224,11 +230,16 @@ export class PDataScanner {
       if (consumedFromChunk === 0 && len - pos >= total) {
         // Small PDUs (command sets, release, abort) are copied out of the read buffer (a pooled copy of a
         // few hundred bytes), so the read buffer itself stays releasable as soon as it has been relayed.
-        if (total <= HELD_COPY_LIMIT) this.sink.held(Buffer.from(chunk.subarray(pos, pos + total)), type);
+        let pass: boolean;
+        if (total <= HELD_COPY_LIMIT)
+          pass = this.sink.held(Buffer.from(chunk.subarray(pos, pos + total)), type);
         else {
           this.chunkEscaped = true;
-          this.sink.held(chunk.subarray(pos, pos + total), type);
+          pass = this.sink.held(chunk.subarray(pos, pos + total), type);
         }
+        // Passed unchanged: its bytes open the forward range (the range was flushed before held(), so
+        // whatever the sink wrote meanwhile stays before them, and what it injected comes after them).
+        if (pass) this.fwd = pos;
         pos += total;
         continue;
       }
@@ -251,7 +262,7 @@ export class PDataScanner {
         this.hold = null;
         this.holdLen = 0;
         this.phase = Phase.Header;
-        this.sink.held(hold, type);
+        if (this.sink.held(hold, type)) this.sink.forward(hold);
       }
     }
     this.flush(chunk, len);

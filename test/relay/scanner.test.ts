@@ -113,7 +113,8 @@ function bytewise(buf: Buffer): Buffer[] {
 }
 
 // ------------------------------------------------------------------------------------------------
-// A recording sink: held() forwards what it receives, as the relay sink does when it lets a PDU pass.
+// A recording sink: held() lets every PDU pass, either by forwarding it itself (the relay sink when the
+// PDU is rewritten or queued) or, with `pass`, by returning true so the scanner forwards it in place.
 // ------------------------------------------------------------------------------------------------
 
 type DropRule = (contextId: number, valueLength: number, last: boolean) => boolean;
@@ -133,19 +134,23 @@ class Recorder implements ScannerSink {
     parts: Buffer[];
   } | null = null;
 
-  constructor(private readonly drop: DropRule = () => false) {}
+  constructor(
+    private readonly drop: DropRule = () => false,
+    private readonly pass = false,
+  ) {}
 
   forward(bytes: Buffer): void {
     assert.ok(Buffer.isBuffer(bytes));
     this.pieces.push(bytes);
   }
 
-  held(pdu: Buffer, type: number): void {
+  held(pdu: Buffer, type: number): boolean {
     assert.equal(this.current, null, 'held() inside a streamed PDV');
     assert.equal(pdu[0], type, 'held() type is the PDU type byte');
     this.observed.push({ kind: 'held', type, pdu: Buffer.from(pdu) });
-    this.forward(pdu);
+    if (!this.pass) this.forward(pdu);
     this.onHeld?.(pdu, type);
+    return this.pass;
   }
 
   dataStart(contextId: number, valueLength: number, last: boolean): boolean {
@@ -209,8 +214,8 @@ function expected(
   return { observed, output: Buffer.concat(out) };
 }
 
-function run(chunks: Buffer[], drop?: DropRule): Recorder {
-  const rec = new Recorder(drop);
+function run(chunks: Buffer[], drop?: DropRule, pass = false): Recorder {
+  const rec = new Recorder(drop, pass);
   const scanner = new PDataScanner(rec, MAX);
   for (const c of chunks) scanner.feed(c);
   assert.ok(scanner.atBoundary, 'at a boundary after whole PDUs');
@@ -218,8 +223,8 @@ function run(chunks: Buffer[], drop?: DropRule): Recorder {
   return rec;
 }
 
-function check(fixtures: Fixture[], chunks: Buffer[], drop?: DropRule): Recorder {
-  const rec = run(chunks, drop);
+function check(fixtures: Fixture[], chunks: Buffer[], drop?: DropRule, pass = false): Recorder {
+  const rec = run(chunks, drop, pass);
   const want = expected(fixtures, drop);
   assert.deepEqual(rec.observed, want.observed);
   assert.ok(rec.output.equals(want.output), 'forwarded bytes equal the input, in order');
@@ -284,8 +289,9 @@ describe('PDataScanner: streamed and held PDUs', () => {
   test('a P-DATA with a command PDV is held whole and not forwarded by the scanner', () => {
     const f = commandPdu(1, bytesOf(20));
     const rec = new Recorder();
-    rec.held = (pdu, type): void => {
+    rec.held = (pdu, type): boolean => {
       rec.observed.push({ kind: 'held', type, pdu: Buffer.from(pdu) }); // record only, do not forward
+      return false;
     };
     const scanner = new PDataScanner(rec, MAX);
     scanner.feed(Buffer.from(f.bytes));
@@ -299,8 +305,9 @@ describe('PDataScanner: streamed and held PDUs', () => {
     for (let i = 0; i <= input.length; i++) {
       const rec = new Recorder();
       let heldCount = 0;
-      rec.held = (): void => {
+      rec.held = (): boolean => {
         heldCount++;
+        return false;
       };
       const scanner = new PDataScanner(rec, MAX);
       for (const c of splitAt(input, [i])) scanner.feed(c);
@@ -420,6 +427,24 @@ describe('PDataScanner: chunking law', () => {
     );
   });
 
+  test('property: held PDUs passed back to the scanner (held() true): the same bytes, in the same order', () => {
+    fc.assert(
+      fc.property(chunked, ([fixtures, cuts]) => {
+        const input = concatFixtures(fixtures);
+        check(
+          fixtures,
+          splitAt(
+            input,
+            cuts.filter((c) => c <= input.length),
+          ),
+          undefined,
+          true,
+        );
+      }),
+      RUN,
+    );
+  });
+
   test('property: the input chunks are not modified', () => {
     fc.assert(
       fc.property(chunked, ([fixtures, cuts]) => {
@@ -472,6 +497,37 @@ describe('PDataScanner: zero copy', () => {
       }),
       RUN,
     );
+  });
+});
+
+describe('PDataScanner: a held PDU passed back in place', () => {
+  test('a command and the data after it in one read leave as one forward() of that read', () => {
+    // A C-STORE as a modality sends it: command PDU, then the data set's PDUs, read together.
+    const chunk = concatFixtures([
+      commandPdu(1, bytesOf(180)),
+      dataPdu(1, bytesOf(1000)),
+      dataPdu(1, bytesOf(500), true),
+    ]);
+    const passed = new Recorder(undefined, true);
+    new PDataScanner(passed, MAX).feed(chunk);
+    assert.equal(passed.pieces.length, 1);
+    assert.equal(passed.pieces[0], chunk, 'the read buffer itself: no copy, one write');
+    // Forwarded by the sink instead, the command is a write of its own.
+    const forwarded = new Recorder();
+    new PDataScanner(forwarded, MAX).feed(chunk);
+    assert.equal(forwarded.pieces.length, 2);
+    assert.deepEqual(passed.observed, forwarded.observed);
+  });
+
+  test('a held PDU completed across reads is forwarded whole, after what preceded it', () => {
+    const fixtures = [dataPdu(1, bytesOf(30)), commandPdu(1, bytesOf(40)), dataPdu(1, bytesOf(9))];
+    const input = concatFixtures(fixtures);
+    for (let i = 0; i <= input.length; i++) {
+      for (let j = i; j <= input.length; j++) {
+        const rec = check(fixtures, splitAt(input, [i, j]), undefined, true);
+        assert.ok(rec.output.equals(input), `split ${i}, ${j}`);
+      }
+    }
   });
 });
 
@@ -575,6 +631,25 @@ describe('PDataScanner: inject', () => {
     const input = concatFixtures(fixtures);
     for (let i = 0; i <= input.length; i++) {
       const rec = new Recorder();
+      const scanner = new PDataScanner(rec, MAX);
+      const injected: Buffer[] = [];
+      rec.onHeld = (_pdu, type): void => {
+        const m = marker(type);
+        injected.push(m);
+        scanner.inject(m);
+      };
+      for (const c of splitAt(input, [i])) scanner.feed(c);
+      const [f0, f1, f2] = fixtures as [Fixture, Fixture, Fixture];
+      const [m0, m1] = injected as [Buffer, Buffer];
+      assert.ok(rec.output.equals(Buffer.concat([f0.bytes, m0, f1.bytes, f2.bytes, m1])), `split ${i}`);
+    }
+  });
+
+  test('from inside held(): an injection still follows the passed PDU, before the next one', () => {
+    const fixtures = [commandPdu(1, bytesOf(12)), dataPdu(1, bytesOf(12)), releaseRq()];
+    const input = concatFixtures(fixtures);
+    for (let i = 0; i <= input.length; i++) {
+      const rec = new Recorder(undefined, true);
       const scanner = new PDataScanner(rec, MAX);
       const injected: Buffer[] = [];
       rec.onHeld = (_pdu, type): void => {
