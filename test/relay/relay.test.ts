@@ -2,6 +2,7 @@
 // in-process archive, certificates generated per run. Every refusal sits next to the acceptance it mirrors.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import tls from 'node:tls';
 import { echo, store, type ArchiveHandle } from '../../src/dicom/dcmjs.js';
 import { decodeCommand } from '../../src/dimse/command.js';
 import { aeTitleText, presentationContextsAc, maxLengthOf } from '../../src/pdu/codec.js';
@@ -16,6 +17,7 @@ import {
   VERIFICATION,
 } from '../helpers/raw.js';
 import { startTestArchive, testInstance, type TestArchive } from '../helpers/instances.js';
+import { encode, IMPLICIT_LE_SYNTAX } from '../helpers/dataset.js';
 import { removePki, standardPki, startProxy, type ProxyUnderTest } from '../helpers/proxy.js';
 
 type Pki = Awaited<ReturnType<typeof standardPki>>;
@@ -249,6 +251,55 @@ describe('relay to a mutual-TLS archive', () => {
     assert.deepEqual(archive.requests.slice(before), ['C-MOVE']);
     await release(scu);
     await proxy.closed();
+  });
+
+  test('a C-STORE command and the data read with it reach the archive in one write, whole', async () => {
+    const { scu, answer } = await associate(proxy.port, 'SCU', [{ id: 1, abstractSyntax: CT_IMAGE }]);
+    assertAccepted(answer);
+    const uid = `1.2.826.0.1.3680043.10.1461.98.${process.pid}.${Date.now()}`;
+    const dataset = encode(
+      [
+        { tag: 0x00080016, vr: 'UI', value: CT_IMAGE },
+        { tag: 0x00080018, vr: 'UI', value: uid },
+        { tag: 0x00080060, vr: 'CS', value: 'CT' },
+        { tag: 0x00100020, vr: 'LO', value: 'ONEWRITE' },
+      ],
+      IMPLICIT_LE_SYNTAX,
+    );
+    // What a modality sends for one instance, in one TCP write (so the proxy reads it in one chunk).
+    const bytes = Buffer.concat([
+      commandPdu(1, {
+        commandField: 0x0001,
+        messageId: 7,
+        affectedSopClassUid: CT_IMAGE,
+        affectedSopInstanceUid: uid,
+        priority: 0,
+        commandDataSetType: 0x0000,
+      }),
+      pdata(1, false, true, dataset),
+    ]);
+    // Every write the proxy makes toward the archive (its TLS socket whose peer is the archive's port).
+    const toArchive: Buffer[] = [];
+    const original = tls.TLSSocket.prototype.write;
+    tls.TLSSocket.prototype.write = function (this: tls.TLSSocket, ...args: unknown[]) {
+      // A copy: the relay returns a read buffer's memory (detaches it) once the write has completed.
+      if (this.remotePort === archive.port && Buffer.isBuffer(args[0])) toArchive.push(Buffer.from(args[0]));
+      return (original as (...a: unknown[]) => boolean).apply(this, args);
+    } as typeof original;
+    let rsp;
+    try {
+      scu.send(bytes);
+      rsp = await scu.next();
+    } finally {
+      tls.TLSSocket.prototype.write = original;
+    }
+    const status = decodeCommand((rsp as Extract<Pdu, { type: 0x04 }>).pdvs[0]?.value as Buffer);
+    assert.equal(status.status, 0x0000);
+    assert.equal(toArchive.length, 1, 'the command PDU and its data set left in a single write');
+    assert.ok(Buffer.concat(toArchive).equals(bytes), 'exactly the bytes the modality sent');
+    await release(scu);
+    const summary = await proxy.closed();
+    assert.equal(summary.instances, 1);
   });
 
   test('a C-STORE on a context the peer may not store on is answered 0124 and its data set swallowed', async () => {
