@@ -119,151 +119,161 @@ export class PDataScanner {
     // Start of the range of `chunk` that will be forwarded as one write; -1 when none is open.
     this.fwd = this.phase === Phase.Stream && !this.discarding ? 0 : -1;
 
-    while (pos < len) {
-      if (this.phase === Phase.Stream) {
-        const n = Math.min(this.streamRemaining, len - pos);
-        if (!this.discarding) this.sink.dataBytes(chunk, pos, pos + n);
-        pos += n;
-        this.streamRemaining -= n;
-        if (this.streamRemaining === 0) {
-          this.phase = Phase.Header;
-          this.sink.dataEnd();
-          if (this.discarding) {
-            this.discarding = false;
-          }
-        }
-        continue;
-      }
-
-      if (this.phase === Phase.Hold) {
-        const hold = this.hold as Buffer;
-        const n = Math.min(hold.length - this.holdLen, len - pos);
-        chunk.copy(hold, this.holdLen, pos, pos + n);
-        this.holdLen += n;
-        pos += n;
-        if (this.holdLen === hold.length) {
-          this.hold = null;
-          this.holdLen = 0;
-          this.phase = Phase.Header;
-          if (this.sink.held(hold, this.holdType)) this.sink.forward(hold);
-        }
-        continue;
-      }
-
-      // Phase.Header: at a PDU boundary.
-      if (this.scratchLen === 0 && this.injections.length > 0) {
-        this.flush(chunk, pos);
-        this.flushInjections();
-      }
-      let src: Buffer;
-      let off: number;
-      let avail: number;
-      let consumedFromChunk: number; // bytes of `chunk` that belong to the peeked region
-      if (this.scratchLen === 0 && len - pos >= PDU_HEADER_LENGTH) {
-        src = chunk;
-        off = pos;
-        avail = len - pos;
-        consumedFromChunk = 0;
-      } else {
-        // Header split across chunks: top the scratch up to what a decision needs.
-        this.flush(chunk, pos);
-        const need = this.scratchLen < PDU_HEADER_LENGTH ? PDU_HEADER_LENGTH : P_DATA_PEEK;
-        const n = Math.min(need - this.scratchLen, len - pos);
-        chunk.copy(this.scratch, this.scratchLen, pos, pos + n);
-        this.scratchLen += n;
-        pos += n;
-        if (this.scratchLen < PDU_HEADER_LENGTH) continue;
-        if (this.scratch[0] === PduType.PDataTf && this.scratchLen < P_DATA_PEEK && pos < len) continue;
-        if (this.scratch[0] === PduType.PDataTf && this.scratchLen < P_DATA_PEEK) {
-          this.checkHeader(this.scratch, 0);
-          break; // wait for more bytes
-        }
-        src = this.scratch;
-        off = 0;
-        avail = this.scratchLen;
-        consumedFromChunk = -1; // header bytes live in the scratch
-      }
-
-      const type = this.checkHeader(src, off);
-      const pduLength = src.readUInt32BE(off + 2);
-      const total = PDU_HEADER_LENGTH + pduLength;
-
-      if (type === PduType.PDataTf) {
-        if (avail < P_DATA_PEEK) {
-          // Contiguous case with fewer than 12 bytes left in the chunk: move them to the scratch.
-          this.flush(chunk, pos);
-          chunk.copy(this.scratch, 0, pos, len);
-          this.scratchLen = len - pos;
-          break;
-        }
-        const pdvLength = src.readUInt32BE(off + 6);
-        const contextId = src[off + 10] as number;
-        const control = src[off + 11] as number;
-        if ((control & 0x01) === 0 && pdvLength + 4 === pduLength && pdvLength >= 2) {
-          // Stream: one data PDV fills the PDU.
-          const drop = this.sink.dataStart(contextId, pdvLength - 2, (control & 0x02) !== 0);
-          this.discarding = drop;
-          this.streamRemaining = pdvLength - 2;
-          this.phase = Phase.Stream;
-          if (consumedFromChunk === 0) {
-            // Header is in the chunk: keep or open the forward range, skip the header.
-            if (drop) this.flush(chunk, pos);
-            else if (this.fwd < 0) this.fwd = pos;
-            pos += P_DATA_PEEK;
-          } else {
-            // Header came through the scratch; `pos` already points after the bytes copied into it.
-            if (!drop) this.sink.forward(Buffer.from(this.scratch.subarray(0, P_DATA_PEEK)));
-            this.scratchLen = 0;
-            if (!drop) this.fwd = pos;
-          }
+    try {
+      while (pos < len) {
+        if (this.phase === Phase.Stream) {
+          const n = Math.min(this.streamRemaining, len - pos);
+          if (!this.discarding) this.sink.dataBytes(chunk, pos, pos + n);
+          pos += n;
+          this.streamRemaining -= n;
           if (this.streamRemaining === 0) {
             this.phase = Phase.Header;
             this.sink.dataEnd();
-            this.discarding = false;
+            if (this.discarding) {
+              this.discarding = false;
+            }
           }
           continue;
         }
-      }
 
-      // Hold the whole PDU.
-      this.flush(chunk, pos);
-      if (consumedFromChunk === 0 && len - pos >= total) {
-        // Small PDUs (command sets, release, abort) are copied out of the read buffer (a pooled copy of a
-        // few hundred bytes), so the read buffer itself stays releasable as soon as it has been relayed.
-        let pass: boolean;
-        if (total <= HELD_COPY_LIMIT)
-          pass = this.sink.held(Buffer.from(chunk.subarray(pos, pos + total)), type);
-        else {
-          this.chunkEscaped = true;
-          pass = this.sink.held(chunk.subarray(pos, pos + total), type);
+        if (this.phase === Phase.Hold) {
+          const hold = this.hold as Buffer;
+          const n = Math.min(hold.length - this.holdLen, len - pos);
+          chunk.copy(hold, this.holdLen, pos, pos + n);
+          this.holdLen += n;
+          pos += n;
+          if (this.holdLen === hold.length) {
+            this.hold = null;
+            this.holdLen = 0;
+            this.phase = Phase.Header;
+            if (this.sink.held(hold, this.holdType)) this.sink.forward(hold);
+          }
+          continue;
         }
-        // Passed unchanged: its bytes open the forward range (the range was flushed before held(), so
-        // whatever the sink wrote meanwhile stays before them, and what it injected comes after them).
-        if (pass) this.fwd = pos;
-        pos += total;
-        continue;
+
+        // Phase.Header: at a PDU boundary.
+        if (this.scratchLen === 0 && this.injections.length > 0) {
+          this.flush(chunk, pos);
+          this.flushInjections();
+        }
+        let src: Buffer;
+        let off: number;
+        let avail: number;
+        let consumedFromChunk: number; // bytes of `chunk` that belong to the peeked region
+        if (this.scratchLen === 0 && len - pos >= PDU_HEADER_LENGTH) {
+          src = chunk;
+          off = pos;
+          avail = len - pos;
+          consumedFromChunk = 0;
+        } else {
+          // Header split across chunks: top the scratch up to what a decision needs.
+          this.flush(chunk, pos);
+          const need = this.scratchLen < PDU_HEADER_LENGTH ? PDU_HEADER_LENGTH : P_DATA_PEEK;
+          const n = Math.min(need - this.scratchLen, len - pos);
+          chunk.copy(this.scratch, this.scratchLen, pos, pos + n);
+          this.scratchLen += n;
+          pos += n;
+          if (this.scratchLen < PDU_HEADER_LENGTH) continue;
+          if (this.scratch[0] === PduType.PDataTf && this.scratchLen < P_DATA_PEEK && pos < len) continue;
+          if (this.scratch[0] === PduType.PDataTf && this.scratchLen < P_DATA_PEEK) {
+            this.checkHeader(this.scratch, 0);
+            break; // wait for more bytes
+          }
+          src = this.scratch;
+          off = 0;
+          avail = this.scratchLen;
+          consumedFromChunk = -1; // header bytes live in the scratch
+        }
+
+        const type = this.checkHeader(src, off);
+        const pduLength = src.readUInt32BE(off + 2);
+        const total = PDU_HEADER_LENGTH + pduLength;
+
+        if (type === PduType.PDataTf) {
+          if (avail < P_DATA_PEEK) {
+            // Contiguous case with fewer than 12 bytes left in the chunk: move them to the scratch.
+            this.flush(chunk, pos);
+            chunk.copy(this.scratch, 0, pos, len);
+            this.scratchLen = len - pos;
+            break;
+          }
+          const pdvLength = src.readUInt32BE(off + 6);
+          const contextId = src[off + 10] as number;
+          const control = src[off + 11] as number;
+          if ((control & 0x01) === 0 && pdvLength + 4 === pduLength && pdvLength >= 2) {
+            // Stream: one data PDV fills the PDU.
+            const drop = this.sink.dataStart(contextId, pdvLength - 2, (control & 0x02) !== 0);
+            this.discarding = drop;
+            this.streamRemaining = pdvLength - 2;
+            this.phase = Phase.Stream;
+            if (consumedFromChunk === 0) {
+              // Header is in the chunk: keep or open the forward range, skip the header.
+              if (drop) this.flush(chunk, pos);
+              else if (this.fwd < 0) this.fwd = pos;
+              pos += P_DATA_PEEK;
+            } else {
+              // Header came through the scratch; `pos` already points after the bytes copied into it.
+              if (!drop) this.sink.forward(Buffer.from(this.scratch.subarray(0, P_DATA_PEEK)));
+              this.scratchLen = 0;
+              if (!drop) this.fwd = pos;
+            }
+            if (this.streamRemaining === 0) {
+              this.phase = Phase.Header;
+              this.sink.dataEnd();
+              this.discarding = false;
+            }
+            continue;
+          }
+        }
+
+        // Hold the whole PDU.
+        this.flush(chunk, pos);
+        if (consumedFromChunk === 0 && len - pos >= total) {
+          // Small PDUs (command sets, release, abort) are copied out of the read buffer (a pooled copy of a
+          // few hundred bytes), so the read buffer itself stays releasable as soon as it has been relayed.
+          let pass: boolean;
+          if (total <= HELD_COPY_LIMIT)
+            pass = this.sink.held(Buffer.from(chunk.subarray(pos, pos + total)), type);
+          else {
+            this.chunkEscaped = true;
+            pass = this.sink.held(chunk.subarray(pos, pos + total), type);
+          }
+          // Passed unchanged: its bytes open the forward range (the range was flushed before held(), so
+          // whatever the sink wrote meanwhile stays before them, and what it injected comes after them).
+          if (pass) this.fwd = pos;
+          pos += total;
+          continue;
+        }
+        const hold = Buffer.allocUnsafe(total);
+        if (consumedFromChunk === 0) {
+          const n = Math.min(total, len - pos);
+          chunk.copy(hold, 0, pos, pos + n);
+          this.holdLen = n;
+          pos += n;
+        } else {
+          const n = Math.min(total, this.scratchLen);
+          this.scratch.copy(hold, 0, 0, n);
+          this.holdLen = n;
+          this.scratchLen = 0;
+        }
+        this.hold = hold;
+        this.holdType = type;
+        this.phase = Phase.Hold;
+        if (this.holdLen === total) {
+          this.hold = null;
+          this.holdLen = 0;
+          this.phase = Phase.Header;
+          if (this.sink.held(hold, type)) this.sink.forward(hold);
+        }
       }
-      const hold = Buffer.allocUnsafe(total);
-      if (consumedFromChunk === 0) {
-        const n = Math.min(total, len - pos);
-        chunk.copy(hold, 0, pos, pos + n);
-        this.holdLen = n;
-        pos += n;
-      } else {
-        const n = Math.min(total, this.scratchLen);
-        this.scratch.copy(hold, 0, 0, n);
-        this.holdLen = n;
-        this.scratchLen = 0;
-      }
-      this.hold = hold;
-      this.holdType = type;
-      this.phase = Phase.Hold;
-      if (this.holdLen === total) {
-        this.hold = null;
-        this.holdLen = 0;
-        this.phase = Phase.Header;
-        if (this.sink.held(hold, type)) this.sink.forward(hold);
-      }
+    } catch (err) {
+      // A PDU that cannot be relayed (a framing error, or one its sink refuses by throwing): what precedes
+      // it in this read still goes out, as it would over a direct connection, so the bytes already
+      // forwarded end on a PDU boundary and the A-ABORT that follows is read as one (PS3.8 9.3.8), and a
+      // response passed in place before it is not lost. In a streamed PDU's value nothing is flushed:
+      // only the Header phase is a boundary.
+      if (this.phase === Phase.Header) this.flush(chunk, pos);
+      throw err;
     }
     this.flush(chunk, len);
   }

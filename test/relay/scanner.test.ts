@@ -798,6 +798,44 @@ describe('PDataScanner: framing errors', () => {
     assertPduError(feedError([Buffer.concat([f.bytes, h])]), 'PDU_TOO_LARGE', 6);
   });
 
+  test('a framing error: the whole PDUs before it in the same read are forwarded first, ending on a boundary', () => {
+    const before = [dataPdu(1, bytesOf(50)), commandPdu(1, bytesOf(30)), dataPdu(1, bytesOf(20), true)];
+    const input = concatFixtures(before);
+    const bad = header(0x09, 4); // not a PDU type (PS3.8 9.3.1): UNRECOGNIZED_PDU
+    for (const pass of [false, true]) {
+      // Split anywhere inside the good PDUs: the tail of a streamed one, a held one passed in place and
+      // whole PDUs all reach the output before the error is thrown.
+      for (let i = 0; i <= input.length; i++) {
+        const rec = new Recorder(undefined, pass);
+        const scanner = new PDataScanner(rec, MAX);
+        let err: unknown;
+        try {
+          for (const c of splitAt(Buffer.concat([input, bad]), [i])) scanner.feed(c);
+        } catch (e) {
+          err = e;
+        }
+        assertPduError(err, 'UNRECOGNIZED_PDU', 1);
+        assert.ok(
+          rec.output.equals(input),
+          `pass ${pass}, split ${i}: ${rec.output.length} of ${input.length}`,
+        );
+      }
+    }
+  });
+
+  test('an error thrown by the sink at a PDU start: the PDUs before it are forwarded, nothing of it', () => {
+    const fixtures = [commandPdu(1, bytesOf(30)), dataPdu(1, bytesOf(20)), dataPdu(3, bytesOf(8))];
+    const input = concatFixtures(fixtures);
+    const rec = new Recorder(undefined, true);
+    rec.onDataStart = (contextId): void => {
+      if (contextId === 3) throw new Error('context 3 was not accepted'); // as checkContext does
+    };
+    const scanner = new PDataScanner(rec, MAX);
+    assert.throws(() => scanner.feed(input), /context 3/);
+    const [f0, f1] = fixtures as [Fixture, Fixture];
+    assert.ok(rec.output.equals(Buffer.concat([f0.bytes, f1.bytes])));
+  });
+
   test('P-DATA length == maxPDataLength is accepted', () => {
     const f = dataPdu(1, bytesOf(MAX - 6));
     assert.equal(f.bytes.readUInt32BE(2), MAX);
