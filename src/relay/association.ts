@@ -525,7 +525,9 @@ export class Association {
           `A-ABORT source ${d.raw?.[PDU_HEADER_LENGTH + 2] ?? 0} reason ${d.raw?.[PDU_HEADER_LENGTH + 3] ?? 0}`,
         );
         this.closeLeg(leg);
-        this.abortOther(other, { pdu: d.raw as Buffer }, true);
+        // As for AA-4: a success read just before it that waits for its record goes out first.
+        if (!this.afterHeld(other, () => this.abortOther(other, { pdu: d.raw as Buffer }, true)))
+          this.abortOther(other, { pdu: d.raw as Buffer }, true);
         return;
       case 'AA-4': // the transport closed under an association: A-P-ABORT -> abort the other leg
         if (leg === 1 && step.from === 'Sta5') {
@@ -556,7 +558,9 @@ export class Association {
           this.send(leg, providerAbort(d.reason ?? AbortReason.UnexpectedPdu).pdu);
           this.awaitClose(leg);
         } else this.closeLeg(leg);
-        this.abortOther(other, providerAbort(AbortReason.NotSpecified));
+        // As for AA-4: a success read just before the bad PDU that waits for its record goes out first.
+        if (!this.afterHeld(other, () => this.abortOther(other, providerAbort(AbortReason.NotSpecified))))
+          this.abortOther(other, providerAbort(AbortReason.NotSpecified));
         return;
     }
   }

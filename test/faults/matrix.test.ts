@@ -390,6 +390,43 @@ describe(
       },
     );
 
+    // A success waits for its ledger record (onLedgerFailure: abort); what the archive sends right behind
+    // it, in the same write, must not make the proxy drop that success.
+    fault(
+      'archive sending a bad PDU right behind its success: the success is relayed once recorded, then A-ABORT',
+      async (t) => {
+        const { m, up } = await associated();
+        const uid = t.uid();
+        sendStore(t, m, 1, uid);
+        await archiveReceives(up);
+        t.acks.set(uid, 0x0000);
+        up.send(Buffer.concat([storeRsp(1, uid, 0x0000), Buffer.from([0x09, 0, 0, 0, 0, 4, 0, 0, 0, 0])]));
+        const end = await drain(t, m);
+        assert.equal(t.seen.get(uid), 0x0000, 'the archive gave a success: the modality gets it');
+        assert.deepEqual(end, { type: 0x07, source: 2, reason: 0 });
+        assert.deepEqual(await up.next(), { type: 0x07, source: 2, reason: 1 });
+        m.destroy();
+        up.destroy();
+      },
+    );
+
+    fault(
+      'archive aborting right behind its success: the success is relayed once recorded, then its A-ABORT',
+      async (t) => {
+        const { m, up } = await associated();
+        const uid = t.uid();
+        sendStore(t, m, 1, uid);
+        await archiveReceives(up);
+        t.acks.set(uid, 0x0000);
+        up.send(Buffer.concat([storeRsp(1, uid, 0x0000), Buffer.from([0x07, 0, 0, 0, 0, 4, 0, 0, 0, 0])]));
+        const end = await drain(t, m);
+        assert.equal(t.seen.get(uid), 0x0000, 'the archive gave a success: the modality gets it');
+        assert.deepEqual(end, { type: 0x07, source: 0, reason: 0 }, "the archive's own A-ABORT, relayed");
+        m.destroy();
+        up.destroy();
+      },
+    );
+
     fault('archive aborting mid-instance: its A-ABORT is relayed, no success', async (t) => {
       const { m, up } = await associated();
       const uid = t.uid();
