@@ -27,7 +27,7 @@ import { startFaultArchive, type FaultArchive } from '../helpers/fault-archive.j
 import { removePki, standardPki, startProxy, type ProxyUnderTest } from '../helpers/proxy.js';
 import { ManualClock } from '../helpers/clock.js';
 import { options, removeDir, tempDir } from '../integrity/helpers.js';
-import { within } from '../helpers/within.js';
+import { until, within } from '../helpers/within.js';
 
 type Pki = Awaited<ReturnType<typeof standardPki>>;
 type Write = FileHandle['write'];
@@ -56,11 +56,6 @@ class Tally {
 }
 
 let caseNo = 0;
-
-async function until(cond: () => boolean, what: string): Promise<void> {
-  for (let i = 0; i < 500 && !cond(); i++) await new Promise((r) => setTimeout(r, 10));
-  assert.ok(cond(), what);
-}
 
 function dataSet(uid: string): Buffer {
   const b = Buffer.alloc(DATA_BYTES);
@@ -392,40 +387,38 @@ describe(
 
     // A success waits for its ledger record (onLedgerFailure: abort); what the archive sends right behind
     // it, in the same write, must not make the proxy drop that success.
-    fault(
-      'archive sending a bad PDU right behind its success: the success is relayed once recorded, then A-ABORT',
-      async (t) => {
-        const { m, up } = await associated();
-        const uid = t.uid();
-        sendStore(t, m, 1, uid);
-        await archiveReceives(up);
-        t.acks.set(uid, 0x0000);
-        up.send(Buffer.concat([storeRsp(1, uid, 0x0000), Buffer.from([0x09, 0, 0, 0, 0, 4, 0, 0, 0, 0])]));
-        const end = await drain(t, m);
-        assert.equal(t.seen.get(uid), 0x0000, 'the archive gave a success: the modality gets it');
-        assert.deepEqual(end, { type: 0x07, source: 2, reason: 0 });
-        assert.deepEqual(await up.next(), { type: 0x07, source: 2, reason: 1 });
-        m.destroy();
-        up.destroy();
+    for (const behind of [
+      {
+        what: 'a bad PDU',
+        pdu: [0x09, 0, 0, 0, 0, 4, 0, 0, 0, 0], // not a PDU type: A-ABORT 2/1 to the archive
+        toModality: { type: 0x07, source: 2, reason: 0 },
+        toArchive: { type: 0x07, source: 2, reason: 1 },
       },
-    );
-
-    fault(
-      'archive aborting right behind its success: the success is relayed once recorded, then its A-ABORT',
-      async (t) => {
-        const { m, up } = await associated();
-        const uid = t.uid();
-        sendStore(t, m, 1, uid);
-        await archiveReceives(up);
-        t.acks.set(uid, 0x0000);
-        up.send(Buffer.concat([storeRsp(1, uid, 0x0000), Buffer.from([0x07, 0, 0, 0, 0, 4, 0, 0, 0, 0])]));
-        const end = await drain(t, m);
-        assert.equal(t.seen.get(uid), 0x0000, 'the archive gave a success: the modality gets it');
-        assert.deepEqual(end, { type: 0x07, source: 0, reason: 0 }, "the archive's own A-ABORT, relayed");
-        m.destroy();
-        up.destroy();
+      {
+        what: 'an A-ABORT',
+        pdu: [0x07, 0, 0, 0, 0, 4, 0, 0, 0, 0],
+        toModality: { type: 0x07, source: 0, reason: 0 }, // the archive's own, relayed
+        toArchive: null,
       },
-    );
+    ]) {
+      fault(
+        `archive sending ${behind.what} right behind its success: the success is relayed once recorded, then A-ABORT`,
+        async (t) => {
+          const { m, up } = await associated();
+          const uid = t.uid();
+          sendStore(t, m, 1, uid);
+          await archiveReceives(up);
+          t.acks.set(uid, 0x0000);
+          up.send(Buffer.concat([storeRsp(1, uid, 0x0000), Buffer.from(behind.pdu)]));
+          const end = await drain(t, m);
+          assert.equal(t.seen.get(uid), 0x0000, 'the archive gave a success: the modality gets it');
+          assert.deepEqual(end, behind.toModality);
+          if (behind.toArchive) assert.deepEqual(await up.next(), behind.toArchive);
+          m.destroy();
+          up.destroy();
+        },
+      );
+    }
 
     fault('archive aborting mid-instance: its A-ABORT is relayed, no success', async (t) => {
       const { m, up } = await associated();

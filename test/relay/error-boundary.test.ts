@@ -10,6 +10,7 @@ import { RawScu, associateRq, commandPdu, pdata, CT_IMAGE, VERIFICATION } from '
 import { acceptAll } from '../helpers/scripted-archive.js';
 import { startFaultArchive, type FaultArchive } from '../helpers/fault-archive.js';
 import { removePki, standardPki, startProxy, type ProxyUnderTest } from '../helpers/proxy.js';
+import { until } from '../helpers/within.js';
 
 type Pki = Awaited<ReturnType<typeof standardPki>>;
 
@@ -36,11 +37,6 @@ function commandOf(pdu: Pdu | null): ReturnType<typeof decodeCommand> {
   const pdv = (pdu as PDataPdu).pdvs[0];
   assert.ok(pdv?.command);
   return decodeCommand(pdv.value);
-}
-
-async function until(cond: () => boolean, what: string): Promise<void> {
-  for (let i = 0; i < 500 && !cond(); i++) await new Promise((r) => setTimeout(r, 10));
-  assert.ok(cond(), what);
 }
 
 describe('an unrelayable PDU after good ones in the same read', () => {

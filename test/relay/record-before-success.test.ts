@@ -19,6 +19,7 @@ import {
 } from '../helpers/raw.js';
 import { acceptAll } from '../helpers/scripted-archive.js';
 import { removePki, standardPki, startProxy, type ProxyUnderTest } from '../helpers/proxy.js';
+import { until } from '../helpers/within.js';
 
 type Pki = Awaited<ReturnType<typeof standardPki>>;
 
@@ -47,11 +48,6 @@ class GatedSink implements LedgerSink {
     this.healthy = false;
     this.gates.shift()?.reject(new Error('ENOSPC: no space left on device'));
   }
-}
-
-async function until(cond: () => boolean, what: string): Promise<void> {
-  for (let i = 0; i < 500 && !cond(); i++) await new Promise((r) => setTimeout(r, 10));
-  assert.ok(cond(), what);
 }
 
 const STORE_RQ = commandPdu(1, {

@@ -626,41 +626,27 @@ describe('PDataScanner: inject', () => {
     assert.ok(rec.output.equals(Buffer.concat([f.bytes, m])));
   });
 
-  test('from inside held(): written right after the held PDU, before the next one', () => {
+  test('from inside held(): written right after the held PDU, before the next one (forwarded by the sink or passed in place)', () => {
     const fixtures = [commandPdu(1, bytesOf(12)), dataPdu(1, bytesOf(12)), releaseRq()];
     const input = concatFixtures(fixtures);
-    for (let i = 0; i <= input.length; i++) {
-      const rec = new Recorder();
-      const scanner = new PDataScanner(rec, MAX);
-      const injected: Buffer[] = [];
-      rec.onHeld = (_pdu, type): void => {
-        const m = marker(type);
-        injected.push(m);
-        scanner.inject(m);
-      };
-      for (const c of splitAt(input, [i])) scanner.feed(c);
-      const [f0, f1, f2] = fixtures as [Fixture, Fixture, Fixture];
-      const [m0, m1] = injected as [Buffer, Buffer];
-      assert.ok(rec.output.equals(Buffer.concat([f0.bytes, m0, f1.bytes, f2.bytes, m1])), `split ${i}`);
-    }
-  });
-
-  test('from inside held(): an injection still follows the passed PDU, before the next one', () => {
-    const fixtures = [commandPdu(1, bytesOf(12)), dataPdu(1, bytesOf(12)), releaseRq()];
-    const input = concatFixtures(fixtures);
-    for (let i = 0; i <= input.length; i++) {
-      const rec = new Recorder(undefined, true);
-      const scanner = new PDataScanner(rec, MAX);
-      const injected: Buffer[] = [];
-      rec.onHeld = (_pdu, type): void => {
-        const m = marker(type);
-        injected.push(m);
-        scanner.inject(m);
-      };
-      for (const c of splitAt(input, [i])) scanner.feed(c);
-      const [f0, f1, f2] = fixtures as [Fixture, Fixture, Fixture];
-      const [m0, m1] = injected as [Buffer, Buffer];
-      assert.ok(rec.output.equals(Buffer.concat([f0.bytes, m0, f1.bytes, f2.bytes, m1])), `split ${i}`);
+    for (const pass of [false, true]) {
+      for (let i = 0; i <= input.length; i++) {
+        const rec = new Recorder(undefined, pass);
+        const scanner = new PDataScanner(rec, MAX);
+        const injected: Buffer[] = [];
+        rec.onHeld = (_pdu, type): void => {
+          const m = marker(type);
+          injected.push(m);
+          scanner.inject(m);
+        };
+        for (const c of splitAt(input, [i])) scanner.feed(c);
+        const [f0, f1, f2] = fixtures as [Fixture, Fixture, Fixture];
+        const [m0, m1] = injected as [Buffer, Buffer];
+        assert.ok(
+          rec.output.equals(Buffer.concat([f0.bytes, m0, f1.bytes, f2.bytes, m1])),
+          `pass ${pass}, split ${i}`,
+        );
+      }
     }
   });
 
