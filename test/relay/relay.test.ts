@@ -280,8 +280,10 @@ describe('relay to a mutual-TLS archive', () => {
     ]);
     // Every write the proxy makes toward the archive (its TLS socket whose peer is the archive's port).
     const toArchive: Buffer[] = [];
-    const original = tls.TLSSocket.prototype.write;
-    tls.TLSSocket.prototype.write = function (this: tls.TLSSocket, ...args: unknown[]) {
+    const proto = tls.TLSSocket.prototype;
+    const own = Object.getOwnPropertyDescriptor(proto, 'write'); // none: inherited from stream.Writable
+    const original = proto.write;
+    proto.write = function (this: tls.TLSSocket, ...args: unknown[]) {
       // A copy: the relay returns a read buffer's memory (detaches it) once the write has completed.
       if (this.remotePort === archive.port && Buffer.isBuffer(args[0])) toArchive.push(Buffer.from(args[0]));
       return (original as (...a: unknown[]) => boolean).apply(this, args);
@@ -291,7 +293,8 @@ describe('relay to a mutual-TLS archive', () => {
       scu.send(bytes);
       rsp = await scu.next();
     } finally {
-      tls.TLSSocket.prototype.write = original;
+      if (own) Object.defineProperty(proto, 'write', own);
+      else delete (proto as { write?: unknown }).write;
     }
     const status = decodeCommand((rsp as Extract<Pdu, { type: 0x04 }>).pdvs[0]?.value as Buffer);
     assert.equal(status.status, 0x0000);
